@@ -1,0 +1,648 @@
+//! Idempotency keys: parsing client keys, deriving keys from request data,
+//! and hashing everything into an injective [`StorageKey`].
+//!
+//! A raw client key never leaves this module in clear text: [`IdempotencyKey`]
+//! redacts itself in `Debug`, has no `Display`, and the only thing a store,
+//! a log line or an audit row ever sees is the SHA-256 [`StorageKey`] (or its
+//! [`short`](StorageKey::short) form).
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// Longest accepted `Idempotency-Key` value, in characters (bytes: only ASCII is accepted).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Why a client-supplied idempotency key was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The value is empty (or an empty sf-string `""`).
+    #[error("idempotency key is empty")]
+    Empty,
+    /// The key is longer than [`MAX_KEY_LEN`].
+    #[error("idempotency key is {len} characters long; at most {max} are allowed", max = MAX_KEY_LEN)]
+    TooLong {
+        /// Length of the rejected key.
+        len: usize,
+    },
+    /// The key contains a character outside printable ASCII (0x20..=0x7E).
+    #[error("idempotency key contains a character outside printable ASCII at byte {position}")]
+    InvalidCharacter {
+        /// Byte offset of the first offending character.
+        position: usize,
+    },
+    /// A quoted sf-string is not terminated, has trailing data, or uses an invalid escape.
+    #[error("idempotency key is a malformed structured-field string: {reason}")]
+    MalformedString {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A derived key could not be built from the request (a field is missing, ...).
+    #[error("idempotency key could not be derived: {reason}")]
+    Underivable {
+        /// What was missing.
+        reason: String,
+    },
+}
+
+/// A validated client idempotency key.
+///
+/// Accepts the RFC 8941 sf-string form (`"abc"`, with `\"` and `\\` escapes)
+/// and the bare form (`abc`); both denote the same key. The key must be
+/// 1..=255 printable ASCII characters.
+///
+/// The value is deliberately opaque: `Debug` prints only a short hash and there
+/// is no `Display`. Use [`IdempotencyKey::short_hash`] in logs.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Parses a header value (sf-string or bare token).
+    ///
+    /// Surrounding optional whitespace (SP / HTAB) is ignored, as HTTP field
+    /// parsing does.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError`] when the value is empty, too long, holds a character outside
+    /// printable ASCII, or is a malformed quoted string.
+    ///
+    /// ```
+    /// use idempotency_core::IdempotencyKey;
+    /// let quoted = IdempotencyKey::parse(br#""8e03978e-40d5""#).unwrap();
+    /// let bare = IdempotencyKey::parse(b"8e03978e-40d5").unwrap();
+    /// assert_eq!(quoted, bare);
+    /// assert!(IdempotencyKey::parse(b"").is_err());
+    /// ```
+    pub fn parse(value: &[u8]) -> Result<Self, KeyError> {
+        let value = trim_ows(value);
+        if value.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if value[0] == b'"' {
+            return Self::parse_sf_string(value);
+        }
+        Self::validate(value, 0)?;
+        // Validation guarantees ASCII.
+        Ok(Self(String::from_utf8_lossy(value).into_owned()))
+    }
+
+    /// Builds a key from an already-unquoted string (e.g. a query parameter).
+    ///
+    /// # Errors
+    ///
+    /// The same [`KeyError`]s as [`parse`](Self::parse), except that quotes have no special meaning.
+    pub fn new(value: impl Into<String>) -> Result<Self, KeyError> {
+        let value = value.into();
+        if value.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Self::validate(value.as_bytes(), 0)?;
+        Ok(Self(value))
+    }
+
+    fn parse_sf_string(value: &[u8]) -> Result<Self, KeyError> {
+        let mut out = Vec::with_capacity(value.len());
+        let mut i = 1;
+        let mut closed = false;
+        while i < value.len() {
+            let c = value[i];
+            match c {
+                b'\\' => {
+                    let Some(&next) = value.get(i + 1) else {
+                        return Err(KeyError::MalformedString {
+                            reason: "dangling escape",
+                        });
+                    };
+                    if next != b'"' && next != b'\\' {
+                        return Err(KeyError::MalformedString {
+                            reason: "only \\\" and \\\\ escapes are allowed",
+                        });
+                    }
+                    out.push(next);
+                    i += 2;
+                }
+                b'"' => {
+                    closed = true;
+                    i += 1;
+                    break;
+                }
+                0x20..=0x7e => {
+                    out.push(c);
+                    i += 1;
+                }
+                _ => return Err(KeyError::InvalidCharacter { position: i }),
+            }
+        }
+        if !closed {
+            return Err(KeyError::MalformedString {
+                reason: "missing closing quote",
+            });
+        }
+        if i != value.len() {
+            return Err(KeyError::MalformedString {
+                reason: "data after closing quote",
+            });
+        }
+        if out.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Self::validate(&out, 0)?;
+        Ok(Self(String::from_utf8_lossy(&out).into_owned()))
+    }
+
+    fn validate(bytes: &[u8], offset: usize) -> Result<(), KeyError> {
+        if let Some(position) = bytes.iter().position(|b| !(0x20..=0x7e).contains(b)) {
+            return Err(KeyError::InvalidCharacter {
+                position: position + offset,
+            });
+        }
+        if bytes.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong { len: bytes.len() });
+        }
+        Ok(())
+    }
+
+    /// The key's bytes, for hashing into a [`StorageKey`]. Never log them.
+    pub fn expose_secret(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// A short, non-reversible identifier for logs: the first 12 hex digits of SHA-256 of the key.
+    pub fn short_hash(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        hex(&digest[..6])
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("IdempotencyKey")
+            .field(&format_args!("sha256:{}", self.short_hash()))
+            .finish()
+    }
+}
+
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// The identity of an idempotency record in a store: SHA-256 over
+/// length-prefixed segments.
+///
+/// Each segment is written as its length (8 bytes, big endian) followed by
+/// its bytes, after a domain tag and the segment count, so the encoding is
+/// injective: `["a:b", "c"]` and `["a", "b:c"]` never hash alike.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StorageKey([u8; 32]);
+
+impl StorageKey {
+    /// Hashes an ordered list of segments.
+    ///
+    /// ```
+    /// use idempotency_core::StorageKey;
+    /// let a = StorageKey::from_segments(&[b"a:b".as_slice(), b"c"]);
+    /// let b = StorageKey::from_segments(&[b"a".as_slice(), b"b:c"]);
+    /// assert_ne!(a, b);
+    /// ```
+    pub fn from_segments<S: AsRef<[u8]>>(segments: &[S]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"idempotency-rs/storage-key/v1");
+        h.update((segments.len() as u64).to_be_bytes());
+        for s in segments {
+            let s = s.as_ref();
+            h.update((s.len() as u64).to_be_bytes());
+            h.update(s);
+        }
+        Self(h.finalize().into())
+    }
+
+    /// Wraps 32 bytes read back from a store.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 digest bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex of all 32 bytes (64 characters).
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parses the 64-character hex form.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let bytes = unhex(s)?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// First 12 hex digits, for log lines and metrics exemplars.
+    pub fn short(&self) -> String {
+        hex(&self.0[..6])
+    }
+}
+
+impl fmt::Debug for StorageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StorageKey({})", self.short())
+    }
+}
+
+impl fmt::Display for StorageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// The parts that identify one idempotent operation, hashed into a [`StorageKey`].
+///
+/// Two requests share a record only when every part is equal: the same
+/// namespace (application or operation family), the same scope (tenant,
+/// principal), the same method and route template, and the same key material
+/// (a client key, or material derived from the request).
+///
+/// ```
+/// use idempotency_core::{IdempotencyKey, KeySpec};
+/// let key = IdempotencyKey::parse(b"order-42").unwrap();
+/// let alice = KeySpec::new("shop")
+///     .scope("tenant-1/alice")
+///     .method("POST")
+///     .route("/orders")
+///     .client_key(&key)
+///     .storage_key();
+/// let bob = KeySpec::new("shop")
+///     .scope("tenant-1/bob")
+///     .method("POST")
+///     .route("/orders")
+///     .client_key(&key)
+///     .storage_key();
+/// assert_ne!(alice, bob);
+/// ```
+#[derive(Clone, Default)]
+pub struct KeySpec {
+    namespace: Vec<u8>,
+    scope: Vec<u8>,
+    method: Vec<u8>,
+    route: Vec<u8>,
+    material: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySpec")
+            .field("namespace", &String::from_utf8_lossy(&self.namespace))
+            .field("method", &String::from_utf8_lossy(&self.method))
+            .field("route", &String::from_utf8_lossy(&self.route))
+            .field("storage_key", &self.storage_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeySpec {
+    /// Starts a spec in a namespace.
+    pub fn new(namespace: impl AsRef<[u8]>) -> Self {
+        Self {
+            namespace: namespace.as_ref().to_vec(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the scope (tenant, principal...). Records in different scopes never meet.
+    #[must_use]
+    pub fn scope(mut self, scope: impl AsRef<[u8]>) -> Self {
+        self.scope = scope.as_ref().to_vec();
+        self
+    }
+
+    /// Sets the method (`POST`, or an operation name for non-HTTP use).
+    #[must_use]
+    pub fn method(mut self, method: impl AsRef<[u8]>) -> Self {
+        self.method = method.as_ref().to_vec();
+        self
+    }
+
+    /// Sets the route template (`/orders/{id}`), not the concrete path.
+    #[must_use]
+    pub fn route(mut self, route: impl AsRef<[u8]>) -> Self {
+        self.route = route.as_ref().to_vec();
+        self
+    }
+
+    /// Uses a validated client key as the key material.
+    #[must_use]
+    pub fn client_key(self, key: &IdempotencyKey) -> Self {
+        self.material([b"client".as_slice(), key.expose_secret()])
+    }
+
+    /// Uses derived material (one segment per value) as the key material,
+    /// e.g. `[estimate_id, snapshot_version]`.
+    #[must_use]
+    pub fn derived<I, S>(self, parts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<[u8]>,
+    {
+        let mut out = vec![b"derived".to_vec()];
+        out.extend(parts.into_iter().map(|p| p.as_ref().to_vec()));
+        self.material_vec(out)
+    }
+
+    fn material<const N: usize>(self, parts: [&[u8]; N]) -> Self {
+        self.material_vec(parts.iter().map(|p| p.to_vec()).collect())
+    }
+
+    fn material_vec(mut self, parts: Vec<Vec<u8>>) -> Self {
+        self.material = parts;
+        self
+    }
+
+    /// Hashes the spec.
+    pub fn storage_key(&self) -> StorageKey {
+        let mut segs: Vec<&[u8]> = Vec::with_capacity(4 + self.material.len());
+        segs.push(&self.namespace);
+        segs.push(&self.scope);
+        segs.push(&self.method);
+        segs.push(&self.route);
+        segs.extend(self.material.iter().map(Vec::as_slice));
+        StorageKey::from_segments(&segs)
+    }
+}
+
+/// Extracts key material from a JSON document by JSON pointers (RFC 6901).
+///
+/// Each pointer must resolve to a string, number or boolean; strings are
+/// taken as their text, other scalars as their canonical JSON text, with a
+/// one-byte type tag so that `"1"` and `1` stay distinct.
+///
+/// ```
+/// use idempotency_core::{derive_from_json, KeySpec};
+/// let body = br#"{"estimateId":"E-1","snapshotVersion":3,"note":"x"}"#;
+/// let parts = derive_from_json(body, &["/estimateId", "/snapshotVersion"]).unwrap();
+/// let key = KeySpec::new("promotion").derived(&parts).storage_key();
+/// let again = derive_from_json(br#"{"snapshotVersion":3,"estimateId":"E-1"}"#, &["/estimateId", "/snapshotVersion"]).unwrap();
+/// assert_eq!(key, KeySpec::new("promotion").derived(&again).storage_key());
+/// ```
+///
+/// # Errors
+///
+/// [`KeyError::Underivable`] when the body is not JSON, a pointer is missing,
+/// or it points at `null`, an object or an array.
+pub fn derive_from_json(body: &[u8], pointers: &[&str]) -> Result<Vec<Vec<u8>>, KeyError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| KeyError::Underivable {
+            reason: format!("body is not JSON: {e}"),
+        })?;
+    derive_from_value(&value, pointers)
+}
+
+/// Like [`derive_from_json`], over an already-parsed value.
+///
+/// # Errors
+///
+/// [`KeyError::Underivable`] as for [`derive_from_json`].
+pub fn derive_from_value(
+    value: &serde_json::Value,
+    pointers: &[&str],
+) -> Result<Vec<Vec<u8>>, KeyError> {
+    pointers
+        .iter()
+        .map(|p| {
+            let v = value.pointer(p).ok_or_else(|| KeyError::Underivable {
+                reason: format!("field {p} is missing"),
+            })?;
+            let mut out = Vec::new();
+            match v {
+                serde_json::Value::String(s) => {
+                    out.push(b's');
+                    out.extend_from_slice(s.as_bytes());
+                }
+                serde_json::Value::Number(n) => {
+                    out.push(b'n');
+                    out.extend_from_slice(n.to_string().as_bytes());
+                }
+                serde_json::Value::Bool(b) => {
+                    out.push(b'b');
+                    out.push(u8::from(*b));
+                }
+                _ => {
+                    return Err(KeyError::Underivable {
+                        reason: format!("field {p} is not a string, number or boolean"),
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_and_bare_are_the_same_key() {
+        let a = IdempotencyKey::parse(br#""abc-123""#).unwrap();
+        let b = IdempotencyKey::parse(b"abc-123").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.expose_secret(), b"abc-123");
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_ignored() {
+        let a = IdempotencyKey::parse(b"  abc\t").unwrap();
+        assert_eq!(a.expose_secret(), b"abc");
+    }
+
+    #[test]
+    fn escapes_in_sf_string() {
+        let a = IdempotencyKey::parse(br#""a\"b\\c""#).unwrap();
+        assert_eq!(a.expose_secret(), br#"a"b\c"#);
+        assert!(matches!(
+            IdempotencyKey::parse(br#""a\nb""#),
+            Err(KeyError::MalformedString { .. })
+        ));
+        assert!(matches!(
+            IdempotencyKey::parse(br#""abc"#),
+            Err(KeyError::MalformedString { .. })
+        ));
+        assert!(matches!(
+            IdempotencyKey::parse(br#""abc"x"#),
+            Err(KeyError::MalformedString { .. })
+        ));
+        assert!(matches!(
+            IdempotencyKey::parse(br#""abc\"#),
+            Err(KeyError::MalformedString { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_empty() {
+        assert_eq!(IdempotencyKey::parse(b""), Err(KeyError::Empty));
+        assert_eq!(IdempotencyKey::parse(b"   "), Err(KeyError::Empty));
+        assert_eq!(IdempotencyKey::parse(br#""""#), Err(KeyError::Empty));
+        assert_eq!(IdempotencyKey::new(""), Err(KeyError::Empty));
+    }
+
+    #[test]
+    fn length_limits() {
+        let ok = "k".repeat(255);
+        assert!(IdempotencyKey::parse(ok.as_bytes()).is_ok());
+        let quoted = format!("\"{ok}\"");
+        assert!(IdempotencyKey::parse(quoted.as_bytes()).is_ok());
+        let long = "k".repeat(256);
+        assert_eq!(
+            IdempotencyKey::parse(long.as_bytes()),
+            Err(KeyError::TooLong { len: 256 })
+        );
+        let long_quoted = format!("\"{long}\"");
+        assert_eq!(
+            IdempotencyKey::parse(long_quoted.as_bytes()),
+            Err(KeyError::TooLong { len: 256 })
+        );
+        // Very long input never panics.
+        let huge = vec![b'a'; 1 << 20];
+        assert!(IdempotencyKey::parse(&huge).is_err());
+    }
+
+    #[test]
+    fn rejects_control_and_non_ascii() {
+        assert_eq!(
+            IdempotencyKey::parse(b"ab\x01c"),
+            Err(KeyError::InvalidCharacter { position: 2 })
+        );
+        assert_eq!(
+            IdempotencyKey::parse(b"ab\x7fc"),
+            Err(KeyError::InvalidCharacter { position: 2 })
+        );
+        assert!(matches!(
+            IdempotencyKey::parse("clé".as_bytes()),
+            Err(KeyError::InvalidCharacter { .. })
+        ));
+        assert!(matches!(
+            IdempotencyKey::parse(b"\"ab\x00\""),
+            Err(KeyError::InvalidCharacter { .. })
+        ));
+        assert!(matches!(
+            IdempotencyKey::new("tab\tinside"),
+            Err(KeyError::InvalidCharacter { position: 3 })
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_raw_key() {
+        let k = IdempotencyKey::parse(b"super-secret-key").unwrap();
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains("super-secret-key"), "{dbg}");
+        assert!(dbg.contains(&k.short_hash()));
+        assert_eq!(k.short_hash().len(), 12);
+    }
+
+    #[test]
+    fn segments_are_injective() {
+        let cases: &[&[&[u8]]] = &[
+            &[b"a:b", b"c"],
+            &[b"a", b"b:c"],
+            &[b"ab", b"c"],
+            &[b"a", b"bc"],
+            &[b"abc"],
+            &[b"abc", b""],
+            &[b"", b"abc"],
+            &[],
+            &[b""],
+            &[b"", b""],
+        ];
+        let keys: Vec<_> = cases.iter().map(|c| StorageKey::from_segments(c)).collect();
+        for i in 0..keys.len() {
+            for j in 0..keys.len() {
+                assert_eq!(
+                    i == j,
+                    keys[i] == keys[j],
+                    "{:?} vs {:?}",
+                    cases[i],
+                    cases[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn spec_parts_never_bleed_into_each_other() {
+        let k = IdempotencyKey::new("k").unwrap();
+        let a = KeySpec::new("ns").scope("ab").method("POST").client_key(&k);
+        let b = KeySpec::new("nsa").scope("b").method("POST").client_key(&k);
+        assert_ne!(a.storage_key(), b.storage_key());
+        let c = KeySpec::new("ns").route("/a").client_key(&k);
+        let d = KeySpec::new("ns").route("/b").client_key(&k);
+        assert_ne!(c.storage_key(), d.storage_key());
+        // A derived key never equals a client key with the same text.
+        let e = KeySpec::new("ns").derived(["k"]);
+        assert_ne!(
+            e.storage_key(),
+            KeySpec::new("ns").client_key(&k).storage_key()
+        );
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let k = StorageKey::from_segments(&[b"x"]);
+        assert_eq!(StorageKey::from_hex(&k.to_hex()), Some(k));
+        assert_eq!(StorageKey::from_hex("zz"), None);
+        assert_eq!(k.to_string().len(), 64);
+    }
+
+    #[test]
+    fn derived_from_json_fields() {
+        let a = derive_from_json(br#"{"id":"1","v":2}"#, &["/id", "/v"]).unwrap();
+        let b = derive_from_json(br#"{"id":1,"v":2}"#, &["/id", "/v"]).unwrap();
+        assert_ne!(a, b, "string \"1\" and number 1 differ");
+        assert!(matches!(
+            derive_from_json(br#"{"id":"1"}"#, &["/id", "/v"]),
+            Err(KeyError::Underivable { .. })
+        ));
+        assert!(matches!(
+            derive_from_json(b"not json", &["/id"]),
+            Err(KeyError::Underivable { .. })
+        ));
+        assert!(matches!(
+            derive_from_json(br#"{"id":{"a":1}}"#, &["/id"]),
+            Err(KeyError::Underivable { .. })
+        ));
+        let nested = derive_from_json(br#"{"a":{"b":true}}"#, &["/a/b"]).unwrap();
+        assert_eq!(nested, vec![b"b\x01".to_vec()]);
+    }
+}

@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod fingerprint;
+mod key;
+mod memory;
+mod once;
+mod policy;
+mod record;
+mod store;
+
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
+
+pub use fingerprint::{Fingerprint, FingerprintError, FingerprintMode, canonical_json};
+pub use key::{
+    IdempotencyKey, KeyError, KeySpec, MAX_KEY_LEN, StorageKey, derive_from_json, derive_from_value,
+};
+pub use memory::MemoryStore;
+pub use once::{Attempt, Execution, FailureClass, Idempotent, RunError, claim_with_wait};
+pub use policy::Policy;
+pub use record::{
+    Completed, Corrupted, DecodeError, Failed, Lease, LeaseToken, Outcome, Pending, Record,
+    RecordState, StoredResponse, Timestamp,
+};
+pub use store::{
+    BoxError, Claim, ClaimKind, ClaimRequest, ClockControl, Completion, DynStore, ErasedStore,
+    Failure, IdempotencyStore, PurgeExpired, Resolution, StoreError,
+};

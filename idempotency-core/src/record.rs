@@ -1,0 +1,436 @@
+//! The idempotency record and its lifecycle states.
+//!
+//! State data lives in the variant: a [`RecordState::Pending`] record carries
+//! its lease, a [`RecordState::Completed`] one its outcome, so a nonsensical
+//! combination (a completed record with a live lease, a failure with a stored
+//! response) cannot be written down.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::fingerprint::Fingerprint;
+use crate::key::StorageKey;
+
+/// Milliseconds since the Unix epoch, as measured by the store's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The latest representable instant: "never".
+    pub const MAX: Self = Self(u64::MAX);
+
+    /// From milliseconds since the epoch.
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since the epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// The system clock, for stores that own their clock (the in-memory store).
+    pub fn now_system() -> Self {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Self(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// `self + d`, saturating at [`Timestamp::MAX`].
+    #[must_use]
+    pub fn saturating_add(self, d: Duration) -> Self {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self(self.0.saturating_add(ms))
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn saturating_since(self, earlier: Self) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// A random token naming one claim of a record. Only its holder may
+/// complete, fail, release or renew the record.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseToken(Uuid);
+
+impl LeaseToken {
+    /// A new random token.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Wraps a token read back from a store.
+    pub const fn from_uuid(u: Uuid) -> Self {
+        Self(u)
+    }
+
+    /// The UUID.
+    pub const fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseToken({})", &self.0.simple().to_string()[..8])
+    }
+}
+
+/// The owner's handle on a claimed record: proof of ownership for
+/// complete / fail / release / renew.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The record.
+    pub key: StorageKey,
+    /// The claim's token.
+    pub token: LeaseToken,
+    /// Fencing number: strictly increases with every claim of the record.
+    /// Pass it to downstream systems that can reject stale writers.
+    pub fence: u64,
+    /// Attempt number of this claim (1 for the first execution).
+    pub attempt: u32,
+    /// When the lease runs out unless renewed (store clock).
+    pub deadline: Timestamp,
+    /// Lease length, used again by renewals.
+    pub lease_duration: Duration,
+    /// Retention of the finished record, counted from completion or failure.
+    pub retention: Duration,
+}
+
+/// A response (or any status + headers + body result) kept for replay.
+///
+/// Headers keep their order and repetitions; names are stored lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// Status code.
+    pub status: u16,
+    /// Allow-listed headers, in order, repetitions kept.
+    pub headers: Vec<(String, Bytes)>,
+    /// The body bytes, exactly as sent.
+    pub body: Bytes,
+}
+
+/// What a completed operation left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// An HTTP-like response to replay byte for byte.
+    Response(StoredResponse),
+    /// A typed value serialised as JSON (the programmatic API).
+    Value(Bytes),
+    /// The operation ran, but its result was not kept (too large to store).
+    /// The record never re-executes; replays say what happened.
+    Tombstone {
+        /// Status the original response had, if any.
+        status: Option<u16>,
+        /// Why nothing was kept.
+        reason: String,
+    },
+}
+
+/// Why an [`Outcome`] could not be decoded: the record is corrupted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored outcome cannot be decoded: {0}")]
+pub struct DecodeError(pub &'static str);
+
+const CODEC_VERSION: u8 = 1;
+
+impl Outcome {
+    /// Compact, binary-safe encoding for stores (versioned).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.push(CODEC_VERSION);
+        match self {
+            Self::Response(r) => {
+                out.push(b'R');
+                out.extend_from_slice(&r.status.to_be_bytes());
+                put_u32(&mut out, r.headers.len());
+                for (name, value) in &r.headers {
+                    put_bytes(&mut out, name.as_bytes());
+                    put_bytes(&mut out, value);
+                }
+                put_bytes(&mut out, &r.body);
+            }
+            Self::Value(v) => {
+                out.push(b'V');
+                put_bytes(&mut out, v);
+            }
+            Self::Tombstone { status, reason } => {
+                out.push(b'T');
+                out.extend_from_slice(&status.unwrap_or(0).to_be_bytes());
+                put_bytes(&mut out, reason.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes [`Outcome::encode`]'s output.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] on any truncation, unknown tag or version, or trailing bytes.
+    pub fn decode(mut input: &[u8]) -> Result<Self, DecodeError> {
+        let r = &mut input;
+        if take(r, 1)?[0] != CODEC_VERSION {
+            return Err(DecodeError("unknown codec version"));
+        }
+        let out = match take(r, 1)?[0] {
+            b'R' => {
+                let status = u16::from_be_bytes([take(r, 1)?[0], take(r, 1)?[0]]);
+                let n = get_u32(r)?;
+                let mut headers = Vec::with_capacity(n.min(256));
+                for _ in 0..n {
+                    let name = std::str::from_utf8(get_bytes(r)?)
+                        .map_err(|_| DecodeError("header name is not UTF-8"))?
+                        .to_owned();
+                    let value = Bytes::copy_from_slice(get_bytes(r)?);
+                    headers.push((name, value));
+                }
+                let body = Bytes::copy_from_slice(get_bytes(r)?);
+                Self::Response(StoredResponse {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            b'V' => Self::Value(Bytes::copy_from_slice(get_bytes(r)?)),
+            b'T' => {
+                let status = u16::from_be_bytes([take(r, 1)?[0], take(r, 1)?[0]]);
+                let reason = std::str::from_utf8(get_bytes(r)?)
+                    .map_err(|_| DecodeError("tombstone reason is not UTF-8"))?
+                    .to_owned();
+                Self::Tombstone {
+                    status: (status != 0).then_some(status),
+                    reason,
+                }
+            }
+            _ => return Err(DecodeError("unknown outcome tag")),
+        };
+        if !r.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(out)
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u32(out, b.len());
+    out.extend_from_slice(b);
+}
+
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
+    if r.len() < n {
+        return Err(DecodeError("truncated"));
+    }
+    let (head, tail) = r.split_at(n);
+    *r = tail;
+    Ok(head)
+}
+
+fn get_u32(r: &mut &[u8]) -> Result<usize, DecodeError> {
+    let b = take(r, 4)?;
+    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+fn get_bytes<'a>(r: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    let n = get_u32(r)?;
+    take(r, n)
+}
+
+/// Someone is executing now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Token of the current claim.
+    pub token: LeaseToken,
+    /// When the lease runs out unless renewed.
+    pub lease_deadline: Timestamp,
+}
+
+/// Done: replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// What to replay.
+    pub outcome: Outcome,
+    /// A reference to the resource the operation created (`/work-orders/42`), if any.
+    pub resource: Option<String>,
+    /// When it completed.
+    pub completed_at: Timestamp,
+}
+
+/// Executed and failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// Why (free text; never holds the raw key).
+    pub reason: String,
+    /// Whether a later claim may run the operation again (until max attempts).
+    pub retryable: bool,
+    /// When it failed.
+    pub failed_at: Timestamp,
+}
+
+/// The record points at something that no longer exists or cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupted {
+    /// What was found.
+    pub detail: String,
+    /// When it was found.
+    pub detected_at: Timestamp,
+}
+
+/// The lifecycle state, with its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// Someone is executing now.
+    Pending(Pending),
+    /// Done; replay it.
+    Completed(Completed),
+    /// Executed and failed.
+    Failed(Failed),
+    /// Blocks until an operator resolves it.
+    Corrupted(Corrupted),
+}
+
+impl RecordState {
+    /// `PENDING`, `COMPLETED`, `FAILED` or `CORRUPTED`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Pending(_) => "PENDING",
+            Self::Completed(_) => "COMPLETED",
+            Self::Failed(_) => "FAILED",
+            Self::Corrupted(_) => "CORRUPTED",
+        }
+    }
+}
+
+/// One idempotency record as a store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Identity.
+    pub key: StorageKey,
+    /// Fingerprint of the request that created it.
+    pub fingerprint: Fingerprint,
+    /// Highest fencing number issued for this record.
+    pub fence: u64,
+    /// Number of claims that started an execution.
+    pub attempts: u32,
+    /// First claim.
+    pub created_at: Timestamp,
+    /// When the record stops counting (store clock), whatever the backend still holds.
+    pub expires_at: Timestamp,
+    /// The state and its data.
+    pub state: RecordState,
+}
+
+impl Record {
+    /// Whether the record no longer counts at `now`: a finished record past its
+    /// retention, or an abandoned pending record whose lease and retention have
+    /// both run out. Corrupted records never expire.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        match &self.state {
+            RecordState::Corrupted(_) => false,
+            RecordState::Pending(p) => self.expires_at <= now && p.lease_deadline <= now,
+            RecordState::Completed(_) | RecordState::Failed(_) => self.expires_at <= now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_round_trips() {
+        let cases = [
+            Outcome::Response(StoredResponse {
+                status: 201,
+                headers: vec![
+                    ("location".into(), Bytes::from_static(b"/orders/1")),
+                    ("link".into(), Bytes::from_static(b"<a>")),
+                    ("link".into(), Bytes::from_static(b"<b>")),
+                ],
+                body: Bytes::from(vec![0u8, 255, 10, 13]),
+            }),
+            Outcome::Response(StoredResponse {
+                status: 204,
+                headers: vec![],
+                body: Bytes::new(),
+            }),
+            Outcome::Value(Bytes::from_static(br#"{"a":1}"#)),
+            Outcome::Tombstone {
+                status: Some(200),
+                reason: "too large".into(),
+            },
+            Outcome::Tombstone {
+                status: None,
+                reason: String::new(),
+            },
+        ];
+        for c in cases {
+            assert_eq!(Outcome::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_not_a_panic() {
+        let good = Outcome::Response(StoredResponse {
+            status: 200,
+            headers: vec![("a".into(), Bytes::from_static(b"b"))],
+            body: Bytes::from_static(b"hello"),
+        })
+        .encode();
+        for n in 0..good.len() {
+            assert!(Outcome::decode(&good[..n]).is_err(), "prefix {n}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(Outcome::decode(&trailing).is_err());
+        assert!(Outcome::decode(&[9, b'R']).is_err());
+        assert!(Outcome::decode(&[1, b'X']).is_err());
+        assert!(Outcome::decode(&[1, b'V', 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn expiry_rules() {
+        let now = Timestamp::from_millis(1_000);
+        let mut r = Record {
+            key: StorageKey::from_segments(&[b"k"]),
+            fingerprint: Fingerprint::of_bytes("x", b""),
+            fence: 1,
+            attempts: 1,
+            created_at: now,
+            expires_at: now,
+            state: RecordState::Pending(Pending {
+                token: LeaseToken::new(),
+                lease_deadline: now.saturating_add(Duration::from_secs(1)),
+            }),
+        };
+        assert!(!r.is_expired(now), "a live lease keeps a pending record");
+        r.state = RecordState::Completed(Completed {
+            outcome: Outcome::Value(Bytes::new()),
+            resource: None,
+            completed_at: now,
+        });
+        assert!(r.is_expired(now));
+        r.state = RecordState::Corrupted(Corrupted {
+            detail: String::new(),
+            detected_at: now,
+        });
+        assert!(!r.is_expired(Timestamp::MAX));
+    }
+}
