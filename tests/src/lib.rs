@@ -1,1 +1,2 @@
-//! Placeholder: this crate is being filled in.
+//! Cross-crate integration tests: the HTTP behaviour suite, written once and
+//! run against every store, plus multi-instance and fault tests.
