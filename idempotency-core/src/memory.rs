@@ -104,11 +104,12 @@ impl Shard {
         removed
     }
 
-    /// The owned record if `lease` still owns it.
-    fn owned(&mut self, lease: &Lease) -> Result<&mut Record, StoreError> {
+    /// The owned record if `lease` still owns it (same token and fence, not expired).
+    fn owned(&mut self, lease: &Lease, now: Timestamp) -> Result<&mut Record, StoreError> {
         match self.records.get_mut(&lease.key) {
             Some(r)
                 if r.fence == lease.fence
+                    && !r.is_expired(now)
                     && matches!(&r.state, RecordState::Pending(p) if p.token == lease.token) =>
             {
                 Ok(r)
@@ -259,7 +260,7 @@ impl MemoryStore {
     fn finish(&self, lease: &Lease, state: RecordState) -> Result<(), StoreError> {
         let now = self.now();
         let mut shard = self.shard(&lease.key);
-        let rec = shard.owned(lease)?;
+        let rec = shard.owned(lease, now)?;
         rec.state = state;
         rec.expires_at = now.saturating_add(lease.retention);
         shard.wake(&lease.key);
@@ -325,9 +326,10 @@ impl IdempotencyStore for MemoryStore {
     }
 
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let now = self.now();
         let out = {
             let mut shard = self.shard(&lease.key);
-            match shard.owned(lease) {
+            match shard.owned(lease, now) {
                 Ok(_) => {
                     shard.records.remove(&lease.key);
                     shard.wake(&lease.key);
@@ -343,7 +345,7 @@ impl IdempotencyStore for MemoryStore {
         let now = self.now();
         let out = {
             let mut shard = self.shard(&lease.key);
-            shard.owned(lease).map(|rec| {
+            shard.owned(lease, now).map(|rec| {
                 let deadline = now.saturating_add(lease.lease_duration);
                 rec.state = RecordState::Pending(Pending {
                     token: lease.token,

@@ -25,7 +25,7 @@ use crate::store::{ClaimRequest, Failure};
 ///     .retention(Duration::from_secs(3600))
 ///     .max_attempts(5)
 ///     .wait(Duration::from_secs(2));
-/// assert_eq!(policy.heartbeat_interval(), Duration::from_millis(1666));
+/// assert_eq!(policy.heartbeat_interval(), Duration::from_secs(5) / 3);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {

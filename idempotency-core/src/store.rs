@@ -22,7 +22,7 @@
 //! | [`resolve`](IdempotencyStore::resolve) | `Corrupted` / `Pending` | absent or `Failed` |
 //!
 //! A lease operation whose token or fence does not match the stored record
-//! (or whose record is gone) fails with [`StoreError::LeaseLost`] and changes
+//! (or whose record is gone or expired) fails with [`StoreError::LeaseLost`] and changes
 //! nothing. Time comes from the store's clock; a record counts as absent once
 //! [`Record::is_expired`] says so, even if the backend still holds it.
 
