@@ -28,3 +28,8 @@ pub use store::{
     BoxError, Claim, ClaimKind, ClaimRequest, ClockControl, Completion, DynStore, ErasedStore,
     Failure, IdempotencyStore, PurgeExpired, Resolution, StoreError,
 };
+
+/// The repository README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct RepositoryReadme;

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL (127.0.0.1:5432, trust auth, database `test`) and Redis
+# (127.0.0.1:6379) are running: starts them when they are installed but down,
+# installs them with apt-get when they are missing. Idempotent.
+#
+#   scripts/services.sh            # both
+#   scripts/services.sh postgres   # only PostgreSQL
+#   scripts/services.sh redis      # only Redis
+set -euo pipefail
+
+want="${1:-all}"
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+log() { echo "services: $*" >&2; }
+
+apt_install() {
+  log "installing $* with apt-get"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+pg_up() { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; }
+
+ensure_postgres() {
+  if pg_up; then log "postgres is up"; else
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+      apt_install postgresql postgresql-client
+      local fresh=1
+    fi
+    local ver
+    ver="$(ls /etc/postgresql | sort -V | tail -n1)"
+    if [ "${fresh:-0}" = 1 ]; then
+      # A cluster this script installed: trust loopback connections, as on CI.
+      local hba="/etc/postgresql/$ver/main/pg_hba.conf"
+      $SUDO sed -i -E 's/^(local|host)(\s+all\s+all\s+.*\s)(peer|md5|scram-sha-256)$/\1\2trust/' "$hba"
+      $SUDO sed -i -E 's/^(local\s+all\s+postgres\s+)peer$/\1trust/' "$hba"
+    fi
+    log "starting postgres $ver"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || $SUDO pg_ctlcluster "$ver" main start
+    for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+    pg_up || { log "postgres did not come up"; exit 1; }
+  fi
+  # Database `test` and a role for the current user, when missing.
+  if ! psql -h 127.0.0.1 -U postgres -d test -qtAc 'select 1' >/dev/null 2>&1; then
+    psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE test' >/dev/null 2>&1 || true
+  fi
+  psql -h 127.0.0.1 -U postgres -d test -qtAc 'select 1' >/dev/null
+}
+
+redis_up() { command -v redis-cli >/dev/null 2>&1 && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; }
+
+ensure_redis() {
+  if redis_up; then log "redis is up"; return; fi
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  log "starting redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  for _ in $(seq 1 40); do redis_up && break; sleep 0.25; done
+  redis_up || { log "redis did not come up"; exit 1; }
+}
+
+case "$want" in
+  all) ensure_postgres; ensure_redis ;;
+  postgres) ensure_postgres ;;
+  redis) ensure_redis ;;
+  *) echo "usage: $0 [all|postgres|redis]" >&2; exit 2 ;;
+esac
