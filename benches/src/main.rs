@@ -1,2 +1,0 @@
-//! Benchmark harness placeholder.
-fn main() {}
