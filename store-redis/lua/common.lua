@@ -1,0 +1,135 @@
+-- Shared helpers, prepended to every script of this crate.
+--
+-- A record is one hash at KEYS[1] = "<prefix>:{<64-hex storage key>}":
+--   s  state: P pending, C completed, F failed, X corrupted
+--   f  request fingerprint (32 raw bytes)
+--   n  fence (highest fencing number issued)
+--   a  attempts (executions started)
+--   c  created_at (ms, store clock)
+--   e  expires_at (ms, store clock; absent on corrupted records: never)
+--   t  lease token (16 raw bytes)                 P
+--   d  lease deadline (ms, store clock)           P
+--   o  outcome bytes (Outcome::encode)            C
+--   r  resource reference (optional)              C
+--   x  failure reason / corruption detail         F, X
+--   y  retryable: 1 or 0                          F
+--   w  completed_at / failed_at / detected_at (ms) C, F, X
+--
+-- "Store clock" = Redis TIME in ms + the offset passed as ARGV[1] (zero
+-- except in tests that move the clock). The key's PX is always at least
+-- the record's remaining stored lifetime, so Redis never evicts a record
+-- that still counts; the stored timestamps decide expiry.
+
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+
+local FIELDS = { 's', 'f', 'n', 'a', 'c', 'e', 't', 'd', 'o', 'r', 'x', 'y', 'w' }
+local DAY_MS = 86400000
+
+local function clock(offset)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(offset)
+end
+
+-- Integers always travel as plain decimal strings.
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+local function count(v)
+  local n = tonumber(v)
+  if n == nil or n < 0 or n ~= math.floor(n) then
+    return nil
+  end
+  return n
+end
+
+-- Reads the record at `key`. Returns (rec, bad):
+--   nil, nil     absent
+--   rec, nil     a well-formed record (rec.raw holds the HMGET array)
+--   rec?, bad    present but unreadable; `bad` says why
+local function load(key)
+  local raw = redis.pcall('HMGET', key, unpack(FIELDS))
+  if type(raw) == 'table' and raw.err then
+    return nil, 'record is not a hash'
+  end
+  local present = false
+  for i = 1, #FIELDS do
+    if raw[i] then
+      present = true
+      break
+    end
+  end
+  if not present then
+    return nil, nil
+  end
+  local r = {
+    raw = raw, s = raw[1], f = raw[2], n = count(raw[3]), a = count(raw[4]),
+    c = count(raw[5]), e = count(raw[6]), t = raw[7], d = count(raw[8]),
+    o = raw[9], r = raw[10], x = raw[11], y = raw[12], w = count(raw[13]),
+  }
+  if r.s == 'X' then
+    return r, nil
+  end
+  if not (r.f and #r.f == 32 and r.n and r.a and r.c and r.e) then
+    return r, 'record header is malformed'
+  end
+  if r.s == 'P' then
+    if not (r.t and #r.t == 16 and r.d) then
+      return r, 'pending record is malformed'
+    end
+  elseif r.s == 'C' then
+    if not (r.o and r.w) then
+      return r, 'completed record is malformed'
+    end
+  elseif r.s == 'F' then
+    if not (r.x and (r.y == '1' or r.y == '0') and r.w) then
+      return r, 'failed record is malformed'
+    end
+  else
+    return r, 'unknown record state'
+  end
+  return r, nil
+end
+
+-- Whether a record no longer counts at `now` (mirrors Record::is_expired).
+local function expired(r, now)
+  if r.s == 'X' then
+    return false
+  elseif r.s == 'P' then
+    return r.e <= now and r.d <= now
+  end
+  return r.e <= now
+end
+
+-- Keeps the key at least until `at` (store clock), counted from `now`.
+local function keep_until(key, at, now)
+  redis.call('PEXPIRE', key, int(math.max(at - now, 1)))
+end
+
+-- Wakes cross-process waiters (the channel and message are arguments: a
+-- channel is not a key, so this is cluster-safe).
+local function notify(channel, message)
+  redis.call('PUBLISH', channel, message)
+end
+
+-- Turns whatever is at `key` into a corrupted record that never expires.
+local function corrupt(key, detail, now)
+  if redis.call('TYPE', key).ok ~= 'hash' then
+    redis.call('DEL', key)
+  end
+  redis.call('HSET', key, 's', 'X', 'x', detail, 'w', int(now))
+  redis.call('HDEL', key, 'e', 't', 'd', 'o', 'r', 'y')
+  redis.call('PERSIST', key)
+end
+
+-- The record if the lease (token, fence) still owns it, else nil.
+local function owned(key, token, fence, now)
+  local r, bad = load(key)
+  if r == nil or bad ~= nil or r.s ~= 'P' or r.t ~= token or r.n ~= tonumber(fence)
+      or expired(r, now) then
+    return nil
+  end
+  return r
+end

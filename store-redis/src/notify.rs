@@ -1,0 +1,253 @@
+//! Cross-process wake-ups for `wait_for_change`.
+//!
+//! Every script that moves a record out of `Pending` (complete, fail,
+//! release, resolve, mark corrupted, the expiry of a lease without attempts
+//! left) publishes the record's 32-byte storage key on `<prefix>:changes`.
+//! Each store runs one subscriber task (started lazily by the first waiter,
+//! on a dedicated connection) that wakes the local waiters of that key.
+//!
+//! Pub/sub delivers at most once, so waiting is bounded all the same: a
+//! waiter re-checks the record at least every `wait_poll_interval`, never
+//! sleeps past the lease deadline, polls every 25 ms while the subscriber is
+//! not connected, and every waiter is woken when the subscriber
+//! (re)subscribes, since notifications may have been lost meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use idempotency_core::StorageKey;
+use redis::Client;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// The waiters of one store and the state of its subscription.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    map: Mutex<HashMap<StorageKey, Arc<Notify>>>,
+    subscribed: AtomicBool,
+}
+
+impl Waiters {
+    fn map(&self) -> MutexGuard<'_, HashMap<StorageKey, Arc<Notify>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn wake(&self, key: &StorageKey) {
+        if let Some(n) = self.map().remove(key) {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for (_, n) in self.map().drain() {
+            n.notify_waiters();
+        }
+    }
+
+    /// Registers interest in `key`; the returned guard unregisters on drop.
+    pub(crate) fn register(self: &Arc<Self>, key: StorageKey) -> Registration {
+        let notify = self.map().entry(key).or_default().clone();
+        Registration {
+            waiters: self.clone(),
+            key,
+            notify,
+        }
+    }
+
+    pub(crate) fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+}
+
+/// A registered waiter.
+pub(crate) struct Registration {
+    waiters: Arc<Waiters>,
+    key: StorageKey,
+    notify: Arc<Notify>,
+}
+
+impl Registration {
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut map = self.waiters.map();
+        // The map's reference plus ours: nobody else waits on this entry.
+        if map
+            .get(&self.key)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// The subscriber task of one store (aborted when the store is dropped).
+pub(crate) struct Subscriber {
+    pub(crate) waiters: Arc<Waiters>,
+    client: Option<Client>,
+    channel: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Subscriber {
+    pub(crate) fn new(
+        client: Option<Client>,
+        channel: String,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        Self {
+            waiters: Arc::default(),
+            client,
+            channel,
+            connect_timeout,
+            response_timeout,
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Starts (or restarts, e.g. after its runtime went away) the subscriber
+    /// task; returns whether it is subscribed right now.
+    pub(crate) fn ensure_running(&self) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        let mut task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if task.as_ref().is_none_or(JoinHandle::is_finished) {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return false;
+            };
+            *task = Some(runtime.spawn(run(
+                client.clone(),
+                self.channel.clone(),
+                self.waiters.clone(),
+                self.connect_timeout,
+                self.response_timeout,
+            )));
+        }
+        self.waiters.is_subscribed()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Marks the subscription live while it exists.
+struct Live(Arc<Waiters>);
+
+impl Live {
+    fn new(waiters: Arc<Waiters>) -> Self {
+        waiters.subscribed.store(true, Ordering::Release);
+        // Notifications published while we were not listening are lost:
+        // everyone re-checks.
+        waiters.wake_all();
+        Self(waiters)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.subscribed.store(false, Ordering::Release);
+        self.0.wake_all();
+    }
+}
+
+async fn run(
+    client: Client,
+    channel: String,
+    waiters: Arc<Waiters>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match subscribe(&client, &channel, connect_timeout, response_timeout).await {
+            Ok((sink, stream)) => {
+                backoff = MIN_BACKOFF;
+                let live = Live::new(waiters.clone());
+                listen(sink, stream, &live.0, response_timeout).await;
+                drop(live);
+                tracing::debug!(%channel, "redis change subscription lost; reconnecting");
+            }
+            Err(e) => {
+                tracing::debug!(%channel, error = %e, "redis change subscription failed");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn subscribe(
+    client: &Client,
+    channel: &str,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
+    let pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (mut sink, stream) = pubsub.split();
+    tokio::time::timeout(response_timeout, sink.subscribe(channel))
+        .await
+        .map_err(|_| "subscribe timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok((sink, stream))
+}
+
+/// Dispatches messages until the connection ends or stops answering pings.
+async fn listen(
+    mut sink: redis::aio::PubSubSink,
+    mut stream: redis::aio::PubSubStream,
+    waiters: &Waiters,
+    response_timeout: Duration,
+) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { return };
+                if let Ok(bytes) = <[u8; 32]>::try_from(msg.get_payload_bytes()) {
+                    waiters.wake(&StorageKey::from_bytes(bytes));
+                }
+            }
+            _ = ping.tick() => {
+                let pong = tokio::time::timeout(response_timeout, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,603 @@
+//! [`RedisStore`]: the store itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use idempotency_core::{
+    Claim, ClaimKind, ClaimRequest, ClockControl, Completed, Corrupted, Failed, Fingerprint,
+    IdempotencyStore, Lease, LeaseToken, Record, RecordState, Resolution, StorageKey, StoreError,
+    Timestamp,
+};
+use idempotency_core::{Completion, Failure};
+use redis::{ScriptInvocation, Value};
+
+use crate::codec::{self, array, bytes, int, tag, text, uint};
+use crate::config::RedisConfig;
+use crate::conn::Backend;
+use crate::error::{ConfigError, ProtocolError, map_redis};
+use crate::notify::Subscriber;
+use crate::scripts;
+
+/// Longest duration passed to a script (100 years): keeps every sum of
+/// milliseconds exact in Lua's doubles.
+const MAX_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
+/// Poll interval while the change subscription is not connected.
+const FALLBACK_POLL: Duration = Duration::from_millis(25);
+/// How often a read retries when the record changes under a corruption mark.
+const MAX_RETRIES: usize = 3;
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).min(MAX_MS)
+}
+
+/// A Redis-backed [`IdempotencyStore`].
+///
+/// Every decision is one Lua script (`EVALSHA`, loaded on `NOSCRIPT`) on one
+/// key, `<prefix>:{<64-hex storage key>}`, using the Redis server's clock.
+/// Cloning is cheap and shares connections, clock offset and waiters.
+/// See the [crate documentation](crate) for the key layout, cancellation
+/// safety, timeouts and the guarantees (and their limits).
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    config: RedisConfig,
+    channel: String,
+    offset_ms: AtomicU64,
+    subscriber: Subscriber,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.config.prefix)
+            .field("mode", &self.inner.config.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a conditional corruption mark did.
+enum Mark {
+    Marked,
+    Gone,
+    Changed,
+}
+
+impl RedisStore {
+    /// Builds a store. No I/O happens here: connections are made on first
+    /// use (and remade after failures), so an application can start while
+    /// Redis is still down. Use [`RedisStore::ping`] as a readiness check.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for an unparsable URL, a prefix with braces, or a pool
+    /// that cannot be built.
+    pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
+        if config.prefix.is_empty() || config.prefix.contains(['{', '}']) {
+            return Err(ConfigError::InvalidPrefix(config.prefix));
+        }
+        let backend = Backend::new(&config)?;
+        let channel = format!("{}:changes", config.prefix);
+        let pubsub_client = config
+            .urls
+            .iter()
+            .find(|u| !u.is_empty())
+            .and_then(|u| redis::Client::open(u.as_str()).ok());
+        let subscriber = Subscriber::new(
+            pubsub_client,
+            channel.clone(),
+            config.connect_timeout,
+            config.response_timeout,
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                channel,
+                offset_ms: AtomicU64::new(0),
+                subscriber,
+            }),
+        })
+    }
+
+    /// The configuration this store was built with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The Redis key of a record: `<prefix>:{<64-hex storage key>}`. The
+    /// braces make the hex digest the key's Redis Cluster hash tag.
+    pub fn record_key(&self, key: &StorageKey) -> String {
+        format!("{}:{{{}}}", self.inner.config.prefix, key.to_hex())
+    }
+
+    /// The pub/sub channel on which record changes are announced.
+    pub fn change_channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// Pool statistics in [`ConnectionMode::Pooled`](crate::ConnectionMode::Pooled) mode.
+    pub fn pool_status(&self) -> Option<deadpool_redis::Status> {
+        self.inner.backend.pool_status()
+    }
+
+    /// Checks that Redis answers (a readiness probe).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] or [`StoreError::Timeout`] when it does not.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped ping leaves no state behind.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.backend.checkout().await?;
+        let result = redis::cmd("PING").query_async::<Value>(&mut conn).await;
+        conn.finish(&result);
+        result.map(drop).map_err(map_redis)
+    }
+
+    /// Loads every script into the script cache (optional: scripts are
+    /// loaded on their first `NOSCRIPT` anyway).
+    ///
+    /// # Errors
+    ///
+    /// The store errors of [`RedisStore::ping`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: loading is idempotent.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        for script in scripts::all() {
+            let mut conn = self.inner.backend.checkout().await?;
+            let result = script.load_async(&mut conn).await;
+            conn.finish(&result);
+            result.map_err(map_redis)?;
+        }
+        Ok(())
+    }
+
+    fn offset(&self) -> u64 {
+        self.inner.offset_ms.load(Ordering::Relaxed)
+    }
+
+    async fn eval(
+        &self,
+        op: &'static str,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.inner.backend.checkout().await?;
+            let result = inv.invoke_async::<Value>(&mut conn).await;
+            conn.finish(&result);
+            result.map_err(map_redis)
+        }
+        .await;
+        metrics::histogram!(
+            "idempotency_store_operation_seconds",
+            "store" => "redis",
+            "op" => op,
+        )
+        .record(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            metrics::counter!(
+                "idempotency_store_errors_total",
+                "store" => "redis",
+                "op" => op,
+            )
+            .increment(1);
+            tracing::warn!(store = "redis", op, error = %e, "redis store operation failed");
+        }
+        result
+    }
+
+    /// Marks `key` corrupted if it still is the record that was read
+    /// (same fence and state).
+    async fn mark_if(
+        &self,
+        key: &StorageKey,
+        detail: &str,
+        fence: Option<u64>,
+        state: Option<&[u8]>,
+    ) -> Result<Mark, StoreError> {
+        tracing::error!(
+            store = "redis",
+            key = %key.short(),
+            detail,
+            "undecodable idempotency record: marking it corrupted"
+        );
+        let mut inv = scripts::MARK_CORRUPTED.prepare_invoke();
+        inv.key(self.record_key(key))
+            .arg(self.offset())
+            .arg(detail)
+            .arg(fence.map(|f| f.to_string()).unwrap_or_default())
+            .arg(state.unwrap_or_default())
+            .arg(&self.inner.channel)
+            .arg(key.as_bytes().as_slice());
+        match int(&self.eval("mark_corrupted", &inv).await?) {
+            Some(1) => Ok(Mark::Marked),
+            Some(0) => Ok(Mark::Gone),
+            Some(2) => Ok(Mark::Changed),
+            _ => Err(protocol("mark_corrupted reply")),
+        }
+    }
+
+    /// Time left on a live pending lease, read from the store.
+    async fn pending_lease_left(&self, key: &StorageKey) -> Result<Option<Duration>, StoreError> {
+        let (now, fields) = self.read(key).await?;
+        let Some(fields) = fields else {
+            return Ok(None);
+        };
+        if codec::state_of(&fields) != Some(b"P".as_slice()) {
+            return Ok(None);
+        }
+        let deadline = fields
+            .get(7)
+            .and_then(int)
+            .and_then(|d| u64::try_from(d).ok());
+        Ok(deadline
+            .filter(|d| *d > now)
+            .map(|d| Duration::from_millis(d - now)))
+    }
+
+    /// Runs the `get` script: the store's "now" and the live record's fields.
+    async fn read(&self, key: &StorageKey) -> Result<(u64, Option<Vec<Value>>), StoreError> {
+        let mut inv = scripts::GET.prepare_invoke();
+        inv.key(self.record_key(key))
+            .arg(self.offset())
+            .arg(&self.inner.channel)
+            .arg(key.as_bytes().as_slice());
+        let reply = self.eval("get", &inv).await?;
+        let items = array(&reply)?;
+        let [now, fields] = items else {
+            return Err(protocol("get reply"));
+        };
+        let now = uint(now)?;
+        match fields {
+            Value::Nil => Ok((now, None)),
+            Value::Array(fields) => Ok((now, Some(fields.clone()))),
+            _ => Err(protocol("get reply")),
+        }
+    }
+
+    async fn lease_op(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        lease: &Lease,
+        extra: impl FnOnce(&mut ScriptInvocation<'_>),
+    ) -> Result<Value, StoreError> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.record_key(&lease.key))
+            .arg(self.offset())
+            .arg(lease.token.as_uuid().as_bytes().as_slice())
+            .arg(lease.fence);
+        extra(&mut inv);
+        self.eval(op, &inv).await
+    }
+
+    fn lease_ack(reply: &Value, what: &'static str) -> Result<(), StoreError> {
+        match int(reply) {
+            Some(1) => Ok(()),
+            Some(0) => Err(StoreError::LeaseLost),
+            _ => Err(protocol(what)),
+        }
+    }
+
+    fn claim_reply(
+        req: &ClaimRequest,
+        token: LeaseToken,
+        reply: &Value,
+    ) -> Result<Result<Claim, (String, Option<u64>)>, StoreError> {
+        let items = array(reply)?;
+        let at = |i: usize| items.get(i).ok_or(protocol("claim reply"));
+        let claim = match tag(items)? {
+            b"A" => {
+                let kind = match bytes(at(1)?) {
+                    Some(b"N") => ClaimKind::New,
+                    Some(b"T") => ClaimKind::Takeover,
+                    Some(b"R") => ClaimKind::Retry,
+                    _ => return Err(protocol("claim kind")),
+                };
+                let lease = Lease {
+                    key: req.key,
+                    token,
+                    fence: uint(at(2)?)?,
+                    attempt: attempt(at(3)?)?,
+                    deadline: Timestamp::from_millis(uint(at(4)?)?),
+                    lease_duration: req.lease,
+                    retention: req.retention,
+                };
+                Claim::Acquired { lease, kind }
+            }
+            b"I" => Claim::InFlight {
+                retry_after: Duration::from_millis(uint(at(1)?)?),
+                attempt: attempt(at(2)?)?,
+            },
+            b"C" => {
+                let fence = uint(at(4)?).ok();
+                let outcome = codec::decode_outcome(bytes(at(1)?).unwrap_or_default());
+                let resource = codec::decode_resource(at(2)?);
+                match (outcome, resource) {
+                    (Ok(outcome), Ok(resource)) => Claim::Completed(Completed {
+                        outcome,
+                        resource,
+                        completed_at: Timestamp::from_millis(uint(at(3)?)?),
+                    }),
+                    (Err(detail), _) | (_, Err(detail)) => return Ok(Err((detail, fence))),
+                }
+            }
+            b"F" => Claim::Failed(Failed {
+                reason: text(at(1)?),
+                retryable: int(at(2)?) == Some(1),
+                failed_at: Timestamp::from_millis(uint(at(3)?)?),
+            }),
+            b"M" => Claim::Mismatch,
+            b"X" => Claim::Corrupted {
+                detail: text(at(1)?),
+            },
+            _ => return Err(protocol("claim reply tag")),
+        };
+        Ok(Ok(claim))
+    }
+}
+
+fn attempt(v: &Value) -> Result<u32, StoreError> {
+    u32::try_from(uint(v)?).map_err(|_| protocol("attempt number"))
+}
+
+fn protocol(what: &'static str) -> StoreError {
+    StoreError::backend(ProtocolError(what))
+}
+
+impl From<ProtocolError> for StoreError {
+    fn from(e: ProtocolError) -> Self {
+        StoreError::backend(e)
+    }
+}
+
+/// A record that cannot be decoded, shown as what it is.
+fn corrupted_record(key: StorageKey, fields: &[Value], detail: String, now: u64) -> Record {
+    Record {
+        key,
+        fingerprint: Fingerprint::from_bytes(
+            fields
+                .get(1)
+                .and_then(bytes)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .unwrap_or([0; 32]),
+        ),
+        fence: codec::fence_of(fields).unwrap_or(0),
+        attempts: 0,
+        created_at: Timestamp::from_millis(0),
+        expires_at: Timestamp::MAX,
+        state: RecordState::Corrupted(Corrupted {
+            detail,
+            detected_at: Timestamp::from_millis(now),
+        }),
+    }
+}
+
+impl IdempotencyStore for RedisStore {
+    /// One `claim` script run (plus, only when a completed record's outcome
+    /// cannot be decoded, a conditional `mark_corrupted`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future never corrupts a connection. If the script already
+    /// ran, the lease it granted is orphaned and expires after `req.lease`,
+    /// after which a claim takes it over.
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        let record_key = self.record_key(&req.key);
+        for _ in 0..MAX_RETRIES {
+            let token = LeaseToken::new();
+            let mut inv = scripts::CLAIM.prepare_invoke();
+            inv.key(&record_key)
+                .arg(self.offset())
+                .arg(req.fingerprint.as_bytes().as_slice())
+                .arg(ms(req.lease))
+                .arg(ms(req.retention))
+                .arg(req.max_attempts.max(1))
+                .arg(token.as_uuid().as_bytes().as_slice())
+                .arg(&self.inner.channel)
+                .arg(req.key.as_bytes().as_slice());
+            let reply = self.eval("claim", &inv).await?;
+            match Self::claim_reply(req, token, &reply)? {
+                Ok(claim) => return Ok(claim),
+                Err((detail, fence)) => {
+                    match self.mark_if(&req.key, &detail, fence, Some(b"C")).await? {
+                        Mark::Marked => return Ok(Claim::Corrupted { detail }),
+                        Mark::Gone | Mark::Changed => continue,
+                    }
+                }
+            }
+        }
+        Err(protocol(
+            "record kept changing while being marked corrupted",
+        ))
+    }
+
+    async fn complete(&self, lease: &Lease, completion: Completion) -> Result<(), StoreError> {
+        let outcome = completion.outcome.encode();
+        let resource = completion.resource;
+        let reply = self
+            .lease_op("complete", &scripts::COMPLETE, lease, |inv| {
+                inv.arg(ms(lease.retention))
+                    .arg(outcome)
+                    .arg(u8::from(resource.is_some()))
+                    .arg(resource.unwrap_or_default())
+                    .arg(&self.inner.channel)
+                    .arg(lease.key.as_bytes().as_slice());
+            })
+            .await?;
+        Self::lease_ack(&reply, "complete reply")
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<(), StoreError> {
+        let reply = self
+            .lease_op("fail", &scripts::FAIL, lease, |inv| {
+                inv.arg(ms(lease.retention))
+                    .arg(failure.reason)
+                    .arg(u8::from(failure.retryable))
+                    .arg(&self.inner.channel)
+                    .arg(lease.key.as_bytes().as_slice());
+            })
+            .await?;
+        Self::lease_ack(&reply, "fail reply")
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let reply = self
+            .lease_op("release", &scripts::RELEASE, lease, |inv| {
+                inv.arg(&self.inner.channel)
+                    .arg(lease.key.as_bytes().as_slice());
+            })
+            .await?;
+        Self::lease_ack(&reply, "release reply")
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {
+        let reply = self
+            .lease_op("renew", &scripts::RENEW, lease, |inv| {
+                inv.arg(ms(lease.lease_duration));
+            })
+            .await?;
+        match reply {
+            Value::Nil => Err(StoreError::LeaseLost),
+            other => Ok(Lease {
+                deadline: Timestamp::from_millis(uint(&other)?),
+                ..lease.clone()
+            }),
+        }
+    }
+
+    /// One `get` script run. A record that cannot be decoded is marked
+    /// corrupted (and read back as such).
+    async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        for _ in 0..MAX_RETRIES {
+            let (now, fields) = self.read(key).await?;
+            let Some(fields) = fields else {
+                return Ok(None);
+            };
+            match codec::record(*key, &fields) {
+                Ok(record) => return Ok(Some(record)),
+                Err(detail) => {
+                    let fence = codec::fence_of(&fields);
+                    match self
+                        .mark_if(key, &detail, fence, codec::state_of(&fields))
+                        .await?
+                    {
+                        Mark::Marked => {
+                            return Ok(Some(corrupted_record(*key, &fields, detail, now)));
+                        }
+                        Mark::Gone | Mark::Changed => continue,
+                    }
+                }
+            }
+        }
+        Err(protocol(
+            "record kept changing while being marked corrupted",
+        ))
+    }
+
+    async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
+        let mut inv = scripts::MARK_CORRUPTED.prepare_invoke();
+        inv.key(self.record_key(key))
+            .arg(self.offset())
+            .arg(detail)
+            .arg("")
+            .arg("")
+            .arg(&self.inner.channel)
+            .arg(key.as_bytes().as_slice());
+        match int(&self.eval("mark_corrupted", &inv).await?) {
+            Some(1) => Ok(()),
+            Some(0) => Err(StoreError::NotFound),
+            _ => Err(protocol("mark_corrupted reply")),
+        }
+    }
+
+    async fn resolve(
+        &self,
+        key: &StorageKey,
+        resolution: Resolution,
+    ) -> Result<Record, StoreError> {
+        let (mode, reason, retryable) = match resolution {
+            Resolution::Delete => ("D", String::new(), false),
+            Resolution::Fail(f) => ("F", f.reason, f.retryable),
+            _ => return Err(protocol("unknown resolution")),
+        };
+        let mut inv = scripts::RESOLVE.prepare_invoke();
+        inv.key(self.record_key(key))
+            .arg(self.offset())
+            .arg(mode)
+            .arg(reason)
+            .arg(u8::from(retryable))
+            .arg(&self.inner.channel)
+            .arg(key.as_bytes().as_slice());
+        let reply = self.eval("resolve", &inv).await?;
+        let items = array(&reply)?;
+        match tag(items)? {
+            b"N" => Err(StoreError::NotFound),
+            b"S" => Err(StoreError::InvalidState {
+                operation: "resolve",
+                state: match items.get(1).and_then(bytes) {
+                    Some(b"C") => "COMPLETED",
+                    Some(b"F") => "FAILED",
+                    _ => return Err(protocol("resolve state")),
+                },
+            }),
+            b"OK" => {
+                let [_, now, fields] = items else {
+                    return Err(protocol("resolve reply"));
+                };
+                let now = uint(now)?;
+                let fields = array(fields)?;
+                Ok(codec::record(*key, fields)
+                    .unwrap_or_else(|detail| corrupted_record(*key, fields, detail, now)))
+            }
+            _ => Err(protocol("resolve reply tag")),
+        }
+    }
+
+    /// Waits for a change notification on `<prefix>:changes` (see the crate
+    /// documentation, "Waiting"), re-checking the record at least every
+    /// `wait_poll_interval` and never past the lease deadline.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped waiter only unregisters itself.
+    async fn wait_for_change(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        let subscriber = &self.inner.subscriber;
+        if !subscriber.ensure_running() {
+            tokio::time::sleep(timeout.min(FALLBACK_POLL)).await;
+            return Ok(());
+        }
+        let registration = subscriber.waiters.register(*key);
+        let notified = registration.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Registered before re-checking, so a change racing with this call
+        // is never missed.
+        let Some(lease_left) = self.pending_lease_left(key).await? else {
+            return Ok(());
+        };
+        let bound = timeout
+            .min(lease_left + Duration::from_millis(1))
+            .min(self.inner.config.wait_poll_interval);
+        let _ = tokio::time::timeout(bound, notified).await;
+        Ok(())
+    }
+}
+
+impl ClockControl for RedisStore {
+    /// Adds `by` to the offset every script adds to the Redis server's clock.
+    /// Per store value (and its clones); other processes are unaffected.
+    fn advance(&self, by: Duration) {
+        self.inner.offset_ms.fetch_add(ms(by), Ordering::Relaxed);
+    }
+}
