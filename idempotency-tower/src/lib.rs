@@ -1,1 +1,27 @@
-//! Placeholder: this crate is being filled in.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod future;
+mod hook;
+mod key;
+mod layer;
+pub mod metrics;
+mod policy;
+mod problem;
+mod service;
+
+pub use body::{RequestBody, ResponseBody};
+pub use future::ResponseFuture;
+pub use hook::{Decision, DecisionHook, DecisionOutcome};
+pub use key::{
+    HeaderKey, IDEMPOTENCY_KEY, JsonFields, KeyInput, KeyMaterial, KeyRejection, KeySource,
+    PathParams, ScopeSource,
+};
+pub use layer::{
+    Concurrency, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_STORED_RESPONSE, DEFAULT_REPLAY_HEADERS,
+    IdempotencyLayer, NEVER_REPLAYED, StoreFailureMode,
+};
+pub use policy::{DEFAULT_RELEASED, OutcomeAction, OutcomePolicy};
+pub use problem::{PROBLEM_BASE, PROBLEM_CONTENT_TYPE, ProblemType};
+pub use service::{IDEMPOTENT_REPLAYED, Idempotency, X_REQUEST_ID};

@@ -1,0 +1,506 @@
+//! [`IdempotencyLayer`]: the builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderName, Method};
+use idempotency_core::{FingerprintMode, Policy};
+use tower_layer::Layer;
+
+use crate::hook::DecisionHook;
+use crate::key::{HeaderKey, KeySource, ScopeSource};
+use crate::policy::OutcomePolicy;
+use crate::service::Idempotency;
+
+/// Default cap on request bodies: 1 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+/// Default cap on stored responses: 1 MiB.
+pub const DEFAULT_MAX_STORED_RESPONSE: usize = 1024 * 1024;
+
+/// Headers replayed by default.
+pub const DEFAULT_REPLAY_HEADERS: [HeaderName; 6] = [
+    http::header::CONTENT_TYPE,
+    http::header::LOCATION,
+    http::header::ETAG,
+    http::header::LAST_MODIFIED,
+    http::header::LINK,
+    http::header::CONTENT_LOCATION,
+];
+
+/// Headers never replayed, whatever the allow-list says: they belong to one
+/// response only (cookies, dates, auth challenges, framing).
+pub const NEVER_REPLAYED: [HeaderName; 8] = [
+    http::header::SET_COOKIE,
+    http::header::DATE,
+    http::header::WWW_AUTHENTICATE,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    HeaderName::from_static("idempotent-replayed"),
+];
+
+/// What a duplicate does while the first request with its key executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Concurrency {
+    /// Answer 409 `in-flight` with `Retry-After` at once (the default).
+    Reject,
+    /// Wait up to this long for the first request to finish, then answer its
+    /// response marked as a replay (or 409 when the wait times out).
+    Wait(Duration),
+}
+
+/// What the layer does when the store fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StoreFailureMode {
+    /// Answer 503 `store-unavailable` with `Retry-After` (the default).
+    #[default]
+    FailClosed,
+    /// Run the request without idempotency protection, logging a warning.
+    FailOpen,
+}
+
+type RouteFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) namespace: String,
+    pub(crate) key_source: Arc<dyn KeySource>,
+    pub(crate) key_required: bool,
+    pub(crate) scope: Option<Arc<dyn ScopeSource>>,
+    pub(crate) route: Option<Arc<RouteFn>>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) policy: Policy,
+    pub(crate) store_failure: StoreFailureMode,
+    pub(crate) store_timeout: Duration,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_stored_response: usize,
+    pub(crate) outcomes: OutcomePolicy,
+    pub(crate) fingerprint: FingerprintMode,
+    pub(crate) replay_headers: Vec<HeaderName>,
+    pub(crate) hook: Option<Arc<dyn DecisionHook>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: String::new(),
+            key_source: Arc::new(HeaderKey::new()),
+            key_required: true,
+            scope: None,
+            route: None,
+            methods: vec![Method::POST, Method::PATCH],
+            policy: Policy::default(),
+            store_failure: StoreFailureMode::FailClosed,
+            store_timeout: Duration::from_secs(5),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_stored_response: DEFAULT_MAX_STORED_RESPONSE,
+            outcomes: OutcomePolicy::default(),
+            fingerprint: FingerprintMode::Body,
+            replay_headers: DEFAULT_REPLAY_HEADERS.to_vec(),
+            hook: None,
+        }
+    }
+}
+
+impl Config {
+    /// Whether the layer handles requests with this method. Safe methods never.
+    pub(crate) fn handles(&self, method: &Method) -> bool {
+        !method.is_safe() && self.methods.contains(method)
+    }
+
+    pub(crate) fn route_of(&self, parts: &Parts) -> String {
+        if let Some(route) = self.route.as_ref().and_then(|f| f(parts)) {
+            return route;
+        }
+        #[cfg(feature = "axum")]
+        if let Some(m) = parts.extensions.get::<axum::extract::MatchedPath>() {
+            return m.as_str().to_owned();
+        }
+        parts.uri.path().to_owned()
+    }
+
+    pub(crate) fn replays(&self, name: &HeaderName) -> bool {
+        self.replay_headers.contains(name) && !NEVER_REPLAYED.contains(name)
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("namespace", &self.namespace)
+            .field("key_required", &self.key_required)
+            .field("methods", &self.methods)
+            .field("policy", &self.policy)
+            .field("store_failure", &self.store_failure)
+            .field("store_timeout", &self.store_timeout)
+            .field("max_request_body", &self.max_request_body)
+            .field("max_stored_response", &self.max_stored_response)
+            .field("outcomes", &self.outcomes)
+            .field("fingerprint", &self.fingerprint)
+            .field("replay_headers", &self.replay_headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes the side effect of each request run once per idempotency key.
+///
+/// Generic over the store `St` (any [`IdempotencyStore`](idempotency_core::IdempotencyStore)
+/// that is `Clone + Send + Sync + 'static`; use
+/// [`DynStore`](idempotency_core::DynStore) to choose it at run time). Every
+/// option has a sensible default; see the crate documentation for the
+/// semantics and the tables.
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use idempotency_core::MemoryStore;
+/// use idempotency_tower::IdempotencyLayer;
+///
+/// let app: Router = Router::new()
+///     .route("/orders", post(|| async { "created" }))
+///     .layer(IdempotencyLayer::new(MemoryStore::new()).namespace("shop"));
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct IdempotencyLayer<St> {
+    pub(crate) store: St,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<St> IdempotencyLayer<St> {
+    /// A layer over `store` with the default options.
+    pub fn new(store: St) -> Self {
+        Self {
+            store,
+            config: Arc::new(Config::default()),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+
+    /// Names the application or operation family; records of different
+    /// namespaces never meet (default: empty).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).namespace("billing-v1");
+    /// ```
+    pub fn namespace(self, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        self.edit(|c| c.namespace = namespace)
+    }
+
+    /// Where the key comes from (default: [`HeaderKey::new`], the
+    /// `Idempotency-Key` header, sf-string or bare).
+    ///
+    /// Derived keys: [`PathParams`](crate::PathParams),
+    /// [`JsonFields`](crate::JsonFields), or a closure.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// use idempotency_tower::{IdempotencyLayer, JsonFields, KeyInput, KeyMaterial, KeyRejection, PathParams};
+    ///
+    /// // The promotion of an estimate snapshot runs once per (estimate, version).
+    /// let by_path = IdempotencyLayer::new(MemoryStore::new())
+    ///     .key_source(PathParams::new(["estimate_id", "version"]));
+    /// // An upload runs once per vendor and file hash.
+    /// let by_fields = IdempotencyLayer::new(MemoryStore::new())
+    ///     .key_source(JsonFields::new(["/vendor_id", "/file_hash"]));
+    /// // Anything else: a closure.
+    /// let by_header = IdempotencyLayer::new(MemoryStore::new()).key_source(
+    ///     |input: &KeyInput<'_>| -> Result<Option<KeyMaterial>, KeyRejection> {
+    ///         Ok(input
+    ///             .parts()
+    ///             .headers
+    ///             .get("x-message-id")
+    ///             .map(|v| KeyMaterial::Derived(vec![v.as_bytes().to_vec()])))
+    ///     },
+    /// );
+    /// ```
+    pub fn key_source(self, source: impl KeySource) -> Self {
+        let source: Arc<dyn KeySource> = Arc::new(source);
+        self.edit(|c| c.key_source = source)
+    }
+
+    /// Whether a request without a key is refused with 400 `key-missing`
+    /// (`true`, the default) or passes through unprotected (`false`).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// // Clients that send a key get exactly-once; others are served as before.
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).key_required(false);
+    /// ```
+    pub fn key_required(self, required: bool) -> Self {
+        self.edit(|c| c.key_required = required)
+    }
+
+    /// Names the space keys live in, from the request as it reaches the layer
+    /// (after authentication): two scopes' identical keys never meet.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// #[derive(Clone)]
+    /// struct Principal(String);
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .scope(|parts: &http::request::Parts| {
+    ///         parts.extensions.get::<Principal>().map(|p| p.0.clone())
+    ///     });
+    /// ```
+    pub fn scope(self, scope: impl ScopeSource) -> Self {
+        let scope: Arc<dyn ScopeSource> = Arc::new(scope);
+        self.edit(|c| c.scope = Some(scope))
+    }
+
+    /// How to name the route template of a request, when neither axum's
+    /// `MatchedPath` (read automatically with the `axum` feature) nor the path
+    /// will do. Returning `None` falls back to those.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).route(|parts: &http::request::Parts| {
+    ///     parts.uri.path().starts_with("/orders/").then(|| "/orders/{id}".to_owned())
+    /// });
+    /// ```
+    pub fn route<F>(self, route: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        let route: Arc<RouteFn> = Arc::new(route);
+        self.edit(|c| c.route = Some(route))
+    }
+
+    /// The methods the layer handles (default `POST` and `PATCH`). Safe
+    /// methods (`GET`, `HEAD`, `OPTIONS`, `TRACE`) always pass through, even
+    /// if listed.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// use http::Method;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .methods([Method::POST, Method::PATCH, Method::PUT, Method::DELETE]);
+    /// ```
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        let methods: Vec<Method> = methods.into_iter().collect();
+        self.edit(|c| c.methods = methods)
+    }
+
+    /// Sets lease, heartbeat, retention, max attempts and waiting at once
+    /// from a core [`Policy`].
+    ///
+    /// ```
+    /// # use idempotency_core::{MemoryStore, Policy};
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// use std::time::Duration;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .policy(Policy::default().lease(Duration::from_secs(30)).max_attempts(5));
+    /// ```
+    pub fn policy(self, policy: Policy) -> Self {
+        self.edit(|c| c.policy = policy)
+    }
+
+    /// How long a claim is exclusive without a heartbeat (default 10 s). The
+    /// layer renews it every third of the lease while the handler runs, so a
+    /// handler may run longer than the lease; a crashed worker's key is taken
+    /// over once it runs out.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// # use std::time::Duration;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).lease(Duration::from_secs(5));
+    /// ```
+    pub fn lease(self, lease: Duration) -> Self {
+        self.edit(|c| c.policy = c.policy.clone().lease(lease))
+    }
+
+    /// How long a finished record is replayed, from completion (default 24 h).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// # use std::time::Duration;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .retention(Duration::from_secs(7 * 24 * 3600));
+    /// ```
+    pub fn retention(self, retention: Duration) -> Self {
+        self.edit(|c| c.policy = c.policy.clone().retention(retention))
+    }
+
+    /// How many executions one key may start in total, crash takeovers and
+    /// retries after a retryable failure included (default 3). The last
+    /// allowed attempt's failure is terminal: later requests get 500
+    /// `operation-failed`.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).max_attempts(5);
+    /// ```
+    pub fn max_attempts(self, n: u32) -> Self {
+        self.edit(|c| c.policy = c.policy.clone().max_attempts(n))
+    }
+
+    /// What a duplicate does while the first request executes: 409 at once
+    /// ([`Concurrency::Reject`], the default) or wait for its response
+    /// ([`Concurrency::Wait`]).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::{Concurrency, IdempotencyLayer};
+    /// # use std::time::Duration;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .concurrency(Concurrency::Wait(Duration::from_secs(5)));
+    /// ```
+    pub fn concurrency(self, mode: Concurrency) -> Self {
+        self.edit(|c| {
+            c.policy = match mode {
+                Concurrency::Reject => c.policy.clone().no_wait(),
+                Concurrency::Wait(t) => c.policy.clone().wait(t),
+            }
+        })
+    }
+
+    /// What happens when the store fails: 503 ([`StoreFailureMode::FailClosed`],
+    /// the default) or run unprotected ([`StoreFailureMode::FailOpen`]).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::{IdempotencyLayer, StoreFailureMode};
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).on_store_failure(StoreFailureMode::FailOpen);
+    /// ```
+    pub fn on_store_failure(self, mode: StoreFailureMode) -> Self {
+        self.edit(|c| c.store_failure = mode)
+    }
+
+    /// How long one store operation may take before it counts as a store
+    /// failure (default 5 s; in wait mode the claim may also wait the wait timeout).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// # use std::time::Duration;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).store_timeout(Duration::from_millis(500));
+    /// ```
+    pub fn store_timeout(self, timeout: Duration) -> Self {
+        self.edit(|c| c.store_timeout = timeout)
+    }
+
+    /// The largest request body accepted, in bytes (default 1 MiB). Enforced
+    /// while streaming, chunked bodies included: a request over it is answered
+    /// 413 `request-too-large` as soon as the cap is crossed, and nothing is
+    /// stored.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).max_request_body(64 * 1024);
+    /// ```
+    pub fn max_request_body(self, bytes: usize) -> Self {
+        self.edit(|c| c.max_request_body = bytes)
+    }
+
+    /// The largest response body stored for replay, in bytes (default 1 MiB).
+    /// A larger response still reaches its client in full; its record becomes
+    /// a tombstone that never re-executes (replays get the original status,
+    /// an empty body and `Idempotent-Replayed: true`).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).max_stored_response(256 * 1024);
+    /// ```
+    pub fn max_stored_response(self, bytes: usize) -> Self {
+        self.edit(|c| c.max_stored_response = bytes)
+    }
+
+    /// Which responses are stored and replayed, which release the key and
+    /// which mark a retryable failure (see [`OutcomePolicy`] for the default table).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// use http::StatusCode;
+    /// use idempotency_tower::{IdempotencyLayer, OutcomeAction, OutcomePolicy};
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).outcomes(
+    ///     OutcomePolicy::default().with(StatusCode::CONFLICT, OutcomeAction::Release),
+    /// );
+    /// ```
+    pub fn outcomes(self, policy: OutcomePolicy) -> Self {
+        self.edit(|c| c.outcomes = policy)
+    }
+
+    /// What makes two requests with one key "the same request" (besides
+    /// method and path): the whole body as canonical JSON
+    /// ([`FingerprintMode::Body`], the default), selected JSON fields, or
+    /// nothing.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// use idempotency_core::FingerprintMode;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// // A client-side timestamp in the body must not make a retry a "different request".
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .fingerprint(FingerprintMode::fields(["/sku", "/quantity"]));
+    /// ```
+    pub fn fingerprint(self, mode: FingerprintMode) -> Self {
+        self.edit(|c| c.fingerprint = mode)
+    }
+
+    /// The response headers stored and replayed (default: `Content-Type`,
+    /// `Location`, `ETag`, `Last-Modified`, `Link`, `Content-Location`). The
+    /// headers in [`NEVER_REPLAYED`] (`Set-Cookie`, `Date`, `WWW-Authenticate`,
+    /// ...) are never replayed, even if listed.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::{IdempotencyLayer, DEFAULT_REPLAY_HEADERS};
+    /// use http::HeaderName;
+    /// let mut headers = DEFAULT_REPLAY_HEADERS.to_vec();
+    /// headers.push(HeaderName::from_static("x-order-version"));
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).replay_headers(headers);
+    /// ```
+    pub fn replay_headers(self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        let headers: Vec<HeaderName> = headers.into_iter().collect();
+        self.edit(|c| c.replay_headers = headers)
+    }
+
+    /// Receives one [`Decision`](crate::Decision) per handled request (an
+    /// audit sink, a test probe). Replaces any earlier hook; see
+    /// [`DecisionHook`] for its contract (cheap, never blocking).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::{Decision, IdempotencyLayer};
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .decision_hook(|d: &Decision| eprintln!("{} {}", d.outcome, d.route));
+    /// ```
+    pub fn decision_hook(self, hook: impl DecisionHook) -> Self {
+        let hook: Arc<dyn DecisionHook> = Arc::new(hook);
+        self.edit(|c| c.hook = Some(hook))
+    }
+}
+
+impl<S, St: Clone> Layer<S> for IdempotencyLayer<St> {
+    type Service = Idempotency<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::from_parts(inner, self.store.clone(), self.config.clone())
+    }
+}

@@ -1,0 +1,205 @@
+//! The answers the layer makes itself: RFC 9457 `application/problem+json`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use crate::body::ResponseBody;
+
+/// Base of every problem `type` URI the layer emits.
+pub const PROBLEM_BASE: &str = "https://idempotency.rs/problems/";
+
+/// Media type of every answer the layer makes itself.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// The problems the layer answers with. Each has a stable `type` URI under
+/// [`PROBLEM_BASE`], a title and a status.
+///
+/// | type | status | when |
+/// |---|---|---|
+/// | `key-missing` | 400 | the key is required and the request has none |
+/// | `key-invalid` | 400 | the key is empty, over 255 characters, holds a non-printable character, is a malformed sf-string, appears twice, or cannot be derived |
+/// | `invalid-body` | 400 | the request body could not be read, or is not JSON when the fingerprint needs JSON |
+/// | `in-flight` | 409 | a request with this key is still executing (`Retry-After` says when to try again) |
+/// | `request-too-large` | 413 | the request body is over the cap; nothing was stored |
+/// | `key-reused` | 422 | the key was first used with another payload, method or path |
+/// | `operation-failed` | 500 | an earlier attempt with this key failed and no attempts are left; the failure is replayed |
+/// | `record-corrupted` | 500 | the stored record cannot be used; an operator must resolve it |
+/// | `store-unavailable` | 503 | the idempotency store failed or timed out (`Retry-After` set) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemType {
+    /// 400: the key is required and missing.
+    KeyMissing,
+    /// 400: the key is malformed.
+    KeyInvalid,
+    /// 400: the body could not be read or fingerprinted.
+    InvalidBody,
+    /// 409: the same key is executing now.
+    InFlight,
+    /// 413: the request body is over the cap.
+    RequestTooLarge,
+    /// 422: same key, different request.
+    KeyReused,
+    /// 500: an earlier attempt failed terminally.
+    OperationFailed,
+    /// 500: the record is corrupted.
+    RecordCorrupted,
+    /// 503: the store is down or slow.
+    StoreUnavailable,
+}
+
+impl ProblemType {
+    /// Every problem type, in the order of the table above.
+    pub const ALL: [Self; 9] = [
+        Self::KeyMissing,
+        Self::KeyInvalid,
+        Self::InvalidBody,
+        Self::InFlight,
+        Self::RequestTooLarge,
+        Self::KeyReused,
+        Self::OperationFailed,
+        Self::RecordCorrupted,
+        Self::StoreUnavailable,
+    ];
+
+    /// The last segment of the `type` URI.
+    pub const fn slug(self) -> &'static str {
+        match self {
+            Self::KeyMissing => "key-missing",
+            Self::KeyInvalid => "key-invalid",
+            Self::InvalidBody => "invalid-body",
+            Self::InFlight => "in-flight",
+            Self::RequestTooLarge => "request-too-large",
+            Self::KeyReused => "key-reused",
+            Self::OperationFailed => "operation-failed",
+            Self::RecordCorrupted => "record-corrupted",
+            Self::StoreUnavailable => "store-unavailable",
+        }
+    }
+
+    /// The full `type` URI, e.g. `https://idempotency.rs/problems/key-missing`.
+    pub fn uri(self) -> String {
+        format!("{PROBLEM_BASE}{}", self.slug())
+    }
+
+    /// The HTTP status this problem is answered with.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::KeyMissing | Self::KeyInvalid | Self::InvalidBody => StatusCode::BAD_REQUEST,
+            Self::InFlight => StatusCode::CONFLICT,
+            Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::OperationFailed | Self::RecordCorrupted => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The problem's `title`.
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::KeyMissing => "Idempotency-Key is missing",
+            Self::KeyInvalid => "Idempotency-Key is invalid",
+            Self::InvalidBody => "Request body cannot be used",
+            Self::InFlight => "A request with this Idempotency-Key is in flight",
+            Self::RequestTooLarge => "Request body is too large",
+            Self::KeyReused => "Idempotency-Key reused with a different request",
+            Self::OperationFailed => "An earlier request with this Idempotency-Key failed",
+            Self::RecordCorrupted => "Idempotency record is corrupted",
+            Self::StoreUnavailable => "Idempotency store is unavailable",
+        }
+    }
+}
+
+/// A problem about to be answered.
+#[derive(Debug, Clone)]
+pub(crate) struct Problem {
+    pub(crate) kind: ProblemType,
+    pub(crate) detail: String,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Problem {
+    pub(crate) fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub(crate) fn body(&self) -> Bytes {
+        let v = serde_json::json!({
+            "type": self.kind.uri(),
+            "title": self.kind.title(),
+            "status": self.kind.status().as_u16(),
+            "detail": self.detail,
+        });
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    }
+
+    pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
+        let mut res = Response::new(ResponseBody::full(self.body()));
+        *res.status_mut() = self.kind.status();
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        if let Some(after) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+        }
+        res
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_are_stable_and_distinct() {
+        let uris: std::collections::HashSet<_> = ProblemType::ALL.iter().map(|p| p.uri()).collect();
+        assert_eq!(uris.len(), ProblemType::ALL.len());
+        assert_eq!(
+            ProblemType::KeyMissing.uri(),
+            "https://idempotency.rs/problems/key-missing"
+        );
+        assert_eq!(
+            ProblemType::KeyReused.status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+
+    #[test]
+    fn body_is_rfc9457() {
+        let p =
+            Problem::new(ProblemType::InFlight, "later").retry_after(Duration::from_millis(1500));
+        let res = p.clone().into_response::<http_body_util::Empty<Bytes>>();
+        assert_eq!(res.status(), 409);
+        assert_eq!(res.headers()[CONTENT_TYPE], PROBLEM_CONTENT_TYPE);
+        assert_eq!(res.headers()[RETRY_AFTER], "2");
+        let v: serde_json::Value = serde_json::from_slice(&p.body()).unwrap();
+        assert_eq!(v["type"], "https://idempotency.rs/problems/in-flight");
+        assert_eq!(v["status"], 409);
+        assert_eq!(v["detail"], "later");
+        assert!(v["title"].is_string());
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_secs(Duration::from_millis(3001)), 4);
+    }
+}

@@ -1,0 +1,810 @@
+//! [`Idempotency`]: the service and its request handling.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::header::HeaderValue;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use http_body::Body;
+use idempotency_core::{
+    BoxError, Claim, ClaimKind, Completed, Completion, Failure, Fingerprint, IdempotencyStore,
+    KeySpec, Lease, Outcome, StorageKey, StoreError, StoredResponse, claim_with_wait,
+};
+use tower_service::Service;
+use tracing::{Instrument, Span};
+
+use crate::body::{
+    CollectError, Collected, RequestBody, ResponseBody, collect_limited, collect_response,
+};
+use crate::future::ResponseFuture;
+use crate::hook::{Decision, DecisionOutcome};
+use crate::key::{KeyInput, KeyMaterial};
+use crate::layer::{Config, IdempotencyLayer, StoreFailureMode};
+use crate::metrics::{count_outcome, timed};
+use crate::policy::OutcomeAction;
+use crate::problem::{Problem, ProblemType};
+
+/// `Idempotent-Replayed`, set to `true` on every replayed response.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// `x-request-id`: read from the request, generated (UUIDv7) when absent, and
+/// echoed on the response.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The middleware. Build it with [`IdempotencyLayer`] (or [`Idempotency::new`]
+/// for the defaults).
+#[derive(Clone, Debug)]
+pub struct Idempotency<S, St> {
+    inner: S,
+    store: St,
+    config: Arc<Config>,
+}
+
+impl<S, St> Idempotency<S, St> {
+    /// Wraps `inner` with the default options over `store`.
+    pub fn new(inner: S, store: St) -> Self {
+        Self::from_parts(inner, store, Arc::new(Config::default()))
+    }
+
+    pub(crate) fn from_parts(inner: S, store: St, config: Arc<Config>) -> Self {
+        Self {
+            inner,
+            store,
+            config,
+        }
+    }
+
+    /// A layer over `store` (same as [`IdempotencyLayer::new`]).
+    pub fn layer(store: St) -> IdempotencyLayer<St> {
+        IdempotencyLayer::new(store)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S, St>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore + Clone + Send + Sync + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError> + Send,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if !self.config.handles(req.method()) {
+            return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::streaming)));
+        }
+        // The ready service is the one that runs the request; keep a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let store = self.store.clone();
+        let config = self.config.clone();
+        ResponseFuture::handled(Box::pin(handle(inner, store, config, req)))
+    }
+}
+
+/// What one handled request has learnt so far, for its span, metrics and decision.
+struct Ctx {
+    config: Arc<Config>,
+    started: Instant,
+    method: Method,
+    route: String,
+    correlation_id: HeaderValue,
+    span: Span,
+    key_hash: Option<String>,
+    fence: Option<u64>,
+    attempt: Option<u32>,
+}
+
+impl Ctx {
+    fn decide(&self, outcome: DecisionOutcome, status: Option<StatusCode>) {
+        self.span.record("idempotency.outcome", outcome.as_str());
+        if let Some(s) = status {
+            self.span.record("http.status_code", s.as_u16());
+        }
+        count_outcome(outcome);
+        tracing::debug!(parent: &self.span, outcome = outcome.as_str(), status = status.map(|s| s.as_u16()), "idempotency decision");
+        let Some(hook) = &self.config.hook else {
+            return;
+        };
+        let decision = Decision {
+            outcome,
+            key_hash: self.key_hash.clone(),
+            fence: self.fence,
+            attempt: self.attempt,
+            method: self.method.clone(),
+            route: self.route.clone(),
+            status,
+            correlation_id: String::from_utf8_lossy(self.correlation_id.as_bytes()).into_owned(),
+            elapsed: self.started.elapsed(),
+        };
+        if std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_decision(&decision))).is_err() {
+            tracing::error!(parent: &self.span, "decision hook panicked; ignored");
+        }
+    }
+
+    /// Echoes the correlation id on a response.
+    fn finish<B>(&self, mut res: Response<B>) -> Response<B> {
+        if !res.headers().contains_key(X_REQUEST_ID) {
+            res.headers_mut()
+                .insert(X_REQUEST_ID, self.correlation_id.clone());
+        }
+        res
+    }
+
+    /// Answers a problem and records the decision.
+    fn problem<B: Body>(
+        &self,
+        outcome: DecisionOutcome,
+        problem: Problem,
+    ) -> Response<ResponseBody<B>> {
+        self.decide(outcome, Some(problem.kind.status()));
+        self.finish(problem.into_response())
+    }
+}
+
+fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(X_REQUEST_ID).filter(|v| !v.is_empty()) {
+        return v.clone();
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let v = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    headers.insert(X_REQUEST_ID, v.clone());
+    v
+}
+
+async fn handle<S, St, ReqBody, ResBody>(
+    inner: S,
+    store: St,
+    config: Arc<Config>,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore + Clone + Send + Sync + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError> + Send,
+{
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let correlation_id = ensure_request_id(&mut parts.headers);
+    let route = config.route_of(&parts);
+    let span = tracing::info_span!(
+        "idempotency",
+        http.method = %parts.method,
+        http.route = %route,
+        request_id = ?correlation_id,
+        idempotency.outcome = tracing::field::Empty,
+        idempotency.key_hash = tracing::field::Empty,
+        idempotency.fence = tracing::field::Empty,
+        idempotency.attempt = tracing::field::Empty,
+        http.status_code = tracing::field::Empty,
+    );
+    let ctx = Ctx {
+        config,
+        started,
+        method: parts.method.clone(),
+        route,
+        correlation_id,
+        span: span.clone(),
+        key_hash: None,
+        fence: None,
+        attempt: None,
+    };
+    decide_and_run(inner, store, ctx, parts, body)
+        .instrument(span)
+        .await
+}
+
+async fn decide_and_run<S, St, ReqBody, ResBody>(
+    inner: S,
+    store: St,
+    mut ctx: Ctx,
+    parts: Parts,
+    body: ReqBody,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore + Clone + Send + Sync + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError> + Send,
+{
+    let config = ctx.config.clone();
+    let source = config.key_source.clone();
+
+    // 1. A key read from headers or the path is checked before the body is read.
+    let mut material = None;
+    if !source.reads_body() {
+        match source.extract(&KeyInput::new(&parts, &ctx.route, None)) {
+            Ok(Some(m)) => material = Some(m),
+            Ok(None) if config.key_required => {
+                return Ok(ctx.problem(
+                    DecisionOutcome::Rejected,
+                    Problem::new(
+                        ProblemType::KeyMissing,
+                        "this request requires an Idempotency-Key header",
+                    ),
+                ));
+            }
+            Ok(None) => {
+                let req = Request::from_parts(parts, RequestBody::streaming(body));
+                return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
+            }
+            Err(e) => {
+                return Ok(ctx.problem(
+                    DecisionOutcome::Rejected,
+                    Problem::new(ProblemType::KeyInvalid, e.to_string()),
+                ));
+            }
+        }
+    }
+
+    // 2. The body, bounded while streaming.
+    let body = match collect_limited(body, config.max_request_body).await {
+        Ok(b) => b,
+        Err(CollectError::TooLarge) => {
+            let detail = format!("the request body exceeds {} bytes", config.max_request_body);
+            return Ok(ctx.problem(
+                DecisionOutcome::Rejected,
+                Problem::new(ProblemType::RequestTooLarge, detail),
+            ));
+        }
+        Err(CollectError::Body(e)) => {
+            let e: BoxError = e.into();
+            tracing::debug!(error = %e, "request body could not be read");
+            return Ok(ctx.problem(
+                DecisionOutcome::Rejected,
+                Problem::new(
+                    ProblemType::InvalidBody,
+                    "the request body could not be read",
+                ),
+            ));
+        }
+    };
+
+    // 3. A key derived from the body.
+    let material = match material {
+        Some(m) => m,
+        None => match source.extract(&KeyInput::new(&parts, &ctx.route, Some(&body))) {
+            Ok(Some(m)) => m,
+            Ok(None) if config.key_required => {
+                return Ok(ctx.problem(
+                    DecisionOutcome::Rejected,
+                    Problem::new(
+                        ProblemType::KeyMissing,
+                        "this request carries no idempotency key",
+                    ),
+                ));
+            }
+            Ok(None) => {
+                let req = Request::from_parts(parts, RequestBody::buffered(body));
+                return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
+            }
+            Err(e) => {
+                return Ok(ctx.problem(
+                    DecisionOutcome::Rejected,
+                    Problem::new(ProblemType::KeyInvalid, e.to_string()),
+                ));
+            }
+        },
+    };
+
+    // 4. The record's identity and the request's fingerprint.
+    let scope = config
+        .scope
+        .as_ref()
+        .and_then(|s| s.scope(&parts))
+        .unwrap_or_default();
+    let spec = KeySpec::new(&config.namespace).scope(scope);
+    let spec = match &material {
+        KeyMaterial::Client(k) => spec.client_key(k),
+        KeyMaterial::Derived(values) => spec
+            .method(parts.method.as_str())
+            .route(&ctx.route)
+            .derived(values),
+    };
+    let key = spec.storage_key();
+    let key_hex = key.to_hex();
+    ctx.span.record("idempotency.key_hash", key_hex.as_str());
+    ctx.key_hash = Some(key_hex);
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let fingerprint =
+        match Fingerprint::compute(parts.method.as_str(), target, &body, &config.fingerprint) {
+            Ok(f) => f,
+            Err(e) => {
+                return Ok(ctx.problem(
+                    DecisionOutcome::Rejected,
+                    Problem::new(ProblemType::InvalidBody, e.to_string()),
+                ));
+            }
+        };
+
+    // 5. The store decides.
+    let claim_req = config.policy.claim_request(key, fingerprint);
+    let wait = config.policy.wait_timeout();
+    let (op, budget) = match wait {
+        Some(w) => ("claim_wait", config.store_timeout + w),
+        None => ("claim", config.store_timeout),
+    };
+    let claim = match timed(op, budget, claim_with_wait(&store, &claim_req, wait)).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency store failed on claim");
+            return match config.store_failure {
+                StoreFailureMode::FailClosed => Ok(ctx.problem(
+                    DecisionOutcome::StoreUnavailable,
+                    Problem::new(
+                        ProblemType::StoreUnavailable,
+                        "the idempotency store is unavailable; retry later",
+                    )
+                    .retry_after(Duration::from_secs(1)),
+                )),
+                StoreFailureMode::FailOpen => {
+                    let req = Request::from_parts(parts, RequestBody::buffered(body));
+                    unprotected(inner, &ctx, req, DecisionOutcome::StoreUnavailable).await
+                }
+            };
+        }
+    };
+
+    match claim {
+        Claim::Acquired { lease, kind } => {
+            ctx.fence = Some(lease.fence);
+            ctx.attempt = Some(lease.attempt);
+            ctx.span.record("idempotency.fence", lease.fence);
+            ctx.span.record("idempotency.attempt", lease.attempt);
+            let req = Request::from_parts(parts, RequestBody::buffered(body));
+            // Not `inner.call` here: the call starts on the task, so that
+            // dropping this future never drops the handler.
+            execute(inner, store, ctx, lease, kind, req).await
+        }
+        Claim::InFlight { retry_after, .. } => Ok(ctx.problem(
+            DecisionOutcome::InFlight,
+            Problem::new(ProblemType::InFlight, "a request with this Idempotency-Key is being processed; retry later")
+                .retry_after(retry_after),
+        )),
+        Claim::Completed(completed) => Ok(replay(&store, &ctx, &key, completed).await),
+        Claim::Failed(failed) => {
+            let mut res = ctx.problem(
+                DecisionOutcome::Replayed,
+                Problem::new(
+                    ProblemType::OperationFailed,
+                    format!("an earlier request with this Idempotency-Key failed and will not run again: {}; use a new key", failed.reason),
+                ),
+            );
+            res.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            Ok(res)
+        }
+        Claim::Mismatch => Ok(ctx.problem(
+            DecisionOutcome::Mismatch,
+            Problem::new(
+                ProblemType::KeyReused,
+                "this Idempotency-Key was first used with a different request (payload, method or path)",
+            ),
+        )),
+        Claim::Corrupted { detail } => {
+            tracing::error!(alert = true, %detail, "idempotency record is corrupted");
+            Ok(ctx.problem(
+                DecisionOutcome::Corrupted,
+                Problem::new(ProblemType::RecordCorrupted, "the idempotency record for this key is corrupted; an operator must resolve it"),
+            ))
+        }
+        other => {
+            tracing::error!(claim = ?other, "unexpected claim decision from the store");
+            Ok(ctx.problem(
+                DecisionOutcome::StoreUnavailable,
+                Problem::new(ProblemType::StoreUnavailable, "the idempotency store gave an unexpected answer")
+                    .retry_after(Duration::from_secs(1)),
+            ))
+        }
+    }
+}
+
+/// Runs the request without a record (no key and key optional, or fail open).
+async fn unprotected<S, ReqBody, ResBody>(
+    mut inner: S,
+    ctx: &Ctx,
+    req: Request<RequestBody<ReqBody>>,
+    outcome: DecisionOutcome,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    let res = inner.call(req).await?;
+    ctx.decide(outcome, Some(res.status()));
+    Ok(ctx.finish(res.map(ResponseBody::inner)))
+}
+
+async fn replay<St: IdempotencyStore, B: Body>(
+    store: &St,
+    ctx: &Ctx,
+    key: &StorageKey,
+    completed: Completed,
+) -> Response<ResponseBody<B>> {
+    let built = match completed.outcome {
+        Outcome::Response(stored) => replay_stored(&ctx.config, &stored),
+        Outcome::Tombstone { status, .. } => {
+            let status = status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::OK);
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = status;
+            Ok(res)
+        }
+        _ => Err("the record holds no HTTP response"),
+    };
+    match built {
+        Ok(mut res) => {
+            res.headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            ctx.decide(DecisionOutcome::Replayed, Some(res.status()));
+            ctx.finish(res)
+        }
+        Err(detail) => {
+            tracing::error!(
+                alert = true,
+                detail,
+                "idempotency record corrupted; marking it"
+            );
+            let timeout = ctx.config.store_timeout;
+            if let Err(e) =
+                timed("mark_corrupted", timeout, store.mark_corrupted(key, detail)).await
+            {
+                tracing::warn!(error = %e, "could not mark the record corrupted");
+            }
+            ctx.problem(
+                DecisionOutcome::Corrupted,
+                Problem::new(
+                    ProblemType::RecordCorrupted,
+                    "the idempotency record for this key is corrupted; an operator must resolve it",
+                ),
+            )
+        }
+    }
+}
+
+fn replay_stored<B: Body>(
+    config: &Config,
+    stored: &StoredResponse,
+) -> Result<Response<ResponseBody<B>>, &'static str> {
+    let status = StatusCode::from_u16(stored.status)
+        .map_err(|_| "stored status is not a valid HTTP status")?;
+    let mut res = Response::new(ResponseBody::full(stored.body.clone()));
+    *res.status_mut() = status;
+    for (name, value) in &stored.headers {
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| "stored header name is invalid")?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| "stored header value is invalid")?;
+        if config.replays(&name) {
+            res.headers_mut().append(name, value);
+        }
+    }
+    Ok(res)
+}
+
+enum TaskError<E> {
+    Service(E),
+    Panic(Box<dyn Any + Send>),
+}
+
+/// Runs the owned request on its own task and waits for it. Dropping this
+/// future detaches the task: the handler and the record's completion go on.
+async fn execute<S, St, ReqBody, ResBody>(
+    inner: S,
+    store: St,
+    ctx: Ctx,
+    lease: Lease,
+    kind: ClaimKind,
+    req: Request<RequestBody<ReqBody>>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore + Clone + Send + Sync + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError> + Send,
+{
+    let span = ctx.span.clone();
+    let task = tokio::spawn(run_owned(inner, store, ctx, lease, kind, req).instrument(span));
+    match task.await {
+        Ok(Ok(res)) => Ok(res),
+        Ok(Err(TaskError::Service(e))) => Err(e),
+        Ok(Err(TaskError::Panic(payload))) => std::panic::resume_unwind(payload),
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => {
+            // The runtime is shutting down and cancelled the task.
+            let problem =
+                Problem::new(ProblemType::StoreUnavailable, "the server is shutting down")
+                    .retry_after(Duration::from_secs(1));
+            Ok(problem.into_response())
+        }
+    }
+}
+
+async fn run_owned<S, St, ReqBody, ResBody>(
+    mut inner: S,
+    store: St,
+    ctx: Ctx,
+    lease: Lease,
+    kind: ClaimKind,
+    req: Request<RequestBody<ReqBody>>,
+) -> Result<Response<ResponseBody<ResBody>>, TaskError<S::Error>>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    St: IdempotencyStore + Clone + Send + Sync + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError> + Send,
+{
+    let config = ctx.config.clone();
+    let call = AssertUnwindSafe(inner.call(req)).catch_unwind();
+    let (result, lease, fenced) = with_heartbeat(&store, &config, lease, call).await;
+    let executed = if kind == ClaimKind::New {
+        DecisionOutcome::Executed
+    } else {
+        DecisionOutcome::Reclaimed
+    };
+    let res = match result {
+        Err(panic) => {
+            settle_failure(
+                &store,
+                &ctx,
+                &lease,
+                fenced,
+                "the handler panicked",
+                Some(StatusCode::INTERNAL_SERVER_ERROR),
+            )
+            .await;
+            return Err(TaskError::Panic(panic));
+        }
+        Ok(Err(e)) => {
+            settle_failure(
+                &store,
+                &ctx,
+                &lease,
+                fenced,
+                "the inner service returned an error",
+                None,
+            )
+            .await;
+            return Err(TaskError::Service(e));
+        }
+        Ok(Ok(res)) => res,
+    };
+    let (head, body) = res.into_parts();
+    let status = head.status;
+    if fenced {
+        tracing::warn!("lease lost while the handler ran; its response is not recorded");
+        ctx.decide(DecisionOutcome::Fenced, Some(status));
+        return Ok(ctx.finish(Response::from_parts(head, ResponseBody::inner(body))));
+    }
+    let timeout = config.store_timeout;
+    match config.outcomes.classify(status, &head.headers) {
+        OutcomeAction::Release => {
+            let outcome = match timed("release", timeout, store.release(&lease)).await {
+                Ok(()) => DecisionOutcome::Released,
+                Err(StoreError::LeaseLost) => DecisionOutcome::Fenced,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the key; it is held until its lease expires");
+                    DecisionOutcome::Released
+                }
+            };
+            ctx.decide(outcome, Some(status));
+            Ok(ctx.finish(Response::from_parts(head, ResponseBody::inner(body))))
+        }
+        action @ (OutcomeAction::FailRetryable | OutcomeAction::FailTerminal) => {
+            let reason = format!("the handler answered {status}");
+            let failure = if action == OutcomeAction::FailRetryable {
+                Failure::retryable(reason)
+            } else {
+                Failure::terminal(reason)
+            };
+            record_failure(&store, &ctx, &lease, failure, Some(status)).await;
+            Ok(ctx.finish(Response::from_parts(head, ResponseBody::inner(body))))
+        }
+        OutcomeAction::Store => {
+            let (outcome, body) = match collect_response(Box::pin(body), config.max_stored_response)
+                .await
+            {
+                Collected::Complete { data, trailers } => {
+                    let headers = head
+                        .headers
+                        .iter()
+                        .filter(|(name, _)| config.replays(name))
+                        .map(|(name, value)| {
+                            (
+                                name.as_str().to_owned(),
+                                Bytes::copy_from_slice(value.as_bytes()),
+                            )
+                        })
+                        .collect();
+                    let stored = StoredResponse {
+                        status: status.as_u16(),
+                        headers,
+                        body: data.clone(),
+                    };
+                    let outcome =
+                        complete(&store, &config, &lease, Outcome::Response(stored), executed)
+                            .await;
+                    (outcome, ResponseBody::full_with_trailers(data, trailers))
+                }
+                Collected::TooLarge { prefix, rest } => {
+                    let reason = format!(
+                        "response body larger than {} bytes was not stored",
+                        config.max_stored_response
+                    );
+                    tracing::info!("response too large to store; the record becomes a tombstone");
+                    let tombstone = Outcome::Tombstone {
+                        status: Some(status.as_u16()),
+                        reason,
+                    };
+                    let outcome = complete(&store, &config, &lease, tombstone, executed).await;
+                    (outcome, ResponseBody::prefixed(prefix, rest))
+                }
+                Collected::Failed { prefix, error } => {
+                    let failure = Failure::retryable("the response body failed while it was read");
+                    record_failure(&store, &ctx, &lease, failure, Some(status)).await;
+                    return Ok(ctx.finish(Response::from_parts(
+                        head,
+                        ResponseBody::errored(prefix, error),
+                    )));
+                }
+            };
+            ctx.decide(outcome, Some(status));
+            Ok(ctx.finish(Response::from_parts(head, body)))
+        }
+    }
+}
+
+/// Drives `fut`, renewing `lease` every heartbeat. Returns its output, the
+/// latest lease, and whether the lease was lost meanwhile.
+async fn with_heartbeat<St, F>(
+    store: &St,
+    config: &Config,
+    mut lease: Lease,
+    fut: F,
+) -> (F::Output, Lease, bool)
+where
+    St: IdempotencyStore,
+    F: Future,
+{
+    let every = config.policy.heartbeat_interval();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fenced = false;
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return (out, lease, fenced),
+            _ = ticker.tick(), if !fenced => match timed("renew", config.store_timeout, store.renew(&lease)).await {
+                Ok(renewed) => lease = renewed,
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(fence = lease.fence, "lease lost while the handler runs");
+                    fenced = true;
+                }
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+            },
+        }
+    }
+}
+
+/// Completes the record, retrying transient store errors twice. Returns the decision.
+async fn complete<St: IdempotencyStore>(
+    store: &St,
+    config: &Config,
+    lease: &Lease,
+    outcome: Outcome,
+    executed: DecisionOutcome,
+) -> DecisionOutcome {
+    let completion = Completion::new(outcome);
+    let mut delay = Duration::from_millis(20);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match timed(
+            "complete",
+            config.store_timeout,
+            store.complete(lease, completion.clone()),
+        )
+        .await
+        {
+            Ok(()) => return executed,
+            Err(StoreError::LeaseLost) => {
+                tracing::warn!(
+                    fence = lease.fence,
+                    "lease lost before completion; the response is not recorded"
+                );
+                return DecisionOutcome::Fenced;
+            }
+            Err(e) if e.is_transient() && tries < 3 => {
+                tracing::warn!(error = %e, "completion failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the response; the key stays pending until its lease expires");
+                return executed;
+            }
+        }
+    }
+}
+
+async fn settle_failure<St: IdempotencyStore>(
+    store: &St,
+    ctx: &Ctx,
+    lease: &Lease,
+    fenced: bool,
+    reason: &str,
+    status: Option<StatusCode>,
+) {
+    if fenced {
+        ctx.decide(DecisionOutcome::Fenced, status);
+        return;
+    }
+    record_failure(store, ctx, lease, Failure::retryable(reason), status).await;
+}
+
+async fn record_failure<St: IdempotencyStore>(
+    store: &St,
+    ctx: &Ctx,
+    lease: &Lease,
+    failure: Failure,
+    status: Option<StatusCode>,
+) {
+    let failure = ctx.config.policy.settle_failure(lease, failure);
+    let outcome = match timed("fail", ctx.config.store_timeout, store.fail(lease, failure)).await {
+        Ok(()) => DecisionOutcome::Failed,
+        Err(StoreError::LeaseLost) => DecisionOutcome::Fenced,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record the failure; the lease will expire");
+            DecisionOutcome::Failed
+        }
+    };
+    ctx.decide(outcome, status);
+}
