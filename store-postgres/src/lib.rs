@@ -1,1 +1,16 @@
-//! Placeholder: this crate is being filled in.
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod listen;
+mod migrate;
+mod reaper;
+mod row;
+mod sql;
+mod store;
+
+pub use error::SetupError;
+pub use reaper::Reaper;
+pub use store::{DEFAULT_SCHEMA, PostgresStore, PostgresStoreBuilder};
+
+/// Re-exported so applications name the same sqlx the store was built with.
+pub use sqlx;

@@ -1,0 +1,3 @@
+-- Operator resolution: forget the record.
+-- $1 key.
+DELETE FROM {schema}.records WHERE key = $1

@@ -1,0 +1,68 @@
+//! The store's SQL, embedded from `sql/*.sql` and specialised to one schema
+//! once, when the store is built.
+
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+
+/// One statement with the schema substituted.
+#[derive(Clone)]
+pub(crate) struct Stmt(Arc<str>);
+
+impl Stmt {
+    fn new(template: &str, schema: &str, channel: &str) -> Self {
+        Self(substitute(template, schema, channel).into())
+    }
+
+    /// The statement, ready for `sqlx::query`. Shares the text, no copy.
+    pub(crate) fn sql(&self) -> AssertSqlSafe<Arc<str>> {
+        // Safe: the only dynamic part is the schema name, validated as a plain
+        // lowercase identifier when the store was built; values are bound.
+        AssertSqlSafe(Arc::clone(&self.0))
+    }
+}
+
+/// Replaces `{schema}` and `{channel}` in a template.
+pub(crate) fn substitute(template: &str, schema: &str, channel: &str) -> String {
+    template
+        .replace("{schema}", schema)
+        .replace("{channel}", channel)
+}
+
+macro_rules! statements {
+    ($($name:ident => $file:literal,)*) => {
+        /// Every statement the store runs.
+        pub(crate) struct Queries {
+            $(pub(crate) $name: Stmt,)*
+        }
+
+        impl Queries {
+            pub(crate) fn new(schema: &str, channel: &str) -> Self {
+                Self {
+                    $($name: Stmt::new(include_str!(concat!("../sql/", $file)), schema, channel),)*
+                }
+            }
+        }
+    };
+}
+
+statements! {
+    claim => "claim.sql",
+    complete => "complete.sql",
+    fail => "fail.sql",
+    release => "release.sql",
+    renew => "renew.sql",
+    get => "get.sql",
+    mark_corrupted => "mark_corrupted.sql",
+    mark_undecodable => "mark_undecodable.sql",
+    resolve_lock => "resolve_lock.sql",
+    resolve_delete => "resolve_delete.sql",
+    resolve_fail => "resolve_fail.sql",
+    lease_left => "lease_left.sql",
+    purge => "purge.sql",
+    reaper_lock => "reaper_lock.sql",
+    migrate_lock => "migrate_lock.sql",
+    migrate_bootstrap => "migrate_bootstrap.sql",
+    migrate_applied => "migrate_applied.sql",
+    migrate_record => "migrate_record.sql",
+}

@@ -1,0 +1,116 @@
+//! Shared helpers: a real PostgreSQL at `DATABASE_URL`, one fresh schema per store.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use idempotency_core::StorageKey;
+use idempotency_postgres::PostgresStore;
+use idempotency_postgres::sqlx::postgres::PgPoolOptions;
+use idempotency_postgres::sqlx::{self, PgPool};
+
+/// Test schemas are named `idem_t_<unix seconds>_<random>`; ones older than
+/// this are left over from earlier runs and are dropped.
+const STALE_AFTER_SECS: u64 = 3600;
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A pool to the test database, or `None` (after printing why) when it is
+/// unreachable outside CI.
+///
+/// # Panics
+///
+/// Under CI when the database is unreachable.
+pub async fn pool() -> Option<PgPool> {
+    pool_with(PgPoolOptions::new().max_connections(8)).await
+}
+
+pub async fn pool_with(options: PgPoolOptions) -> Option<PgPool> {
+    let url = database_url();
+    let pool = options
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy(&url)
+        .expect("DATABASE_URL parses");
+    match sqlx::query("SELECT 1").execute(&pool).await {
+        Ok(_) => Some(pool),
+        Err(e) if in_ci() => panic!("PostgreSQL at {url} unreachable under CI: {e}"),
+        Err(_) => {
+            println!("skipping: postgres unreachable");
+            None
+        }
+    }
+}
+
+/// A fresh schema name for one store.
+pub fn fresh_schema() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("idem_t_{secs}_{}", &rand[..12])
+}
+
+/// A migrated store in a schema of its own (its own clock, its own reaper
+/// scope), so tests that move the clock and purge never touch each other.
+pub async fn store() -> Option<PostgresStore> {
+    let pool = pool().await?;
+    Some(store_on(pool, &fresh_schema()).await)
+}
+
+pub async fn store_on(pool: PgPool, schema: &str) -> PostgresStore {
+    drop_stale_schemas(&pool).await;
+    let store = PostgresStore::builder()
+        .schema(schema)
+        .build(pool)
+        .expect("valid schema");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// Drops test schemas left by earlier runs (once per process).
+async fn drop_stale_schemas(pool: &PgPool) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'idem\\_t\\_%'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    for name in names {
+        let created = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        let valid = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if valid && created.saturating_add(STALE_AFTER_SECS) < now {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE"
+            )))
+            .execute(pool)
+            .await;
+        }
+    }
+}
+
+/// A fresh random storage key.
+pub fn key() -> StorageKey {
+    StorageKey::from_segments(&[b"pg-test".as_slice(), uuid::Uuid::new_v4().as_bytes()])
+}
