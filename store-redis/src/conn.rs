@@ -134,7 +134,9 @@ impl Backend {
                 .response_timeout(config.response_timeout)
                 .build()
                 .map_err(|source| ConfigError::InvalidUrl { source })?;
-                Ok(Self::Shared(Box::new(Shared::new(Connector::Cluster(client)))))
+                Ok(Self::Shared(Box::new(Shared::new(Connector::Cluster(
+                    client,
+                )))))
             }
         }
     }

@@ -120,6 +120,14 @@ impl RedisStore {
         &self.inner.channel
     }
 
+    /// Whether this store's change subscription (used by
+    /// [`wait_for_change`](IdempotencyStore::wait_for_change)) is connected
+    /// right now. It starts with the first wait; until it is live, waiting
+    /// falls back to polling.
+    pub fn change_subscription_live(&self) -> bool {
+        self.inner.subscriber.waiters.is_subscribed()
+    }
+
     /// Pool statistics in [`ConnectionMode::Pooled`](crate::ConnectionMode::Pooled) mode.
     pub fn pool_status(&self) -> Option<deadpool_redis::Status> {
         self.inner.backend.pool_status()
@@ -599,5 +607,103 @@ impl ClockControl for RedisStore {
     /// Per store value (and its clones); other processes are unaffected.
     fn advance(&self, by: Duration) {
         self.inner.offset_ms.fetch_add(ms(by), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis Cluster's key slot: CRC16 (XMODEM) of the hash tag, mod 16384.
+    fn slot(key: &str) -> u16 {
+        let bytes = key.as_bytes();
+        let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+            let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+        });
+        crc16(tagged.unwrap_or(bytes)) % 16384
+    }
+
+    fn crc16(data: &[u8]) -> u16 {
+        let mut crc: u16 = 0;
+        for &b in data {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc
+    }
+
+    fn store(prefix: &str) -> RedisStore {
+        RedisStore::new(RedisConfig::new("redis://127.0.0.1:6379").prefix(prefix)).unwrap()
+    }
+
+    #[test]
+    fn crc16_matches_the_cluster_specification() {
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+    }
+
+    #[test]
+    fn a_record_key_hashes_like_its_storage_key() {
+        for prefix in ["idem", "a:b", "tenant-7:orders", "x{"] {
+            let Ok(store) = RedisStore::new(RedisConfig::new("redis://x").prefix(prefix)) else {
+                assert!(prefix.contains('{'), "only braces are refused");
+                continue;
+            };
+            for i in 0..256u32 {
+                let key = StorageKey::from_segments(&[i.to_be_bytes()]);
+                let record_key = store.record_key(&key);
+                assert_eq!(record_key, format!("{prefix}:{{{}}}", key.to_hex()));
+                assert_eq!(slot(&record_key), slot(&key.to_hex()));
+            }
+        }
+        // Different records spread over the slots.
+        let store = store("idem");
+        let slots: std::collections::HashSet<u16> = (0..256u32)
+            .map(|i| slot(&store.record_key(&StorageKey::from_segments(&[i.to_be_bytes()]))))
+            .collect();
+        assert!(slots.len() > 200);
+    }
+
+    #[test]
+    fn every_script_touches_only_its_one_key() {
+        let sources = [
+            include_str!("../lua/common.lua"),
+            include_str!("../lua/claim.lua"),
+            include_str!("../lua/complete.lua"),
+            include_str!("../lua/fail.lua"),
+            include_str!("../lua/release.lua"),
+            include_str!("../lua/renew.lua"),
+            include_str!("../lua/get.lua"),
+            include_str!("../lua/mark_corrupted.lua"),
+            include_str!("../lua/resolve.lua"),
+        ];
+        for src in sources {
+            let code: String = src
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for (i, _) in code.match_indices("KEYS[") {
+                assert!(
+                    code[i..].starts_with("KEYS[1]"),
+                    "a script uses another key"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn durations_are_clamped_for_lua() {
+        assert_eq!(ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(ms(Duration::MAX), MAX_MS);
+        assert!((MAX_MS as f64) * 3.0 < 9.0e15, "sums stay exact in doubles");
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod server;
+
 use idempotency_redis::{ConnectionMode, RedisConfig, RedisStore};
 
 pub fn redis_url() -> String {

@@ -1,0 +1,397 @@
+//! Redis-specific behaviour on the shared server: key layout, expiry
+//! (`PX` versus stored timestamps), corrupted data written behind the
+//! store's back, configuration errors, cross-store notifications.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use idempotency_core::{
+    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Fingerprint, IdempotencyStore,
+    Outcome, RecordState, Resolution, StorageKey, StoreError,
+};
+use idempotency_redis::redis::{self, AsyncCommands};
+use idempotency_redis::{ConfigError, ConnectionMode, RedisConfig, RedisStore};
+
+fn key() -> StorageKey {
+    StorageKey::from_segments(&[b"behaviour".as_slice(), uuid::Uuid::new_v4().as_bytes()])
+}
+
+fn req(key: StorageKey) -> ClaimRequest {
+    ClaimRequest {
+        key,
+        fingerprint: Fingerprint::of_bytes("behaviour", b"1"),
+        lease: Duration::from_secs(10),
+        retention: Duration::from_secs(60),
+        max_attempts: 3,
+    }
+}
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(common::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn acquire(store: &RedisStore, r: &ClaimRequest) -> idempotency_core::Lease {
+    match store.claim(r).await.unwrap() {
+        Claim::Acquired { lease, .. } => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+fn value(s: &'static str) -> Completion {
+    Completion::new(Outcome::Value(Bytes::from_static(s.as_bytes())))
+}
+
+#[tokio::test]
+async fn keys_are_prefix_and_hash_tagged_storage_key() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let k = key();
+    let expected = format!("{}:{{{}}}", store.config().key_prefix(), k.to_hex());
+    assert_eq!(store.record_key(&k), expected);
+    acquire(&store, &req(k)).await;
+    let mut raw = raw().await;
+    assert!(raw.exists::<_, bool>(&expected).await.unwrap());
+    // Binary fields are stored raw: compact.
+    assert_eq!(
+        redis::cmd("HSTRLEN")
+            .arg(&expected)
+            .arg("f")
+            .query_async::<usize>(&mut raw)
+            .await
+            .unwrap(),
+        32
+    );
+    assert_eq!(
+        redis::cmd("HSTRLEN")
+            .arg(&expected)
+            .arg("t")
+            .query_async::<usize>(&mut raw)
+            .await
+            .unwrap(),
+        16
+    );
+    assert_eq!(
+        store.change_channel(),
+        format!("{}:changes", store.config().key_prefix())
+    );
+}
+
+#[tokio::test]
+async fn px_covers_the_stored_lifetime_and_corrupted_records_persist() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let mut raw = raw().await;
+    let k = key();
+    let rk = store.record_key(&k);
+    let lease = acquire(&store, &req(k)).await;
+    let pttl: i64 = raw.pttl(&rk).await.unwrap();
+    assert!((59_000..=60_000).contains(&pttl), "pending: {pttl}");
+
+    // A lease longer than the retention keeps the key for the lease.
+    let k2 = key();
+    let long = ClaimRequest {
+        lease: Duration::from_secs(120),
+        ..req(k2)
+    };
+    acquire(&store, &long).await;
+    let pttl: i64 = raw.pttl(store.record_key(&k2)).await.unwrap();
+    assert!((119_000..=120_000).contains(&pttl), "long lease: {pttl}");
+
+    // Completion restarts retention from the store's now (offset included).
+    store.advance(Duration::from_secs(30));
+    store.complete(&lease, value("v")).await.unwrap();
+    let pttl: i64 = raw.pttl(&rk).await.unwrap();
+    assert!((59_000..=60_000).contains(&pttl), "completed: {pttl}");
+
+    // The stored timestamp decides, even while Redis still holds the key.
+    store.advance(Duration::from_secs(61));
+    assert!(raw.exists::<_, bool>(&rk).await.unwrap());
+    assert_eq!(store.get(&k).await.unwrap(), None);
+
+    // Corrupted: no expiry at all.
+    let k3 = key();
+    acquire(&store, &req(k3)).await;
+    store.mark_corrupted(&k3, "gone").await.unwrap();
+    let pttl: i64 = raw.pttl(store.record_key(&k3)).await.unwrap();
+    assert_eq!(pttl, -1, "corrupted records never expire");
+    // Resolved into a failure: a day of retention again.
+    store
+        .resolve(
+            &k3,
+            Resolution::Fail(idempotency_core::Failure::terminal("x")),
+        )
+        .await
+        .unwrap();
+    let pttl: i64 = raw.pttl(store.record_key(&k3)).await.unwrap();
+    assert!(pttl > 86_000_000, "resolved failure: {pttl}");
+}
+
+#[tokio::test]
+async fn garbage_outcome_bytes_mark_the_record_corrupted_on_claim() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let k = key();
+    let r = req(k);
+    let lease = acquire(&store, &r).await;
+    store.complete(&lease, value("fine")).await.unwrap();
+    let mut raw = raw().await;
+    let rk = store.record_key(&k);
+    let () = raw
+        .hset(&rk, "o", b"\x01R\xff\xff garbage".as_slice())
+        .await
+        .unwrap();
+    match store.claim(&r).await.unwrap() {
+        Claim::Corrupted { detail } => assert!(detail.contains("cannot be decoded"), "{detail}"),
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    // Marked in the store: every later claim (any fingerprint) is blocked.
+    assert_eq!(raw.hget::<_, _, String>(&rk, "s").await.unwrap(), "X");
+    assert_eq!(raw.pttl::<_, i64>(&rk).await.unwrap(), -1);
+    let other = ClaimRequest {
+        fingerprint: Fingerprint::of_bytes("behaviour", b"2"),
+        ..r.clone()
+    };
+    assert!(matches!(
+        store.claim(&other).await.unwrap(),
+        Claim::Corrupted { .. }
+    ));
+    let rec = store.get(&k).await.unwrap().unwrap();
+    assert!(matches!(rec.state, RecordState::Corrupted(_)));
+    assert_eq!((rec.fence, rec.attempts), (1, 1));
+    // An operator clears it; the next claim starts afresh.
+    store.resolve(&k, Resolution::Delete).await.unwrap();
+    assert!(matches!(
+        store.claim(&r).await.unwrap(),
+        Claim::Acquired {
+            kind: ClaimKind::New,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn garbage_outcome_bytes_mark_the_record_corrupted_on_get() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let k = key();
+    let lease = acquire(&store, &req(k)).await;
+    store
+        .complete(&lease, value("fine").with_resource("/things/1"))
+        .await
+        .unwrap();
+    let mut raw = raw().await;
+    let rk = store.record_key(&k);
+    let () = raw.hset(&rk, "r", b"\xff\xfe".as_slice()).await.unwrap();
+    let rec = store.get(&k).await.unwrap().unwrap();
+    match &rec.state {
+        RecordState::Corrupted(c) => assert!(c.detail.contains("UTF-8"), "{c:?}"),
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    assert_eq!(raw.hget::<_, _, String>(&rk, "s").await.unwrap(), "X");
+    assert!(matches!(
+        store.claim(&req(k)).await.unwrap(),
+        Claim::Corrupted { .. }
+    ));
+}
+
+#[tokio::test]
+async fn foreign_and_malformed_values_become_corrupted_records() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let mut raw = raw().await;
+
+    // Not a hash at all.
+    let k = key();
+    let rk = store.record_key(&k);
+    let () = raw
+        .set(&rk, b"\x00\x01 not a record".as_slice())
+        .await
+        .unwrap();
+    match store.claim(&req(k)).await.unwrap() {
+        Claim::Corrupted { detail } => assert_eq!(detail, "record is not a hash"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        redis::cmd("TYPE")
+            .arg(&rk)
+            .query_async::<String>(&mut raw)
+            .await
+            .unwrap(),
+        "hash"
+    );
+
+    // A hash missing what its state needs.
+    let k = key();
+    let rk = store.record_key(&k);
+    let () = raw
+        .hset_multiple(
+            &rk,
+            &[
+                ("s", b"P".as_slice()),
+                ("f", [7u8; 32].as_slice()),
+                ("n", b"1"),
+                ("a", b"1"),
+                ("c", b"1"),
+                ("e", b"99999999999999"),
+            ],
+        )
+        .await
+        .unwrap();
+    let rec = store.get(&k).await.unwrap().unwrap();
+    match &rec.state {
+        RecordState::Corrupted(c) => assert_eq!(c.detail, "pending record is malformed"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rec.fingerprint, Fingerprint::from_bytes([7; 32]));
+
+    // An unknown state.
+    let k = key();
+    let rk = store.record_key(&k);
+    let () = raw
+        .hset_multiple(
+            &rk,
+            &[
+                ("s", b"Q".as_slice()),
+                ("f", [7u8; 32].as_slice()),
+                ("n", b"1"),
+                ("a", b"1"),
+                ("c", b"1"),
+                ("e", b"99999999999999"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.claim(&req(k)).await.unwrap(),
+        Claim::Corrupted { detail } if detail == "unknown record state"
+    ));
+    // Lease operations never touch what they cannot read.
+    let k = key();
+    let lease = acquire(&store, &req(k)).await;
+    let () = raw
+        .hset(store.record_key(&k), "n", "not a number")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.complete(&lease, value("v")).await,
+        Err(StoreError::LeaseLost)
+    ));
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_refused_without_io() {
+    for prefix in ["", "a{b", "a}b"] {
+        let err =
+            RedisStore::new(RedisConfig::new("redis://127.0.0.1:6379").prefix(prefix)).unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidPrefix(_)), "{err:?}");
+    }
+    for mode in [ConnectionMode::Multiplexed, ConnectionMode::Pooled] {
+        let err = RedisStore::new(RedisConfig::new("nonsense://x").mode(mode)).unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidUrl { .. }), "{err:?}");
+        assert!(std::error::Error::source(&err).is_some());
+        let err = RedisStore::new(RedisConfig::new("").mode(mode)).unwrap_err();
+        assert!(matches!(err, ConfigError::NoUrl), "{err:?}");
+    }
+    let err = RedisStore::new(RedisConfig::cluster(Vec::<String>::new())).unwrap_err();
+    assert!(matches!(err, ConfigError::NoUrl), "{err:?}");
+}
+
+/// Two stores with the same prefix stand for two processes: a waiter in one
+/// is woken by the other's completion through pub/sub, long before its
+/// poll interval.
+#[tokio::test]
+async fn waiters_are_woken_across_stores_by_notification() {
+    let Some(a) = common::store().await else {
+        return;
+    };
+    let config = a
+        .config()
+        .clone()
+        .wait_poll_interval(Duration::from_secs(120));
+    let a = RedisStore::new(config.clone()).unwrap();
+    let b = RedisStore::new(config).unwrap();
+    // Start the subscription and wait until it is live.
+    a.wait_for_change(&key(), Duration::from_millis(1))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while !a.change_subscription_live() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "subscription never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let k = key();
+    let r = ClaimRequest {
+        lease: Duration::from_secs(120),
+        ..req(k)
+    };
+    let lease = acquire(&b, &r).await;
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            a.wait_for_change(&k, Duration::from_secs(120))
+                .await
+                .unwrap();
+            start.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.complete(&lease, value("done")).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiter must be woken by the notification")
+        .unwrap();
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    assert!(matches!(a.claim(&r).await.unwrap(), Claim::Completed(_)));
+}
+
+/// A waiter on a record that is not pending returns at once; one on a lease
+/// that runs out is bounded by the lease, not by its timeout.
+#[tokio::test]
+async fn waiting_is_bounded_by_the_lease() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let store = RedisStore::new(
+        store
+            .config()
+            .clone()
+            .wait_poll_interval(Duration::from_secs(120)),
+    )
+    .unwrap();
+    let k = key();
+    let r = ClaimRequest {
+        lease: Duration::from_millis(300),
+        ..req(k)
+    };
+    acquire(&store, &r).await;
+    let start = Instant::now();
+    for _ in 0..100 {
+        store
+            .wait_for_change(&k, Duration::from_secs(120))
+            .await
+            .unwrap();
+        if !matches!(store.claim(&r).await.unwrap(), Claim::InFlight { .. }) {
+            break;
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(60));
+    assert!(matches!(
+        store.claim(&r).await.unwrap(),
+        Claim::InFlight { .. } | Claim::Acquired { .. }
+    ));
+}
