@@ -136,13 +136,20 @@ impl Problem {
     }
 
     pub(crate) fn body(&self) -> Bytes {
-        let v = serde_json::json!({
-            "type": self.kind.uri(),
-            "title": self.kind.title(),
-            "status": self.kind.status().as_u16(),
-            "detail": self.detail,
-        });
-        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            r#type: String,
+            title: &'static str,
+            status: u16,
+            detail: &'a str,
+        }
+        let body = Body {
+            r#type: self.kind.uri(),
+            title: self.kind.title(),
+            status: self.kind.status().as_u16(),
+            detail: &self.detail,
+        };
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
     pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
@@ -194,6 +201,7 @@ mod tests {
         assert_eq!(v["status"], 409);
         assert_eq!(v["detail"], "later");
         assert!(v["title"].is_string());
+        assert!(p.body().starts_with(br#"{"type":"https://idempotency.rs/problems/in-flight","title":"#));
     }
 
     #[test]

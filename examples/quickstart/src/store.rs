@@ -1,0 +1,58 @@
+//! Chooses the idempotency store from `IDEMPOTENCY_STORE` at run time.
+
+use idempotency_core::{BoxError, DynStore, MemoryStore};
+
+/// Why the store named by the environment cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum StoreConfigError {
+    /// `IDEMPOTENCY_STORE` names no known store.
+    #[error("IDEMPOTENCY_STORE={0:?} is not one of: memory, postgres, redis")]
+    Unknown(String),
+    /// The store exists in the project but is not wired into this binary.
+    #[error("the {0} store is not available in this build yet; use IDEMPOTENCY_STORE=memory")]
+    NotAvailable(&'static str),
+}
+
+/// The store named by `IDEMPOTENCY_STORE` (`memory`, the default, `postgres`
+/// with `DATABASE_URL`, or `redis` with `REDIS_URL`). `var` reads the
+/// environment (a parameter so tests need not touch the process environment).
+///
+/// # Errors
+///
+/// An unknown store name, a store not wired in, or a store that cannot be
+/// reached.
+pub(crate) async fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<DynStore, BoxError> {
+    let kind = var("IDEMPOTENCY_STORE").unwrap_or_else(|| "memory".to_owned());
+    match kind.trim().to_ascii_lowercase().as_str() {
+        "memory" | "" => Ok(DynStore::new(MemoryStore::new())),
+        "postgres" => {
+            // Wired with idempotency_postgres::PostgresStore over DATABASE_URL.
+            Err(StoreConfigError::NotAvailable("postgres").into())
+        }
+        "redis" => {
+            // Wired with idempotency_redis::RedisStore over REDIS_URL.
+            Err(StoreConfigError::NotAvailable("redis").into())
+        }
+        other => Err(StoreConfigError::Unknown(other.to_owned()).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_is_the_default() {
+        assert!(from_env(|_| None).await.is_ok());
+        let memory = |k: &str| (k == "IDEMPOTENCY_STORE").then(|| "Memory".to_owned());
+        assert!(from_env(memory).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unknown_stores_are_refused_by_name() {
+        let var = |k: &str| (k == "IDEMPOTENCY_STORE").then(|| "mongo".to_owned());
+        let err = from_env(var).await.unwrap_err();
+        assert!(err.to_string().contains("\"mongo\""), "{err}");
+    }
+}
