@@ -176,10 +176,11 @@ async fn listen(shared: Arc<Shared>, store_pool: PgPool, channel: String) {
             }
         };
         backoff = Duration::from_millis(50);
-        let _ = shared.listening.send(true);
-        // Anything committed before LISTEN took effect is seen by the waiters'
-        // own re-check; wake them in case they were polling.
+        // Waiters registered so far may have missed notifications while the
+        // listener was down: they re-check. Waiters registering from now on
+        // re-check after LISTEN took effect, so they miss nothing.
         shared.wake_all();
+        let _ = shared.listening.send(true);
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => {

@@ -37,9 +37,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Metric: store operation latency in seconds, by `operation`.
 const OPERATION_SECONDS: &str = "idempotency_store_operation_seconds";
-/// Metric: records deleted by the reaper.
-pub(crate) const REAPED_TOTAL: &str = "idempotency_postgres_reaped_total";
-/// Metric: records found undecodable and marked corrupted.
+/// Metric: records deleted by the reaper, by `schema`.
+const REAPED_TOTAL: &str = "idempotency_postgres_reaped_total";
+/// Metric: records found undecodable and marked corrupted, by `schema`.
 const CORRUPTED_TOTAL: &str = "idempotency_postgres_corrupted_total";
 
 /// A PostgreSQL-backed [`IdempotencyStore`] over a [`sqlx::PgPool`].
@@ -347,7 +347,7 @@ impl PostgresStore {
     /// One reaper per schema runs at a time across processes (others skip
     /// their turn), rows locked by concurrent claims are skipped, and each
     /// batch is its own short transaction. Every deleted row is counted in
-    /// the `idempotency_postgres_reaped_total` counter. The task stops when
+    /// the `idempotency_postgres_reaped_total{schema}` counter. The task stops when
     /// the returned [`Reaper`] is dropped or shut down.
     ///
     /// # Panics
@@ -492,7 +492,7 @@ impl PostgresStore {
                     .execute(&self.inner.pool),
             )
             .await?;
-        metrics::counter!(CORRUPTED_TOTAL).increment(1);
+        metrics::counter!(CORRUPTED_TOTAL, "schema" => self.inner.schema.to_string()).increment(1);
         tracing::error!(
             key = %key.short(),
             fence = raw.fence,
@@ -824,7 +824,8 @@ impl PurgeExpired for PostgresStore {
                 Ok(done.rows_affected())
             })
             .await?;
-        metrics::counter!(REAPED_TOTAL).increment(deleted);
+        metrics::counter!(REAPED_TOTAL, "schema" => self.inner.schema.to_string())
+            .increment(deleted);
         Ok(deleted)
     }
 }

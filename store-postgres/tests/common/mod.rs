@@ -114,3 +114,46 @@ async fn drop_stale_schemas(pool: &PgPool) {
 pub fn key() -> StorageKey {
     StorageKey::from_segments(&[b"pg-test".as_slice(), uuid::Uuid::new_v4().as_bytes()])
 }
+
+/// A claim request with the given lease and a one-hour retention.
+pub fn request(
+    key: StorageKey,
+    fingerprint: u8,
+    lease: Duration,
+) -> idempotency_core::ClaimRequest {
+    idempotency_core::ClaimRequest {
+        key,
+        fingerprint: idempotency_core::Fingerprint::of_bytes("pg-test", &[fingerprint]),
+        lease,
+        retention: Duration::from_secs(3600),
+        max_attempts: 3,
+    }
+}
+
+/// A completion carrying `s` as a value.
+pub fn value(s: &str) -> idempotency_core::Completion {
+    idempotency_core::Completion::new(idempotency_core::Outcome::Value(
+        bytes::Bytes::copy_from_slice(s.as_bytes()),
+    ))
+}
+
+/// A second store on the same schema over a separate pool: another "process".
+pub async fn other_process(store: &PostgresStore) -> PostgresStore {
+    let pool = pool().await.expect("database reachable");
+    PostgresStore::builder()
+        .schema(store.schema())
+        .build(pool)
+        .expect("valid schema")
+}
+
+/// The acquired lease, or a panic naming what came instead.
+pub async fn acquire(
+    store: &PostgresStore,
+    req: &idempotency_core::ClaimRequest,
+) -> (idempotency_core::Lease, idempotency_core::ClaimKind) {
+    use idempotency_core::{Claim, IdempotencyStore};
+    match store.claim(req).await.expect("claim") {
+        Claim::Acquired { lease, kind } => (lease, kind),
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}

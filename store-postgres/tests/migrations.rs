@@ -1,0 +1,133 @@
+//! The store's own migrations: idempotent, concurrent-safe, in their own
+//! schema with their own history, refusing modified history.
+
+mod common;
+
+use idempotency_postgres::sqlx::{self, AssertSqlSafe};
+use idempotency_postgres::{PostgresStore, SetupError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_keeps_its_own_history() {
+    let Some(pool) = common::pool().await else {
+        return;
+    };
+    let schema = common::fresh_schema();
+    let store = PostgresStore::builder()
+        .schema(&schema)
+        .build(pool.clone())
+        .unwrap();
+    assert_eq!(store.migrate().await.unwrap(), 1);
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    let history: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT version, description FROM {schema}.migrations ORDER BY version"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(history, [(1, "records".to_owned())]);
+    // Everything the store made lives in its schema.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["migrations", "records"]);
+    let expiry_index: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = $1 AND indexname = 'records_expires_at_idx')",
+    )
+    .bind(&schema)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(expiry_index);
+}
+
+/// Eight stores on two pools migrate one fresh schema at once: exactly one
+/// applies the migration, nobody fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_migrations_from_several_processes() {
+    let Some(p1) = common::pool().await else {
+        return;
+    };
+    let p2 = common::pool().await.unwrap();
+    let schema = common::fresh_schema();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let pool = if i % 2 == 0 { p1.clone() } else { p2.clone() };
+        let store = PostgresStore::builder()
+            .schema(&schema)
+            .build(pool)
+            .unwrap();
+        tasks.push(tokio::spawn(async move { store.migrate().await }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        applied += t.await.unwrap().expect("every concurrent migrate succeeds");
+    }
+    assert_eq!(applied, 1);
+}
+
+/// A history whose checksum does not match the embedded file stops migrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modified_migration_is_refused() {
+    let Some(pool) = common::pool().await else {
+        return;
+    };
+    let schema = common::fresh_schema();
+    let store = PostgresStore::builder()
+        .schema(&schema)
+        .build(pool.clone())
+        .unwrap();
+    store.migrate().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {schema}.migrations SET checksum = '\\x00' WHERE version = 1"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    match store.migrate().await {
+        Err(SetupError::MigrationModified { version: 1, .. }) => {}
+        other => panic!("expected MigrationModified, got {other:?}"),
+    }
+}
+
+/// The state column refuses values outside the lifecycle, and per-state
+/// constraints refuse nonsense rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constraints_refuse_nonsense_rows() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let insert = |state: &'static str, token: Option<uuid::Uuid>| {
+        let store = store.clone();
+        async move {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {}.records (key, fingerprint, state, fence, attempts, claim_kind, token, lease_deadline, created_at, expires_at)
+                 VALUES ($1, $2, $3, 1, 1, 'NEW', $4, now(), now(), now())",
+                store.schema()
+            )))
+            .bind(&common::key().as_bytes()[..])
+            .bind(&[0u8; 32][..])
+            .bind(state)
+            .bind(token)
+            .execute(store.pool())
+            .await
+        }
+    };
+    assert!(insert("PENDING", Some(uuid::Uuid::new_v4())).await.is_ok());
+    assert!(
+        insert("DONE", Some(uuid::Uuid::new_v4())).await.is_err(),
+        "unknown state"
+    );
+    assert!(
+        insert("PENDING", None).await.is_err(),
+        "pending without a token"
+    );
+    assert!(
+        insert("COMPLETED", None).await.is_err(),
+        "completed without an outcome"
+    );
+}
