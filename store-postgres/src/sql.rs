@@ -17,15 +17,18 @@ impl Stmt {
     /// The statement, ready for `sqlx::query`. Shares the text, no copy.
     pub(crate) fn sql(&self) -> AssertSqlSafe<Arc<str>> {
         // Safe: the only dynamic part is the schema name, validated as a plain
-        // lowercase identifier when the store was built; values are bound.
+        // lowercase identifier when the store was built and quoted; values
+        // are bound.
         AssertSqlSafe(Arc::clone(&self.0))
     }
 }
 
-/// Replaces `{schema}` and `{channel}` in a template.
+/// Replaces `{schema}` (by the quoted identifier, so even a name that is a
+/// keyword works) and `{channel}` in a template. `schema` is validated as
+/// `[a-z_][a-z0-9_]*` before it gets here.
 pub(crate) fn substitute(template: &str, schema: &str, channel: &str) -> String {
     template
-        .replace("{schema}", schema)
+        .replace("{schema}", &format!("\"{schema}\""))
         .replace("{channel}", channel)
 }
 
@@ -65,4 +68,21 @@ statements! {
     migrate_bootstrap => "migrate_bootstrap.sql",
     migrate_applied => "migrate_applied.sql",
     migrate_record => "migrate_record.sql",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_is_quoted_and_channel_is_plain() {
+        assert_eq!(
+            substitute(
+                "SELECT * FROM {schema}.records; NOTIFY '{channel}'",
+                "select",
+                "select_changes"
+            ),
+            "SELECT * FROM \"select\".records; NOTIFY 'select_changes'"
+        );
+    }
 }
