@@ -1,9 +1,10 @@
 //! The background reaper.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::PurgeExpired;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -18,13 +19,14 @@ const MAX_BATCHES_PER_ROUND: usize = 1_000;
 /// committed as a whole); [`Reaper::shutdown`] stops it and waits.
 #[derive(Debug)]
 pub struct Reaper {
-    stop: watch::Sender<bool>,
+    stop: Arc<Notify>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Reaper {
     pub(crate) fn spawn(store: PostgresStore, period: Duration, batch: usize) -> Self {
-        let (stop, mut stopped) = watch::channel(false);
+        let stop = Arc::new(Notify::new());
+        let stopped = Arc::clone(&stop);
         let period = period.max(Duration::from_millis(1));
         let batch = batch.max(1);
         let task = tokio::spawn(async move {
@@ -32,7 +34,7 @@ impl Reaper {
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = stopped.changed() => return,
+                    () = stopped.notified() => return,
                     _ = ticker.tick() => {}
                 }
                 let mut total = 0;
@@ -71,10 +73,19 @@ impl Reaper {
     ///
     /// Dropping the future still stops the reaper.
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
+        // A stored permit: the task stops at its next turn even if it is
+        // in the middle of a batch now.
+        self.stop.notify_one();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// Lets the reaper run for as long as the runtime does, without a handle
+    /// (for services that reap until they exit).
+    pub fn detach(mut self) {
+        // Dropping a join handle detaches its task; nobody can signal a stop.
+        drop(self.task.take());
     }
 
     /// Whether the task has stopped.

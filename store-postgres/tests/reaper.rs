@@ -252,3 +252,25 @@ fn background_reaper_drains_and_counts() {
         });
     });
 }
+
+/// A detached reaper keeps running without its handle; a dropped one stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_reaper_keeps_running_and_dropped_one_stops() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    // Dropped at once: nothing is reaped by it.
+    drop(store.spawn_reaper(Duration::from_millis(10), 5));
+    short_lived(&store, 7).await;
+    store.advance(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rows(&store).await, 7, "a dropped reaper reaps nothing");
+    store.spawn_reaper(Duration::from_millis(10), 5).detach();
+    for _ in 0..500 {
+        if rows(&store).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rows(&store).await, 0);
+}
