@@ -1,1 +1,41 @@
-//! Placeholder: this crate is being filled in.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod canonical;
+mod chain;
+mod error;
+mod event;
+mod modes;
+mod redact;
+mod sink;
+mod time;
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+
+pub use canonical::canonical_json;
+pub use chain::{
+    BreakKind, ChainBreak, ChainReport, ChainRow, ChainVerifier, GENESIS_HASH, chain_hash,
+};
+pub use error::{AuditError, BatchError, BoxError};
+pub use event::{Actor, ActorKind, AuditEvent, AuditEventBuilder, Outcome, SCHEMA_VERSION};
+pub use modes::{AuditModes, Auditor, Mode, Recorded, TransactionalSink};
+pub use redact::{PointerRedactor, REDACTED, RedactError, Redacting, Redactor};
+pub use sink::buffered::{BufferConfig, BufferedSink, DROPPED_METRIC, DropReason};
+pub use sink::fanout::FanOut;
+pub use sink::memory::MemorySink;
+pub use sink::tracing::TracingSink;
+pub use sink::{AuditSink, DynSink};
+pub use time::{EventTime, TimeParseError};
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}

@@ -1,0 +1,497 @@
+//! The PostgreSQL sink: an append-only table with one SHA-256 hash chain
+//! per stream, its migrations and its verifier.
+//!
+//! See the crate README for the table layout, the hash construction and
+//! the insert-only role the application should connect as.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row, Transaction};
+
+use crate::error::{AuditError, BatchError};
+use crate::event::AuditEvent;
+use crate::modes::TransactionalSink;
+use crate::sink::AuditSink;
+
+mod migrate;
+mod verify;
+
+pub use migrate::MigrationReport;
+/// The `sqlx` this sink is built on, for naming its types (`PgPool`, `Transaction`, ...).
+pub use sqlx;
+
+/// The schema the sink uses unless told otherwise.
+pub const DEFAULT_SCHEMA: &str = "audit";
+
+/// Longest accepted stream name, in bytes.
+pub const MAX_STREAM_LEN: usize = 200;
+
+/// SQLSTATE raised by the triggers when something tries to update, delete
+/// or truncate the audit tables.
+pub const APPEND_ONLY_SQLSTATE: &str = "AUD01";
+
+/// A validated schema name, quoted for SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Schema {
+    name: Arc<str>,
+    quoted: Arc<str>,
+}
+
+impl Schema {
+    pub(crate) fn new(name: &str) -> Result<Self, AuditError> {
+        let valid = (1..=63).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit()
+            && !name.starts_with("pg_");
+        if !valid {
+            return Err(AuditError::InvalidSchema {
+                name: name.to_owned(),
+            });
+        }
+        Ok(Self {
+            name: name.into(),
+            quoted: format!("\"{name}\"").into(),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Substitutes the quoted schema name for `{{schema}}` in a SQL template.
+    pub(crate) fn apply(&self, template: &str) -> String {
+        template.replace("{{schema}}", &self.quoted)
+    }
+}
+
+/// The statements, built once per schema from fixed templates.
+#[derive(Debug)]
+struct Sql {
+    insert: Arc<str>,
+    head: Arc<str>,
+    page: Arc<str>,
+    next_stream: Arc<str>,
+}
+
+impl Sql {
+    fn new(schema: &Schema) -> Self {
+        let s = |t: &str| -> Arc<str> { schema.apply(t).into() };
+        Self {
+            insert: s("INSERT INTO {{schema}}.events \
+                 (stream, id, type, source, subject, time, actor_id, actor_tenant, outcome, \
+                  correlation_id, key_hash, content) \
+                 VALUES ($1, $2, $3, $4, $5, \
+                  timestamptz 'epoch' + ($6::int8 / 1000000) * interval '1 second' \
+                                      + ($6::int8 % 1000000) * interval '1 microsecond', \
+                  $7, $8, $9, $10, $11, $12::json) \
+                 RETURNING seq, hash"),
+            head: s("SELECT last_seq, last_hash FROM {{schema}}.streams WHERE stream = $1"),
+            page: s(
+                "SELECT seq, prev_hash, hash, content::text AS content, id, type, source, \
+                  subject, (extract(epoch FROM time) * 1000000)::int8 AS time_us, actor_id, \
+                  actor_tenant, outcome, correlation_id, key_hash \
+                 FROM {{schema}}.events WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            ),
+            next_stream: s("SELECT min(stream) AS stream FROM ( \
+                  (SELECT stream FROM {{schema}}.streams WHERE stream > $1 ORDER BY stream LIMIT 1) \
+                  UNION ALL \
+                  (SELECT stream FROM {{schema}}.events WHERE stream > $1 ORDER BY stream LIMIT 1) \
+                 ) AS next"),
+        }
+    }
+}
+
+/// Which stream (hash chain) an event is appended to.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum StreamBy {
+    /// The event's `source` (the default): one chain per producer, e.g. `/promotions`.
+    #[default]
+    Source,
+    /// One fixed stream for every event.
+    Fixed(String),
+    /// Computed from the event (e.g. per tenant).
+    Custom(Arc<dyn Fn(&AuditEvent) -> String + Send + Sync>),
+}
+
+impl StreamBy {
+    /// The stream for `event`.
+    pub fn stream_for(&self, event: &AuditEvent) -> String {
+        match self {
+            Self::Source => event.source.clone(),
+            Self::Fixed(s) => s.clone(),
+            Self::Custom(f) => f(event),
+        }
+    }
+}
+
+impl fmt::Debug for StreamBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Source => f.write_str("Source"),
+            Self::Fixed(s) => f.debug_tuple("Fixed").field(s).finish(),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Where an appended event landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream.
+    pub stream: String,
+    /// Its sequence number in the stream (from 1, without gaps).
+    pub seq: u64,
+    /// The row's chain hash.
+    pub hash: [u8; 32],
+}
+
+/// Checks a stream name: 1 to [`MAX_STREAM_LEN`] bytes, no control characters.
+///
+/// # Errors
+///
+/// [`AuditError::InvalidStream`] otherwise.
+pub fn validate_stream(stream: &str) -> Result<(), AuditError> {
+    let reason = if stream.is_empty() {
+        "empty"
+    } else if stream.len() > MAX_STREAM_LEN {
+        "longer than 200 bytes"
+    } else if stream.chars().any(char::is_control) {
+        "contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(AuditError::InvalidStream { reason })
+}
+
+/// PostgreSQL text cannot hold NUL: queryable columns store U+FFFD instead
+/// (the hashed content keeps the exact value, JSON-escaped).
+pub(crate) fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+pub(crate) fn map_err(e: sqlx::Error) -> AuditError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => AuditError::unavailable(e),
+        e => AuditError::backend(e),
+    }
+}
+
+fn map_insert_err(e: sqlx::Error, event: &AuditEvent) -> AuditError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+        && db.constraint() == Some("events_id_key")
+    {
+        return AuditError::Duplicate { id: event.id };
+    }
+    map_err(e)
+}
+
+fn hash32(bytes: &[u8]) -> Result<[u8; 32], AuditError> {
+    bytes
+        .try_into()
+        .map_err(|_| AuditError::backend(format!("stored hash has {} bytes, not 32", bytes.len())))
+}
+
+/// Appends events to an append-only PostgreSQL table, one hash chain per
+/// stream, and verifies the chains.
+///
+/// Every row gets the next sequence number of its stream and
+/// `hash = SHA-256(prev_hash ‖ be64(seq) ‖ be64(len(stream)) ‖ stream ‖ content)`
+/// ([`chain_hash`](crate::chain_hash)), both assigned in the database by a
+/// trigger that locks the stream's head row, so concurrent writers never
+/// fork or gap a chain. Which stream an event goes to is decided by
+/// [`StreamBy`] (default: the event's source).
+///
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresSink {
+    pool: PgPool,
+    schema: Schema,
+    sql: Arc<Sql>,
+    stream: StreamBy,
+    verify_batch: usize,
+}
+
+impl fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSink")
+            .field("schema", &self.schema.name())
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresSink {
+    /// A sink on `pool`, schema [`DEFAULT_SCHEMA`], streams by source.
+    pub fn new(pool: PgPool) -> Self {
+        let schema = Schema::new(DEFAULT_SCHEMA).unwrap_or_else(|_| unreachable!("valid"));
+        Self {
+            pool,
+            sql: Arc::new(Sql::new(&schema)),
+            schema,
+            stream: StreamBy::Source,
+            verify_batch: 1_000,
+        }
+    }
+
+    /// Uses another schema: 1 to 63 characters of `[a-z0-9_]`, not starting
+    /// with a digit or `pg_`.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::InvalidSchema`] for any other name.
+    pub fn with_schema(mut self, schema: &str) -> Result<Self, AuditError> {
+        self.schema = Schema::new(schema)?;
+        self.sql = Arc::new(Sql::new(&self.schema));
+        Ok(self)
+    }
+
+    /// Chooses streams with `stream`.
+    #[must_use]
+    pub fn with_stream(mut self, stream: StreamBy) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// Rows read per query while verifying (default 1,000; at least 1).
+    #[must_use]
+    pub fn with_verify_batch(mut self, rows: usize) -> Self {
+        self.verify_batch = rows.max(1);
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        self.schema.name()
+    }
+
+    /// The stream `event` would be appended to.
+    pub fn stream_for(&self, event: &AuditEvent) -> String {
+        self.stream.stream_for(event)
+    }
+
+    /// Creates or upgrades the schema: safe to call at every start, from
+    /// several processes at once.
+    ///
+    /// Needs a role that may create the schema (or owns it); the
+    /// application itself can then connect as an insert-only role.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::MigrationChanged`] when an applied migration differs
+    /// from the shipped one; backend errors otherwise (nothing is applied then).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: everything happens in one transaction, which a dropped
+    /// future rolls back.
+    pub async fn migrate(&self) -> Result<MigrationReport, AuditError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        migrate::migrate(&mut conn, &self.schema).await
+    }
+
+    /// Appends `event` to its stream through `conn`, so that it commits or
+    /// rolls back with whatever else the caller's transaction does. Pass
+    /// `&mut *tx` for a `sqlx::Transaction`.
+    ///
+    /// The stream's head row stays locked until the transaction ends:
+    /// appends to the same stream wait for it. A transaction that appends to
+    /// several streams should do so in a consistent order.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::InvalidStream`] (nothing sent), [`AuditError::Duplicate`]
+    /// when the event id is already stored, [`AuditError::Unavailable`] or
+    /// [`AuditError::Backend`]. After a database error the transaction is
+    /// aborted: roll it back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the transaction in an unknown state; roll it back.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        event: &AuditEvent,
+    ) -> Result<Appended, AuditError> {
+        let stream = self.stream_for(event);
+        self.append_to_stream(conn, &stream, event).await
+    }
+
+    /// Appends `event` to the named `stream` through `conn`, ignoring
+    /// [`StreamBy`]. Otherwise like [`append_in`](Self::append_in).
+    ///
+    /// # Errors
+    ///
+    /// As [`append_in`](Self::append_in).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`append_in`](Self::append_in).
+    pub async fn append_to_stream(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        event: &AuditEvent,
+    ) -> Result<Appended, AuditError> {
+        validate_stream(stream)?;
+        let content = event.canonical_json();
+        let opt = |s: &Option<String>| s.as_deref().map(|s| pg_text(s).into_owned());
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.insert)))
+            .bind(stream)
+            .bind(event.id)
+            .bind(pg_text(&event.event_type).into_owned())
+            .bind(pg_text(&event.source).into_owned())
+            .bind(opt(&event.subject))
+            .bind(event.time.unix_micros())
+            .bind(event.actor.as_ref().map(|a| pg_text(&a.id).into_owned()))
+            .bind(opt(&event.actor.as_ref().and_then(|a| a.tenant.clone())))
+            .bind(
+                event
+                    .outcome
+                    .as_ref()
+                    .map(|o| pg_text(o.as_str()).into_owned()),
+            )
+            .bind(opt(&event.correlation_id))
+            .bind(opt(&event.key_hash))
+            .bind(content)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| map_insert_err(e, event))?;
+        let seq: i64 = row.try_get("seq").map_err(map_err)?;
+        let hash: Vec<u8> = row.try_get("hash").map_err(map_err)?;
+        Ok(Appended {
+            stream: stream.to_owned(),
+            seq: seq.unsigned_abs(),
+            hash: hash32(&hash)?,
+        })
+    }
+}
+
+impl AuditSink for PostgresSink {
+    /// Appends in a transaction of its own.
+    async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        self.append_in(&mut conn, event).await.map(|_| ())
+    }
+
+    /// Appends the whole batch in one transaction: all or nothing.
+    async fn append_batch(&self, events: &[AuditEvent]) -> Result<(), BatchError> {
+        let fail = |source| BatchError { written: 0, source };
+        let mut tx = self.pool.begin().await.map_err(|e| fail(map_err(e)))?;
+        for event in events {
+            self.append_in(&mut tx, event).await.map_err(fail)?;
+        }
+        tx.commit().await.map_err(|e| fail(map_err(e)))
+    }
+}
+
+impl TransactionalSink<PgConnection> for PostgresSink {
+    type Receipt = Appended;
+
+    async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        event: &AuditEvent,
+    ) -> Result<Appended, AuditError> {
+        PostgresSink::append_in(self, conn, event).await
+    }
+}
+
+impl<'t> TransactionalSink<Transaction<'t, Postgres>> for PostgresSink {
+    type Receipt = Appended;
+
+    async fn append_in(
+        &self,
+        tx: &mut Transaction<'t, Postgres>,
+        event: &AuditEvent,
+    ) -> Result<Appended, AuditError> {
+        PostgresSink::append_in(self, tx, event).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names() {
+        for ok in ["audit", "_a", "a1_b", &"x".repeat(63)] {
+            assert_eq!(Schema::new(ok).unwrap().name(), ok);
+        }
+        for bad in [
+            "",
+            "1a",
+            "Audit",
+            "a-b",
+            "a b",
+            "pg_audit",
+            "a\"b",
+            &"x".repeat(64),
+        ] {
+            assert!(
+                matches!(Schema::new(bad), Err(AuditError::InvalidSchema { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Schema::new("select").unwrap().apply("{{schema}}.t"),
+            "\"select\".t"
+        );
+    }
+
+    #[test]
+    fn stream_names() {
+        validate_stream("/promotions").unwrap();
+        validate_stream(&"s".repeat(MAX_STREAM_LEN)).unwrap();
+        for bad in ["", "a\nb", "a\0b", &"s".repeat(MAX_STREAM_LEN + 1)] {
+            assert!(matches!(
+                validate_stream(bad),
+                Err(AuditError::InvalidStream { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn stream_selection() {
+        let e = AuditEvent::builder("t", "/promotions")
+            .actor(crate::Actor::user("u").with_tenant("acme"))
+            .build();
+        assert_eq!(StreamBy::default().stream_for(&e), "/promotions");
+        assert_eq!(StreamBy::Fixed("all".into()).stream_for(&e), "all");
+        let by_tenant = StreamBy::Custom(Arc::new(|e: &AuditEvent| {
+            format!(
+                "tenant:{}",
+                e.actor
+                    .as_ref()
+                    .and_then(|a| a.tenant.as_deref())
+                    .unwrap_or("-")
+            )
+        }));
+        assert_eq!(by_tenant.stream_for(&e), "tenant:acme");
+        assert_eq!(format!("{by_tenant:?}"), "Custom(..)");
+    }
+
+    #[test]
+    fn nul_is_replaced_in_columns_only() {
+        assert_eq!(pg_text("a\0b"), "a\u{FFFD}b");
+        assert!(matches!(pg_text("ab"), Cow::Borrowed("ab")));
+    }
+}

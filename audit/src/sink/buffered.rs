@@ -1,0 +1,574 @@
+//! [`BufferedSink`]: a bounded, non-blocking queue in front of a sink.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{AuditError, BatchError};
+use crate::event::AuditEvent;
+use crate::sink::AuditSink;
+
+/// Name of the counter of dropped events, labelled `reason`
+/// (see [`DropReason::as_str`]).
+pub const DROPPED_METRIC: &str = "audit_events_dropped_total";
+
+/// Why a [`BufferedSink`] dropped an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The queue was full when the event arrived.
+    Full,
+    /// The inner sink failed to write it.
+    SinkError,
+    /// The buffer was shut down (or its worker stopped) before the event arrived.
+    Closed,
+}
+
+impl DropReason {
+    /// The metric label value: `full`, `sink_error` or `closed`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::SinkError => "sink_error",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// Sizes of a [`BufferedSink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BufferConfig {
+    /// How many events the queue holds (at least 1). Default 10,000.
+    pub capacity: usize,
+    /// How many queued events the worker hands the inner sink at once, with
+    /// [`AuditSink::append_batch`] (at least 1). Default 64.
+    pub batch_size: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            batch_size: 64,
+        }
+    }
+}
+
+impl BufferConfig {
+    /// Sets the capacity.
+    #[must_use]
+    pub const fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets the batch size.
+    #[must_use]
+    pub const fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+}
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every message is an event; boxing would allocate once per event"
+)]
+enum Msg {
+    Event(AuditEvent),
+    Flush(oneshot::Sender<()>),
+    Close,
+}
+
+#[derive(Debug)]
+struct Stats {
+    written: AtomicU64,
+    full: AtomicU64,
+    sink_error: AtomicU64,
+    closed: AtomicU64,
+    started: Instant,
+    /// Milliseconds after `started` (plus one) of the last warn line; 0 = never.
+    last_warn: AtomicU64,
+}
+
+impl Stats {
+    fn counter(&self, reason: DropReason) -> &AtomicU64 {
+        match reason {
+            DropReason::Full => &self.full,
+            DropReason::SinkError => &self.sink_error,
+            DropReason::Closed => &self.closed,
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.full.load(Ordering::Relaxed)
+            + self.sink_error.load(Ordering::Relaxed)
+            + self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` dropped events; logs a warn line at most once a second.
+    fn drop_events(
+        &self,
+        reason: DropReason,
+        n: u64,
+        first: Option<&AuditEvent>,
+        error: Option<&AuditError>,
+    ) {
+        if n == 0 {
+            return;
+        }
+        self.counter(reason).fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(DROPPED_METRIC, "reason" => reason.as_str()).increment(n);
+        if self.may_warn() {
+            tracing::warn!(
+                target: "audit",
+                reason = reason.as_str(),
+                dropped = n,
+                dropped_total = self.dropped(),
+                event_type = first.map(|e| e.event_type.as_str()),
+                event_id = first.map(|e| tracing::field::display(e.id)),
+                error = error.map(|e| e as &(dyn std::error::Error + 'static)),
+                "audit events dropped"
+            );
+        }
+    }
+
+    fn may_warn(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        self.may_warn_at(now)
+    }
+
+    /// Whether a warn line may be written at `now` (milliseconds after
+    /// `started`, plus one), and if so records it.
+    fn may_warn_at(&self, now: u64) -> bool {
+        let last = self.last_warn.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 1000 {
+            return false;
+        }
+        self.last_warn
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+/// Puts events on a bounded queue that a background task drains into an
+/// inner sink, so [`append`](AuditSink::append) never waits for the inner
+/// sink and never fails.
+///
+/// An event that cannot be delivered is dropped and counted, never
+/// retried: when the queue is full ([`DropReason::Full`]), when the inner
+/// sink fails ([`DropReason::SinkError`], every event of the failed batch
+/// that was not written) or after [`shutdown`](Self::shutdown)
+/// ([`DropReason::Closed`]). Each drop increments the `metrics` counter
+/// `audit_events_dropped_total{reason}` and an atomic counter read by
+/// [`dropped`](Self::dropped) / [`dropped_by`](Self::dropped_by); a warn
+/// line (target `audit`) reports drops, at most once per second per buffer
+/// so an overload does not also flood the log.
+///
+/// Clones share the queue and the counters. The worker stops once every
+/// clone is dropped (after writing what is queued) or at [`shutdown`](Self::shutdown).
+///
+/// ```
+/// use idempotency_audit::{AuditEvent, AuditSink, BufferedSink, MemorySink};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let memory = MemorySink::new();
+/// let buffer = BufferedSink::new(memory.clone(), 1_000);
+/// buffer.append(&AuditEvent::builder("promotion.attempted", "/promotions").build()).await?;
+/// buffer.flush().await?;
+/// assert_eq!(memory.len(), 1);
+/// assert_eq!(buffer.dropped(), 0);
+/// # Ok::<_, idempotency_audit::AuditError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct BufferedSink {
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Event(_) => "Event",
+            Self::Flush(_) => "Flush",
+            Self::Close => "Close",
+        })
+    }
+}
+
+impl BufferedSink {
+    /// A buffer of `capacity` events in front of `inner`, batches of 64.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the worker is spawned on the current one).
+    pub fn new<S: AuditSink + 'static>(inner: S, capacity: usize) -> Self {
+        Self::with_config(inner, BufferConfig::default().capacity(capacity))
+    }
+
+    /// A buffer configured by `config` in front of `inner`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the worker is spawned on the current one).
+    pub fn with_config<S: AuditSink + 'static>(inner: S, config: BufferConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.capacity.max(1));
+        let stats = Arc::new(Stats {
+            written: AtomicU64::new(0),
+            full: AtomicU64::new(0),
+            sink_error: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            started: Instant::now(),
+            last_warn: AtomicU64::new(0),
+        });
+        tokio::spawn(drain(
+            inner,
+            rx,
+            Arc::clone(&stats),
+            config.batch_size.max(1),
+        ));
+        Self { tx, stats }
+    }
+
+    /// Queues an event without waiting; returns whether it was queued. A
+    /// refused event is counted as dropped.
+    pub fn enqueue(&self, event: AuditEvent) -> bool {
+        match self.tx.try_send(Msg::Event(event)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.refused(DropReason::Full, &msg);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(msg)) => {
+                self.refused(DropReason::Closed, &msg);
+                false
+            }
+        }
+    }
+
+    fn refused(&self, reason: DropReason, msg: &Msg) {
+        let event = match msg {
+            Msg::Event(e) => Some(e),
+            _ => None,
+        };
+        self.stats.drop_events(reason, 1, event, None);
+    }
+
+    /// Waits until every event queued before this call was handed to the
+    /// inner sink (written or dropped).
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::Closed`] after [`shutdown`](Self::shutdown).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future changes nothing for the queued events.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(done))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        wait.await.map_err(|_| AuditError::Closed)
+    }
+
+    /// Stops accepting events, writes what is queued, and waits for the worker
+    /// to stop. Later appends are dropped with [`DropReason::Closed`].
+    /// Calling it again, from any clone, just waits for the worker.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: once the close request is queued the worker finishes on
+    /// its own whether or not this future is awaited.
+    pub async fn shutdown(&self) {
+        // An error means the worker is already gone.
+        let _ = self.tx.send(Msg::Close).await;
+        self.tx.closed().await;
+    }
+
+    /// Events written by the inner sink so far.
+    pub fn written(&self) -> u64 {
+        self.stats.written.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped so far, for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.stats.dropped()
+    }
+
+    /// Events dropped so far for `reason`.
+    pub fn dropped_by(&self, reason: DropReason) -> u64 {
+        self.stats.counter(reason).load(Ordering::Relaxed)
+    }
+
+    /// Events (and flush markers) waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// The queue's capacity.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+}
+
+impl AuditSink for BufferedSink {
+    /// Queues the event; never waits and never fails (a refused event is counted).
+    async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        self.enqueue(event.clone());
+        Ok(())
+    }
+
+    async fn append_batch(&self, events: &[AuditEvent]) -> Result<(), BatchError> {
+        for event in events {
+            self.enqueue(event.clone());
+        }
+        Ok(())
+    }
+}
+
+async fn drain<S: AuditSink>(
+    inner: S,
+    mut rx: mpsc::Receiver<Msg>,
+    stats: Arc<Stats>,
+    batch_size: usize,
+) {
+    let mut msgs = Vec::with_capacity(batch_size);
+    let mut events = Vec::with_capacity(batch_size);
+    while rx.recv_many(&mut msgs, batch_size).await > 0 {
+        for msg in msgs.drain(..) {
+            match msg {
+                Msg::Event(e) => events.push(e),
+                Msg::Flush(done) => {
+                    write(&inner, &mut events, &stats).await;
+                    let _ = done.send(());
+                }
+                // What is already queued is still received and written.
+                Msg::Close => rx.close(),
+            }
+        }
+        write(&inner, &mut events, &stats).await;
+    }
+}
+
+async fn write<S: AuditSink>(inner: &S, events: &mut Vec<AuditEvent>, stats: &Stats) {
+    if events.is_empty() {
+        return;
+    }
+    let total = events.len();
+    match inner.append_batch(events).await {
+        Ok(()) => {
+            stats.written.fetch_add(total as u64, Ordering::Relaxed);
+        }
+        Err(BatchError { written, source }) => {
+            let written = written.min(total);
+            stats.written.fetch_add(written as u64, Ordering::Relaxed);
+            stats.drop_events(
+                DropReason::SinkError,
+                (total - written) as u64,
+                events.get(written),
+                Some(&source),
+            );
+        }
+    }
+    events.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+    use crate::MemorySink;
+    use crate::sink::test_sinks::{Failing, Gated};
+
+    fn event(n: usize) -> AuditEvent {
+        AuditEvent::builder("t", "/s").attribute("n", n).build()
+    }
+
+    #[tokio::test]
+    async fn delivers_in_order_and_flushes() {
+        let mem = MemorySink::new();
+        let buffer = BufferedSink::with_config(mem.clone(), BufferConfig::default().batch_size(3));
+        let events: Vec<_> = (0..10).map(event).collect();
+        for e in &events {
+            buffer.append(e).await.unwrap();
+        }
+        buffer.append_batch(&events[..2]).await.unwrap();
+        buffer.flush().await.unwrap();
+        let mut expected = events.clone();
+        expected.extend_from_slice(&events[..2]);
+        assert_eq!(mem.events(), expected);
+        assert_eq!(buffer.written(), 12);
+        assert_eq!(buffer.dropped(), 0);
+        assert_eq!(buffer.queued(), 0);
+        assert_eq!(buffer.capacity(), 10_000);
+    }
+
+    #[test]
+    fn overflow_is_counted_in_metrics_and_atomics() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let gated = Gated::closed();
+                let buffer = BufferedSink::with_config(
+                    gated.clone(),
+                    BufferConfig::default().capacity(4).batch_size(1),
+                );
+                // The worker has not run yet (current-thread runtime, no await):
+                // the queue takes 4, the other 6 are refused.
+                let accepted = (0..10).filter(|&n| buffer.enqueue(event(n))).count();
+                assert_eq!(accepted, 4);
+                assert_eq!(buffer.dropped(), 6);
+                assert_eq!(buffer.dropped_by(DropReason::Full), 6);
+                assert_eq!(buffer.queued(), 4);
+
+                gated.gate.add_permits(4);
+                buffer.flush().await.unwrap();
+                assert_eq!(gated.inner.len(), 4);
+                assert_eq!(buffer.written(), 4);
+                let kept: Vec<_> = gated
+                    .inner
+                    .events()
+                    .iter()
+                    .map(|e| e.attributes["n"].clone())
+                    .collect();
+                assert_eq!(kept, [0, 1, 2, 3]);
+            });
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(r#"audit_events_dropped_total{reason="full"} 6"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn inner_failures_are_counted_and_never_reach_the_caller() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let failing = Arc::new(Failing::default());
+                let buffer = BufferedSink::with_config(
+                    Arc::clone(&failing),
+                    BufferConfig::default().batch_size(4),
+                );
+                for n in 0..10 {
+                    buffer.append(&event(n)).await.unwrap();
+                }
+                buffer.flush().await.unwrap();
+                assert_eq!(buffer.dropped_by(DropReason::SinkError), 10);
+                assert_eq!(buffer.dropped(), 10);
+                assert_eq!(buffer.written(), 0);
+                // The default batch stops at the first failure: one call per batch of 4, 4, 2.
+                assert_eq!(failing.calls.load(Ordering::SeqCst), 3);
+            });
+        });
+        assert!(
+            handle
+                .render()
+                .contains(r#"audit_events_dropped_total{reason="sink_error"} 10"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn partial_batches_count_only_the_unwritten_rest() {
+        /// Writes the first `ok` events it ever sees, then fails.
+        struct FailAfter {
+            ok: std::sync::atomic::AtomicUsize,
+            mem: MemorySink,
+        }
+        impl AuditSink for FailAfter {
+            async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
+                if self
+                    .ok
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    self.mem.append(event).await
+                } else {
+                    Err(AuditError::backend("full disk"))
+                }
+            }
+        }
+        let mem = MemorySink::new();
+        let sink = FailAfter {
+            ok: 3.into(),
+            mem: mem.clone(),
+        };
+        let buffer = BufferedSink::with_config(sink, BufferConfig::default().batch_size(5));
+        // Hand the worker all five at once.
+        let events: Vec<_> = (0..5).map(event).collect();
+        buffer.append_batch(&events).await.unwrap();
+        buffer.flush().await.unwrap();
+        assert_eq!(buffer.written(), 3);
+        assert_eq!(buffer.dropped_by(DropReason::SinkError), 2);
+        assert_eq!(mem.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_the_queue_then_refuses() {
+        let mem = MemorySink::new();
+        let buffer = BufferedSink::new(mem.clone(), 100);
+        for n in 0..5 {
+            assert!(buffer.enqueue(event(n)));
+        }
+        let other = buffer.clone();
+        buffer.shutdown().await;
+        assert_eq!(mem.len(), 5);
+        assert!(!other.enqueue(event(5)));
+        assert_eq!(other.dropped_by(DropReason::Closed), 1);
+        assert!(matches!(other.flush().await, Err(AuditError::Closed)));
+        other.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_still_writes_the_queue() {
+        let gated = Gated::closed();
+        let buffer = BufferedSink::new(gated.clone(), 100);
+        for n in 0..3 {
+            buffer.enqueue(event(n));
+        }
+        drop(buffer);
+        gated.gate.add_permits(3);
+        for _ in 0..100 {
+            if gated.inner.len() == 3 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(gated.inner.len(), 3);
+    }
+
+    #[test]
+    fn warn_lines_are_rate_limited() {
+        let stats = Stats {
+            written: AtomicU64::new(0),
+            full: AtomicU64::new(0),
+            sink_error: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            started: Instant::now(),
+            last_warn: AtomicU64::new(0),
+        };
+        assert!(stats.may_warn_at(5));
+        assert!(!stats.may_warn_at(5));
+        assert!(!stats.may_warn_at(1_004));
+        assert!(stats.may_warn_at(1_005));
+        assert!(!stats.may_warn_at(1_500));
+        assert!(stats.may_warn_at(60_000));
+    }
+}

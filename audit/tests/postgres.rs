@@ -1,0 +1,707 @@
+//! The PostgreSQL sink against a real server: append-only enforcement,
+//! tamper detection, concurrent appends, modes, migrations.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use idempotency_audit::postgres::sqlx::{self, Connection, PgConnection, Row};
+use idempotency_audit::postgres::{APPEND_ONLY_SQLSTATE, PostgresSink, StreamBy};
+use idempotency_audit::{
+    Actor, AuditError, AuditEvent, AuditModes, AuditSink, Auditor, BreakKind, BufferedSink,
+    DropReason, EventTime, GENESIS_HASH, Mode, Outcome, Recorded, chain_hash,
+};
+use serde_json::json;
+
+macro_rules! sink {
+    () => {
+        match common::sink().await {
+            Some(s) => s,
+            None => return,
+        }
+    };
+    ($n:expr) => {
+        match common::sink_with($n).await {
+            Some(s) => s,
+            None => return,
+        }
+    };
+}
+
+fn event(stream: &str, n: u64) -> AuditEvent {
+    AuditEvent::builder("test.appended", stream)
+        .subject(format!("item-{n}"))
+        .actor(Actor::user("u1").with_tenant("acme"))
+        .outcome(Outcome::Created)
+        .attribute("n", n)
+        .build()
+}
+
+async fn append_n(sink: &PostgresSink, stream: &str, n: u64) -> Vec<AuditEvent> {
+    let events: Vec<_> = (1..=n).map(|i| event(stream, i)).collect();
+    for e in &events {
+        sink.append(e).await.expect("append");
+    }
+    events
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+}
+
+fn broken(report: &idempotency_audit::ChainReport) -> (u64, BreakKind) {
+    let b = report
+        .broken
+        .clone()
+        .unwrap_or_else(|| panic!("expected a break: {report}"));
+    (b.seq, b.kind)
+}
+
+#[tokio::test]
+async fn appends_form_a_chain_the_verifier_recomputes() {
+    let sink = sink!();
+    let stream = common::stream("chain");
+    let mut conn = sink.pool().acquire().await.unwrap();
+    let mut prev = GENESIS_HASH;
+    for n in 1..=5 {
+        let e = event(&stream, n);
+        let appended = sink.append_in(&mut conn, &e).await.unwrap();
+        assert_eq!(
+            (appended.stream.as_str(), appended.seq),
+            (stream.as_str(), n)
+        );
+        // The hash computed by the database is the documented construction.
+        assert_eq!(
+            appended.hash,
+            chain_hash(&prev, n, &stream, &e.canonical_json())
+        );
+        prev = appended.hash;
+    }
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert_eq!(
+        (report.events, report.last_seq, report.last_hash),
+        (5, 5, Some(prev))
+    );
+
+    // Small pages walk the same chain.
+    let paged = sink
+        .clone()
+        .with_verify_batch(2)
+        .verify(&stream)
+        .await
+        .unwrap();
+    assert_eq!(paged, report);
+
+    let unknown = sink.verify(&common::stream("never-written")).await.unwrap();
+    assert!(unknown.is_intact());
+    assert_eq!(unknown.events, 0);
+}
+
+#[tokio::test]
+async fn every_field_survives_storage_and_the_column_cross_check() {
+    let sink = sink!();
+    let stream = common::stream("fields");
+    let e = AuditEvent::builder("promotion.attempted", &stream)
+        .subject("E-1/3 \u{0} nul and ünïcödé")
+        .actor(
+            Actor::service("billing")
+                .with_role("writer")
+                .with_tenant("t\u{0}1"),
+        )
+        .outcome(Outcome::Other("escalated".into()))
+        .reason("a \"quoted\" reason\nwith a newline")
+        .correlation_id("req-1")
+        .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+        .span_id("00f067aa0ba902b7")
+        .key_hash_bytes(&[0x5a; 32])
+        .attribute("big", u64::MAX)
+        .attribute("float", 0.1)
+        .before(json!({"state": "draft", "nested": [1, {"b": 2, "a": 1}]}))
+        .after(json!(null))
+        .time(EventTime::parse_rfc3339("9999-12-31T23:59:59.999999Z").unwrap())
+        .build();
+    sink.append(&e).await.unwrap();
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(report.is_intact(), "{report}");
+
+    let row = sqlx::query(
+        "SELECT content::text AS content, subject, actor_tenant, outcome, key_hash, \
+         to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS t \
+         FROM audit.events WHERE stream = $1",
+    )
+    .bind(&stream)
+    .fetch_one(sink.pool())
+    .await
+    .unwrap();
+    let content: String = row.get("content");
+    assert_eq!(content, e.canonical_json());
+    let back: AuditEvent = serde_json::from_str(&content).unwrap();
+    assert_eq!(back.subject, e.subject, "the content keeps NUL exactly");
+    assert_eq!(
+        row.get::<String, _>("subject"),
+        "E-1/3 \u{FFFD} nul and ünïcödé"
+    );
+    assert_eq!(row.get::<String, _>("actor_tenant"), "t\u{FFFD}1");
+    assert_eq!(row.get::<String, _>("outcome"), "escalated");
+    assert_eq!(row.get::<String, _>("key_hash"), "5a".repeat(32));
+    assert_eq!(row.get::<String, _>("t"), "9999-12-31 23:59:59.999999");
+}
+
+#[tokio::test]
+async fn update_delete_and_truncate_are_refused() {
+    let sink = sink!();
+    let stream = common::stream("refuse");
+    append_n(&sink, &stream, 2).await;
+    let pool = sink.pool();
+
+    for sql in [
+        "UPDATE audit.events SET outcome = 'deleted' WHERE stream = $1",
+        "UPDATE audit.events SET outcome = 'deleted' WHERE stream = $1 AND seq = -1",
+        "DELETE FROM audit.events WHERE stream = $1",
+        "DELETE FROM audit.events WHERE stream = $1 AND seq = -1",
+        "DELETE FROM audit.streams WHERE stream = $1",
+        "UPDATE audit.streams SET last_seq = 1 WHERE stream = $1",
+        "INSERT INTO audit.streams (stream, last_seq, last_hash) \
+         VALUES ($1 || '/forged', 7, decode(repeat('00', 32), 'hex'))",
+    ] {
+        let err = sqlx::query(sql)
+            .bind(&stream)
+            .execute(pool)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sqlstate(&err).as_deref(),
+            Some(APPEND_ONLY_SQLSTATE),
+            "{sql}: {err}"
+        );
+    }
+    for table in ["audit.events", "audit.streams"] {
+        // In a transaction that is rolled back whatever happens, so a
+        // regression could never empty the shared table.
+        let mut tx = pool.begin().await.unwrap();
+        let err = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE {table}")))
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        tx.rollback().await.unwrap();
+        assert_eq!(
+            sqlstate(&err).as_deref(),
+            Some(APPEND_ONLY_SQLSTATE),
+            "{table}: {err}"
+        );
+        assert!(err.to_string().contains("append-only"));
+    }
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(report.is_intact() && report.events == 2, "{report}");
+}
+
+#[tokio::test]
+async fn the_insert_only_role_appends_but_cannot_change_anything() {
+    let sink = sink!();
+    let stream = common::stream("role");
+    let role = format!(
+        "audit_app_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let pool = sink.pool();
+    // The grants the README tells the application's role to have.
+    let setup = format!(
+        "CREATE ROLE {role} NOLOGIN;
+         GRANT USAGE ON SCHEMA audit TO {role};
+         GRANT INSERT, SELECT ON audit.events TO {role};"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+        .execute(pool)
+        .await
+        .unwrap();
+
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {role}")))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let first = sink.append_in(&mut conn, &event(&stream, 1)).await;
+    let second = sink.append_in(&mut conn, &event(&stream, 2)).await;
+    let update = sqlx::query("UPDATE audit.events SET outcome = 'x' WHERE stream = $1")
+        .bind(&stream)
+        .execute(&mut *conn)
+        .await;
+    let head = sqlx::query("UPDATE audit.streams SET last_seq = last_seq + 1 WHERE stream = $1")
+        .bind(&stream)
+        .execute(&mut *conn)
+        .await;
+    let forged = sqlx::query(
+        "INSERT INTO audit.events (stream, seq, id, type, source, time, content, prev_hash, hash) \
+         VALUES ($1, 99, gen_random_uuid(), 't', 's', now(), '{}', '\\x00', '\\x00') RETURNING seq",
+    )
+    .bind(&stream)
+    .fetch_one(&mut *conn)
+    .await;
+    sqlx::raw_sql("RESET ROLE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let cleanup = format!("DROP OWNED BY {role}; DROP ROLE {role};");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup))
+        .execute(pool)
+        .await
+        .unwrap();
+
+    assert_eq!(first.unwrap().seq, 1);
+    assert_eq!(second.unwrap().seq, 2);
+    assert_eq!(sqlstate(&update.unwrap_err()).as_deref(), Some("42501"));
+    assert_eq!(sqlstate(&head.unwrap_err()).as_deref(), Some("42501"));
+    // Whatever the role supplies, the trigger assigns seq and hashes; the
+    // verifier still refuses content that is not an event.
+    let forged: i64 = forged.unwrap().get("seq");
+    assert_eq!(forged, 3);
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(
+        matches!(broken(&report), (3, BreakKind::InvalidContent { .. })),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_changed_behind_the_triggers_back_is_detected() {
+    let sink = sink!();
+    let pool = sink.pool();
+
+    // Content rewritten: the row's own hash no longer matches.
+    let stream = common::stream("tamper-content");
+    append_n(&sink, &stream, 5).await;
+    let changed = common::tamper(
+        pool,
+        "UPDATE audit.events SET content = replace(content::text, '\"n\":3', '\"n\":30')::json \
+         WHERE stream = $1 AND seq = 3",
+        &stream,
+    )
+    .await;
+    assert_eq!(changed, 1);
+    assert_eq!(
+        broken(&sink.verify(&stream).await.unwrap()),
+        (3, BreakKind::HashMismatch)
+    );
+
+    // Content rewritten and re-hashed: the next row's link breaks.
+    let stream = common::stream("tamper-rehash");
+    append_n(&sink, &stream, 5).await;
+    common::tamper(
+        pool,
+        "UPDATE audit.events SET content = replace(content::text, '\"n\":2', '\"n\":20')::json, \
+           hash = sha256(prev_hash || int8send(seq) \
+             || int8send(octet_length(convert_to(stream, 'UTF8'))::bigint) \
+             || convert_to(stream, 'UTF8') \
+             || convert_to(replace(content::text, '\"n\":2', '\"n\":20'), 'UTF8')) \
+         WHERE stream = $1 AND seq = 2",
+        &stream,
+    )
+    .await;
+    assert_eq!(
+        broken(&sink.verify(&stream).await.unwrap()),
+        (3, BreakKind::PrevHashMismatch)
+    );
+
+    // A queryable column changed, content left alone.
+    let stream = common::stream("tamper-column");
+    append_n(&sink, &stream, 4).await;
+    common::tamper(
+        pool,
+        "UPDATE audit.events SET outcome = 'deleted' WHERE stream = $1 AND seq = 4",
+        &stream,
+    )
+    .await;
+    assert_eq!(
+        broken(&sink.verify(&stream).await.unwrap()),
+        (4, BreakKind::ColumnMismatch { column: "outcome" })
+    );
+
+    // The stored hash itself changed.
+    let stream = common::stream("tamper-hash");
+    append_n(&sink, &stream, 3).await;
+    common::tamper(
+        pool,
+        "UPDATE audit.events SET hash = sha256(hash) WHERE stream = $1 AND seq = 1",
+        &stream,
+    )
+    .await;
+    assert_eq!(
+        broken(&sink.verify(&stream).await.unwrap()),
+        (1, BreakKind::HashMismatch)
+    );
+}
+
+#[tokio::test]
+async fn a_row_deleted_behind_the_triggers_back_is_detected() {
+    let sink = sink!();
+    let pool = sink.pool();
+
+    let stream = common::stream("delete-middle");
+    append_n(&sink, &stream, 5).await;
+    let deleted = common::tamper(
+        pool,
+        "DELETE FROM audit.events WHERE stream = $1 AND seq = 3",
+        &stream,
+    )
+    .await;
+    assert_eq!(deleted, 1);
+    let report = sink.verify(&stream).await.unwrap();
+    assert_eq!(broken(&report), (3, BreakKind::Missing));
+    assert!(report.to_string().contains("seq=3"), "{report}");
+
+    let stream = common::stream("delete-tail");
+    append_n(&sink, &stream, 5).await;
+    common::tamper(
+        pool,
+        "DELETE FROM audit.events WHERE stream = $1 AND seq >= 4",
+        &stream,
+    )
+    .await;
+    assert_eq!(
+        broken(&sink.verify(&stream).await.unwrap()),
+        (4, BreakKind::Missing)
+    );
+
+    let stream = common::stream("delete-head");
+    append_n(&sink, &stream, 2).await;
+    common::tamper(pool, "DELETE FROM audit.streams WHERE stream = $1", &stream).await;
+    assert_eq!(
+        broken(&sink.verify(&stream).await.unwrap()),
+        (2, BreakKind::HeadMissing)
+    );
+}
+
+#[tokio::test]
+async fn eight_concurrent_writers_keep_one_contiguous_chain() {
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 1_000;
+    let sink = sink!(10);
+    let stream = common::stream("concurrent");
+    let sink = sink.with_stream(StreamBy::Fixed(stream.clone()));
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let sink = sink.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = sink.pool().acquire().await.unwrap();
+            let mut seqs = Vec::with_capacity(EACH as usize);
+            for i in 0..EACH {
+                let e = AuditEvent::builder("test.concurrent", format!("/writer/{w}"))
+                    .attribute("i", i)
+                    .build();
+                seqs.push(sink.append_in(&mut conn, &e).await.unwrap().seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one writer's events keep their order"
+        );
+        all.extend(seqs);
+    }
+    assert_eq!(all.len() as u64, WRITERS * EACH);
+    assert_eq!(all.first(), Some(&1));
+    assert_eq!(all.last(), Some(&(WRITERS * EACH)));
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert_eq!(
+        (report.events, report.last_seq),
+        (WRITERS * EACH, WRITERS * EACH)
+    );
+}
+
+async fn business_conn() -> PgConnection {
+    let mut conn = PgConnection::connect(&common::database_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TEMP TABLE business (id int)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+async fn business_rows(conn: &mut PgConnection) -> i64 {
+    sqlx::query("SELECT count(*) AS n FROM business")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+        .get("n")
+}
+
+/// A business operation: its row and its atomic audit event commit together.
+async fn place_order<A>(
+    conn: &mut PgConnection,
+    auditor: &Auditor<A>,
+    id: i32,
+) -> Result<(), AuditError>
+where
+    A: for<'t> idempotency_audit::TransactionalSink<sqlx::Transaction<'t, sqlx::Postgres>>,
+{
+    let mut tx = conn.begin().await.map_err(AuditError::backend)?;
+    sqlx::query("INSERT INTO business VALUES ($1)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(AuditError::backend)?;
+    auditor
+        .record_in(
+            &mut tx,
+            AuditEvent::builder("order.placed", "/orders").build(),
+        )
+        .await?;
+    tx.commit().await.map_err(AuditError::backend)
+}
+
+#[tokio::test]
+async fn atomic_mode_commits_and_rolls_back_with_the_business_transaction() {
+    let sink = sink!();
+    let stream = common::stream("atomic");
+    let sink = sink.with_stream(StreamBy::Fixed(stream.clone()));
+    let logged = idempotency_audit::MemorySink::new();
+    let auditor = Auditor::new(
+        AuditModes::new(Mode::Atomic),
+        sink.clone(),
+        BufferedSink::new(logged.clone(), 16),
+    );
+    let mut conn = business_conn().await;
+
+    // Committed together.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("INSERT INTO business VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let recorded = auditor
+        .record_in(
+            &mut tx,
+            AuditEvent::builder("order.placed", "/orders").build(),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    match recorded {
+        Recorded::Written(a) => assert_eq!((a.stream.as_str(), a.seq), (stream.as_str(), 1)),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // The business change fails after the audit insert: both roll back,
+    // and the stream head does not move.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("INSERT INTO business VALUES (2)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    auditor
+        .record_in(
+            &mut *tx,
+            AuditEvent::builder("order.placed", "/orders").build(),
+        )
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(business_rows(&mut conn).await, 1);
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(report.is_intact() && report.events == 1, "{report}");
+
+    // The audit insert fails (its schema does not exist): the operation
+    // fails and the business change rolls back.
+    let missing = sink.clone().with_schema(&common::fresh_schema()).unwrap();
+    let failing = Auditor::new(
+        AuditModes::new(Mode::Atomic),
+        missing,
+        auditor.buffer().clone(),
+    );
+    let err = place_order(&mut conn, &failing, 3).await.unwrap_err();
+    assert!(matches!(err, AuditError::Backend { .. }), "{err:?}");
+    // Even a commit attempt after the failure does not keep the row.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("INSERT INTO business VALUES (4)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert!(
+        failing
+            .record_in(
+                &mut tx,
+                AuditEvent::builder("order.placed", "/orders").build()
+            )
+            .await
+            .is_err()
+    );
+    let _ = tx.commit().await;
+    assert_eq!(business_rows(&mut conn).await, 1);
+    assert!(logged.is_empty());
+}
+
+#[tokio::test]
+async fn fire_and_forget_mode_never_fails_the_operation_and_counts_drops() {
+    let sink = sink!();
+    let durable = common::stream("ff-durable");
+    let sink = sink.with_stream(StreamBy::Fixed(durable.clone()));
+    // Two failing sinks: a schema that does not exist, a server that does not answer.
+    let missing = sink.clone().with_schema(&common::fresh_schema()).unwrap();
+    let unreachable_pool = idempotency_audit::postgres::sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(1))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/test")
+        .unwrap();
+    let unreachable = PostgresSink::new(unreachable_pool);
+    let direct = unreachable.append(&event("/x", 1)).await.unwrap_err();
+    assert!(
+        matches!(direct, AuditError::Unavailable { .. }),
+        "{direct:?}"
+    );
+
+    for failing in [missing, unreachable] {
+        let buffer = BufferedSink::new(failing, 64);
+        let auditor = Auditor::new(
+            AuditModes::new(Mode::FireAndForget).with("order.paid", Mode::Atomic),
+            sink.clone(),
+            buffer.clone(),
+        );
+        let mut conn = business_conn().await;
+        for i in 0..20 {
+            let mut tx = conn.begin().await.unwrap();
+            sqlx::query("INSERT INTO business VALUES ($1)")
+                .bind(i)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let r = auditor
+                .record_in(
+                    &mut tx,
+                    AuditEvent::builder("order.viewed", "/orders").build(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r, Recorded::Queued);
+            tx.commit().await.unwrap();
+        }
+        // An atomic event in the same setup still goes to the durable sink.
+        auditor
+            .record(AuditEvent::builder("order.paid", "/orders").build())
+            .await
+            .unwrap();
+        assert_eq!(business_rows(&mut conn).await, 20);
+        buffer.flush().await.unwrap();
+        assert_eq!(buffer.dropped_by(DropReason::SinkError), 20);
+        assert_eq!(buffer.written(), 0);
+    }
+    let report = sink.verify(&durable).await.unwrap();
+    assert!(report.is_intact() && report.events == 2, "{report}");
+}
+
+#[tokio::test]
+async fn a_batch_is_all_or_nothing_and_duplicates_are_refused() {
+    let sink = sink!();
+    let stream = common::stream("batch");
+    let sink = sink.with_stream(StreamBy::Fixed(stream.clone()));
+    let events: Vec<_> = (1..=3).map(|n| event("/b", n)).collect();
+    sink.append_batch(&events).await.unwrap();
+
+    // The same id again: refused as a duplicate, and the whole batch with it.
+    let dup = sink.append(&events[1]).await.unwrap_err();
+    assert!(
+        matches!(dup, AuditError::Duplicate { id } if id == events[1].id),
+        "{dup:?}"
+    );
+    let batch = vec![event("/b", 4), events[0].clone(), event("/b", 5)];
+    let err = sink.append_batch(&batch).await.unwrap_err();
+    assert_eq!(err.written, 0);
+    assert!(matches!(err.source, AuditError::Duplicate { .. }));
+
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert_eq!(report.events, 3);
+
+    let e = event("/b", 6);
+    let mut conn = sink.pool().acquire().await.unwrap();
+    let invalid = sink.append_to_stream(&mut conn, "", &e).await.unwrap_err();
+    assert!(matches!(invalid, AuditError::InvalidStream { .. }));
+    assert!(matches!(
+        sink.verify("a\nb").await,
+        Err(AuditError::InvalidStream { .. })
+    ));
+    let appended = sink.append_to_stream(&mut conn, &stream, &e).await.unwrap();
+    assert_eq!(appended.seq, 4);
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_concurrent_and_notices_edited_migrations() {
+    let Some(pool) = common::pool(8).await else {
+        return;
+    };
+    common::drop_stale_schemas(&pool).await;
+    let schema = common::fresh_schema();
+    let sink = PostgresSink::new(pool.clone())
+        .with_schema(&schema)
+        .unwrap();
+    let runs = futures_util::future::join_all((0..4).map(|_| sink.migrate())).await;
+    let mut applied = Vec::new();
+    for r in runs {
+        let r = r.unwrap();
+        assert_eq!(r.version, 1);
+        applied.extend(r.applied);
+    }
+    assert_eq!(applied, [1], "exactly one run applies the migration");
+    assert!(sink.migrate().await.unwrap().applied.is_empty());
+
+    let stream = common::stream("private");
+    sink.append(&event(&stream, 1)).await.unwrap();
+    assert!(sink.verify(&stream).await.unwrap().is_intact());
+    assert_eq!(sink.next_stream(None).await.unwrap(), Some(stream.clone()));
+    assert_eq!(sink.next_stream(Some(&stream)).await.unwrap(), None);
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".schema_migrations SET checksum = '\\x00'"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = sink.migrate().await.unwrap_err();
+    assert!(
+        matches!(err, AuditError::MigrationChanged { version: 1, .. }),
+        "{err:?}"
+    );
+    common::drop_schema(&pool, &schema).await;
+
+    assert!(matches!(
+        PostgresSink::new(pool).with_schema("Bad-Name"),
+        Err(AuditError::InvalidSchema { .. })
+    ));
+}
+
+#[tokio::test]
+async fn verify_all_reports_every_stream() {
+    let Some(pool) = common::pool(4).await else {
+        return;
+    };
+    let schema = common::fresh_schema();
+    let sink = PostgresSink::new(pool.clone())
+        .with_schema(&schema)
+        .unwrap();
+    sink.migrate().await.unwrap();
+    append_n(&sink, "a", 3).await;
+    append_n(&sink, "b", 2).await;
+    common::tamper(
+        &pool,
+        &format!("DELETE FROM \"{schema}\".events WHERE stream = $1 AND seq = 1"),
+        "b",
+    )
+    .await;
+    let reports = sink.verify_all().await.unwrap();
+    common::drop_schema(&pool, &schema).await;
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0].stream, "a");
+    assert!(reports[0].is_intact());
+    assert_eq!(reports[1].stream, "b");
+    assert_eq!(broken(&reports[1]), (1, BreakKind::Missing));
+}
