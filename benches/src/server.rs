@@ -1,0 +1,208 @@
+//! The server variants: one handler with a counted side effect, behind
+//! nothing (`bare`) or behind `IdempotencyLayer` on each store.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use idempotency_core::MemoryStore;
+use idempotency_tower::IdempotencyLayer;
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::Workload;
+
+/// A server configuration under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Variant {
+    /// The handler alone: the upper bound, with no protection.
+    Bare,
+    /// `IdempotencyLayer` on `MemoryStore`.
+    Memory,
+    /// A published peer, run as a child process (see `benches/peers`).
+    Peer(Peer, PeerStore),
+}
+
+/// Published peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// `axum-idempotent` (session-scoped response cache).
+    AxumIdempotent,
+    /// `idempotent` (claim / execute-or-replay).
+    Idempotent,
+}
+
+/// A peer's backing store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerStore {
+    Memory,
+    Redis,
+    Postgres,
+}
+
+impl Variant {
+    pub(crate) const ALL: [Variant; 8] = [
+        Variant::Bare,
+        Variant::Memory,
+        Variant::Peer(Peer::AxumIdempotent, PeerStore::Memory),
+        Variant::Peer(Peer::AxumIdempotent, PeerStore::Redis),
+        Variant::Peer(Peer::AxumIdempotent, PeerStore::Postgres),
+        Variant::Peer(Peer::Idempotent, PeerStore::Memory),
+        Variant::Peer(Peer::Idempotent, PeerStore::Redis),
+        Variant::Peer(Peer::Idempotent, PeerStore::Postgres),
+    ];
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == s)
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::Memory => "memory",
+            Self::Peer(Peer::AxumIdempotent, PeerStore::Memory) => "axum-idempotent-memory",
+            Self::Peer(Peer::AxumIdempotent, PeerStore::Redis) => "axum-idempotent-redis",
+            Self::Peer(Peer::AxumIdempotent, PeerStore::Postgres) => "axum-idempotent-postgres",
+            Self::Peer(Peer::Idempotent, PeerStore::Memory) => "idempotent-memory",
+            Self::Peer(Peer::Idempotent, PeerStore::Redis) => "idempotent-redis",
+            Self::Peer(Peer::Idempotent, PeerStore::Postgres) => "idempotent-postgres",
+        }
+    }
+
+    /// Whether the variant promises one execution per key.
+    pub(crate) fn protected(self) -> bool {
+        self != Self::Bare
+    }
+}
+
+/// Side effects per key, counted by the handler.
+#[derive(Clone, Default)]
+struct Effects(Arc<Mutex<HashMap<String, u32>>>);
+
+#[derive(Clone)]
+struct App {
+    effects: Effects,
+    delay: Duration,
+    next_id: Arc<AtomicU64>,
+}
+
+async fn create_order(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if !app.delay.is_zero() {
+        tokio::time::sleep(app.delay).await;
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim_matches('"')
+        .to_owned();
+    *app.effects.0.lock().await.entry(key).or_default() += 1;
+    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
+    let out = format!(
+        r#"{{"id":{id},"request_bytes":{},"status":"created"}}"#,
+        body.len()
+    );
+    (
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, format!("/orders/{id}")),
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+        ],
+        out,
+    )
+        .into_response()
+}
+
+/// A running variant.
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    /// A cookie every request must carry (session-scoped peers).
+    pub(crate) cookie: Option<String>,
+    running: Running,
+}
+
+enum Running {
+    InProcess {
+        effects: Effects,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<()>,
+    },
+    Child(Box<crate::peer::PeerProcess>),
+}
+
+impl Server {
+    /// Executions per key.
+    pub(crate) async fn effects(&self) -> Result<HashMap<String, u32>, String> {
+        match &self.running {
+            Running::InProcess { effects, .. } => Ok(effects.0.lock().await.clone()),
+            Running::Child(p) => p.effects().await,
+        }
+    }
+
+    pub(crate) async fn shutdown(self) {
+        match self.running {
+            Running::InProcess { stop, task, .. } => {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
+            Running::Child(p) => p.stop().await,
+        }
+    }
+}
+
+/// Starts `variant` for `workload` on an ephemeral loopback port.
+pub(crate) async fn start(variant: Variant, workload: Workload) -> Result<Server, String> {
+    if let Variant::Peer(peer, store) = variant {
+        let p = crate::peer::PeerProcess::spawn(peer, store, workload.handler_delay()).await?;
+        return Ok(Server {
+            addr: p.addr,
+            cookie: p.cookie.clone(),
+            running: Running::Child(Box::new(p)),
+        });
+    }
+    let app = App {
+        effects: Effects::default(),
+        delay: workload.handler_delay(),
+        next_id: Arc::new(AtomicU64::new(1)),
+    };
+    let effects = app.effects.clone();
+    let router = Router::new()
+        .route("/orders", post(create_order))
+        .with_state(app);
+    let router = match variant {
+        Variant::Bare => router,
+        Variant::Memory => {
+            router.layer(IdempotencyLayer::new(MemoryStore::new()).namespace("bench"))
+        }
+        Variant::Peer(..) => unreachable!("peers run as child processes"),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(Server {
+        addr,
+        cookie: None,
+        running: Running::InProcess {
+            effects,
+            stop,
+            task,
+        },
+    })
+}
