@@ -109,6 +109,12 @@ async fn create(State(c): State<Counter>, headers: HeaderMap, body: Bytes) -> Re
     if headers.contains_key("x-panic") {
         panic!("handler panicked on purpose");
     }
+    if let Some(ms) = headers
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let status = StatusCode::from_u16(want).unwrap();
     (
         status,
@@ -487,4 +493,105 @@ async fn a_panicking_hook_never_changes_the_response() {
         send(&app, post_req("/things", Some("h"), "{}")).await.0,
         201
     );
+}
+
+#[tokio::test]
+async fn a_wait_that_times_out_is_409() {
+    let counter = Counter::default();
+    let layer = IdempotencyLayer::new(MemoryStore::new()).concurrency(
+        idempotency_tower::Concurrency::Wait(Duration::from_millis(100)),
+    );
+    let app = app(layer, counter.clone());
+    let slow = || {
+        let mut r = post_req("/things", Some("w"), "{}");
+        r.headers_mut()
+            .insert("x-delay-ms", "1500".parse().unwrap());
+        r
+    };
+    let first = {
+        let app = app.clone();
+        let req = slow();
+        tokio::spawn(async move { send(&app, req).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (s, h, b) = send(&app, slow()).await;
+    assert_eq!(s, 409);
+    assert!(h.get("retry-after").is_some());
+    assert_eq!(
+        problem_type(&b),
+        "https://idempotency.rs/problems/in-flight"
+    );
+    assert_eq!(first.await.unwrap().0, 201);
+    assert_eq!(counter.get(), 1);
+}
+
+#[tokio::test]
+async fn unreadable_or_unfingerprintable_bodies_are_400() {
+    let counter = Counter::default();
+    let app = app(IdempotencyLayer::new(MemoryStore::new()), counter.clone());
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"{")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ];
+    let req = Request::post("/things")
+        .header("idempotency-key", "broken")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let (s, _, b) = send(&app, req).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        problem_type(&b),
+        "https://idempotency.rs/problems/invalid-body"
+    );
+
+    let fields = IdempotencyLayer::new(MemoryStore::new())
+        .fingerprint(idempotency_core::FingerprintMode::fields(["/sku"]));
+    let app = self::app(fields, counter.clone());
+    let (s, _, b) = send(&app, post_req("/things", Some("nj"), "not json")).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        problem_type(&b),
+        "https://idempotency.rs/problems/invalid-body"
+    );
+    assert_eq!(counter.get(), 0);
+}
+
+#[tokio::test]
+async fn a_lease_lost_mid_handler_is_fenced_and_not_recorded() {
+    let store = MemoryStore::new();
+    let counter = Counter::default();
+    let seen = Arc::new(Mutex::new(Vec::<Decision>::new()));
+    let sink = seen.clone();
+    let layer = IdempotencyLayer::new(store.clone())
+        .namespace("fence")
+        .lease(Duration::from_millis(90))
+        .decision_hook(move |d: &Decision| sink.lock().unwrap().push(d.clone()));
+    let app = app(layer, counter.clone());
+    // The layer's identity for a client key: namespace, scope and key.
+    let key = idempotency_core::KeySpec::new("fence")
+        .client_key(&idempotency_core::IdempotencyKey::parse(b"fenced").unwrap())
+        .storage_key();
+    let mut req = post_req("/things", Some("fenced"), "{}");
+    req.headers_mut()
+        .insert("x-delay-ms", "300".parse().unwrap());
+    let running = {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, req).await })
+    };
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // An operator resolves the stuck record while the handler runs.
+    let before = store.resolve(&key, Resolution::Delete).await.unwrap();
+    assert_eq!(before.state.name(), "PENDING");
+    let (s, h, _) = running.await.unwrap();
+    assert_eq!(s, 201, "the client still gets the handler's response");
+    assert!(h.get("idempotent-replayed").is_none());
+    assert_eq!(seen.lock().unwrap()[0].outcome, DecisionOutcome::Fenced);
+    assert!(store.get(&key).await.unwrap().is_none(), "nothing recorded");
+    let (s, h, _) = send(&app, post_req("/things", Some("fenced"), "{}")).await;
+    assert_eq!(s, 201);
+    assert!(h.get("idempotent-replayed").is_none());
+    assert_eq!(counter.get(), 2);
 }
