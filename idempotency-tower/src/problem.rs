@@ -201,7 +201,10 @@ mod tests {
         assert_eq!(v["status"], 409);
         assert_eq!(v["detail"], "later");
         assert!(v["title"].is_string());
-        assert!(p.body().starts_with(br#"{"type":"https://idempotency.rs/problems/in-flight","title":"#));
+        assert!(
+            p.body()
+                .starts_with(br#"{"type":"https://idempotency.rs/problems/in-flight","title":"#)
+        );
     }
 
     #[test]
