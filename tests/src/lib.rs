@@ -3,7 +3,7 @@
 //!
 //! Run the HTTP suite for a store from a test file:
 //!
-//! ```ignore
+//! ```text
 //! use idempotency_core::MemoryStore;
 //!
 //! idempotency_tests::http_behaviour_suite!(async { Some(MemoryStore::new()) });
