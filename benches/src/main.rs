@@ -79,7 +79,8 @@ idempotency-benches: concurrent-duplicate throughput, exactly-once checked
 USAGE: cargo run --release -p idempotency-benches -- [OPTIONS]
 
   --quick               small run (200 keys x 20 copies, 2,000 unique), under a minute
-  --variants LIST       comma-separated: bare,memory,axum-idempotent-{memory,redis,postgres},
+  --variants LIST       comma-separated: bare,memory,redis,redis-pooled,postgres,
+                        axum-idempotent-{memory,redis,postgres},
                         idempotent-{memory,redis,postgres} (default: all)
   --workloads LIST      comma-separated: unique,duplicates,burst,slow (default: all)
   --connections N       concurrent keep-alive connections (default 64)

@@ -14,7 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use idempotency_core::MemoryStore;
+use idempotency_postgres::PostgresStore;
+use idempotency_redis::{ConnectionMode, RedisConfig, RedisStore};
 use idempotency_tower::IdempotencyLayer;
+use sqlx::PgPool;
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 
@@ -27,6 +30,12 @@ pub(crate) enum Variant {
     Bare,
     /// `IdempotencyLayer` on `MemoryStore`.
     Memory,
+    /// `IdempotencyLayer` on `RedisStore` (one multiplexed connection, the default).
+    Redis,
+    /// `IdempotencyLayer` on `RedisStore` over a deadpool-redis pool.
+    RedisPooled,
+    /// `IdempotencyLayer` on `PostgresStore`; the side effect is an insert.
+    Postgres,
     /// A published peer, run as a child process (see `benches/peers`).
     Peer(Peer, PeerStore),
 }
@@ -49,9 +58,12 @@ pub(crate) enum PeerStore {
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 8] = [
+    pub(crate) const ALL: [Variant; 11] = [
         Variant::Bare,
         Variant::Memory,
+        Variant::Redis,
+        Variant::RedisPooled,
+        Variant::Postgres,
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Memory),
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Redis),
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Postgres),
@@ -68,6 +80,9 @@ impl Variant {
         match self {
             Self::Bare => "bare",
             Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::RedisPooled => "redis-pooled",
+            Self::Postgres => "postgres",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Memory) => "axum-idempotent-memory",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Redis) => "axum-idempotent-redis",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Postgres) => "axum-idempotent-postgres",
@@ -83,9 +98,69 @@ impl Variant {
     }
 }
 
-/// Side effects per key, counted by the handler.
-#[derive(Clone, Default)]
-struct Effects(Arc<Mutex<HashMap<String, u32>>>);
+/// Side effects per key: a counted map entry, or a row inserted in PostgreSQL.
+#[derive(Clone)]
+enum Effects {
+    Map(Arc<Mutex<HashMap<String, u32>>>),
+    Rows { pool: PgPool, run: String },
+}
+
+impl Effects {
+    async fn record(&self, key: String) -> Result<(), String> {
+        match self {
+            Self::Map(m) => {
+                *m.lock().await.entry(key).or_default() += 1;
+                Ok(())
+            }
+            Self::Rows { pool, run } => {
+                sqlx::query("INSERT INTO bench_effects (run, key) VALUES ($1, $2)")
+                    .bind(run)
+                    .bind(key)
+                    .execute(pool)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn counts(&self) -> Result<HashMap<String, u32>, String> {
+        match self {
+            Self::Map(m) => Ok(m.lock().await.clone()),
+            Self::Rows { pool, run } => {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT key, count(*) FROM bench_effects WHERE run = $1 GROUP BY key",
+                )
+                .bind(run)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(rows.into_iter().map(|(k, n)| (k, n as u32)).collect())
+            }
+        }
+    }
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+async fn pg_pool() -> Result<PgPool, String> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&database_url())
+        .await
+        .map_err(|e| format!("PostgreSQL at DATABASE_URL unreachable: {e}"))?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_effects (id bigserial PRIMARY KEY, run text NOT NULL, key text NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(pool)
+}
 
 #[derive(Clone)]
 struct App {
@@ -104,7 +179,9 @@ async fn create_order(State(app): State<App>, headers: HeaderMap, body: Bytes) -
         .unwrap_or("")
         .trim_matches('"')
         .to_owned();
-    *app.effects.0.lock().await.entry(key).or_default() += 1;
+    if let Err(e) = app.effects.record(key).await {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response();
+    }
     let id = app.next_id.fetch_add(1, Ordering::Relaxed);
     let out = format!(
         r#"{{"id":{id},"request_bytes":{},"status":"created"}}"#,
@@ -142,7 +219,7 @@ impl Server {
     /// Executions per key.
     pub(crate) async fn effects(&self) -> Result<HashMap<String, u32>, String> {
         match &self.running {
-            Running::InProcess { effects, .. } => Ok(effects.0.lock().await.clone()),
+            Running::InProcess { effects, .. } => effects.counts().await,
             Running::Child(p) => p.effects().await,
         }
     }
@@ -168,8 +245,25 @@ pub(crate) async fn start(variant: Variant, workload: Workload) -> Result<Server
             running: Running::Child(Box::new(p)),
         });
     }
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let pool = match variant {
+        Variant::Postgres => Some(pg_pool().await?),
+        _ => None,
+    };
     let app = App {
-        effects: Effects::default(),
+        effects: match &pool {
+            Some(pool) => Effects::Rows {
+                pool: pool.clone(),
+                run: run.clone(),
+            },
+            None => Effects::Map(Arc::default()),
+        },
         delay: workload.handler_delay(),
         next_id: Arc::new(AtomicU64::new(1)),
     };
@@ -181,6 +275,31 @@ pub(crate) async fn start(variant: Variant, workload: Workload) -> Result<Server
         Variant::Bare => router,
         Variant::Memory => {
             router.layer(IdempotencyLayer::new(MemoryStore::new()).namespace("bench"))
+        }
+        Variant::Redis | Variant::RedisPooled => {
+            let mode = if variant == Variant::Redis {
+                ConnectionMode::Multiplexed
+            } else {
+                ConnectionMode::Pooled
+            };
+            let store = RedisStore::new(
+                RedisConfig::from_env()
+                    .prefix(format!("bench-{run}"))
+                    .mode(mode),
+            )
+            .map_err(|e| e.to_string())?;
+            store
+                .ping()
+                .await
+                .map_err(|e| format!("Redis at REDIS_URL unreachable: {e}"))?;
+            router.layer(IdempotencyLayer::new(store).namespace("bench"))
+        }
+        Variant::Postgres => {
+            let store = PostgresStore::builder()
+                .build(pool.clone().expect("pool"))
+                .map_err(|e| e.to_string())?;
+            store.migrate().await.map_err(|e| e.to_string())?;
+            router.layer(IdempotencyLayer::new(store).namespace("bench"))
         }
         Variant::Peer(..) => unreachable!("peers run as child processes"),
     };

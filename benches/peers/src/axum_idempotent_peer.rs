@@ -28,11 +28,15 @@ pub(crate) async fn build(store: Store, app: App) -> Result<Peer, StartError> {
         Store::Memory => {
             let store = MokaStoreBuilder::new().max_capacity(1_000_000).build();
             let router = router(probe(store).await?, app);
-            Ok(Peer { router, cleanup: None })
+            Ok(Peer {
+                router,
+                cleanup: None,
+            })
         }
         Store::Redis => {
             let url = crate::redis_url();
-            let config = Config::from_url(&url).map_err(|e| StartError::Failed(format!("{url}: {e}")))?;
+            let config =
+                Config::from_url(&url).map_err(|e| StartError::Failed(format!("{url}: {e}")))?;
             let client = fred::clients::Client::new(config, None, None, None);
             tokio::time::timeout(Duration::from_secs(5), client.init())
                 .await
@@ -43,8 +47,10 @@ pub(crate) async fn build(store: Store, app: App) -> Result<Peer, StartError> {
                 .await
                 .ok()
                 .and_then(|info| {
-                    info.lines()
-                        .find_map(|l| l.strip_prefix("redis_version:").map(|v| v.trim().to_owned()))
+                    info.lines().find_map(|l| {
+                        l.strip_prefix("redis_version:")
+                            .map(|v| v.trim().to_owned())
+                    })
                 })
                 .unwrap_or_else(|| "unknown".to_owned());
             let store = RedisStore::new(Arc::new(client))
@@ -57,7 +63,10 @@ pub(crate) async fn build(store: Store, app: App) -> Result<Peer, StartError> {
                 other => other,
             })?;
             // Session keys are random session ids, not prefixed: they expire with their TTL.
-            Ok(Peer { router: router(store, app), cleanup: None })
+            Ok(Peer {
+                router: router(store, app),
+                cleanup: None,
+            })
         }
         Store::Postgres => {
             let url = crate::database_url();
@@ -90,7 +99,10 @@ pub(crate) async fn build(store: Store, app: App) -> Result<Peer, StartError> {
                     return Err(e);
                 }
             };
-            Ok(Peer { router: router(store, app), cleanup: Some(cleanup) })
+            Ok(Peer {
+                router: router(store, app),
+                cleanup: Some(cleanup),
+            })
         }
     }
 }
@@ -140,10 +152,22 @@ async fn create_order(State(app): State<App>, headers: HeaderMap) -> Response {
 }
 
 /// Establishes a session: the middleware caches only for a request that has one.
-async fn open_session<S: SessionStore>(session: Session<S>) -> Result<StatusCode, (StatusCode, String)> {
+async fn open_session<S: SessionStore>(
+    session: Session<S>,
+) -> Result<StatusCode, (StatusCode, String)> {
     session
-        .set("client", &true, Ttl::new(RETENTION.as_secs() as i64).expect("valid ttl"), None)
+        .set(
+            "client",
+            &true,
+            Ttl::new(RETENTION.as_secs() as i64).expect("valid ttl"),
+            None,
+        )
         .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("session store: {e}")))?;
+        .map_err(|e| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("session store: {e}"),
+            )
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,7 +15,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use idempotent::entry::ExistingEntry;
 use idempotent::fingerprint::{DefaultFingerprintStrategy, FingerprintStrategy};
-use idempotent::memory::MemoryStore;
+use idempotent::store::memory::MemoryStore;
 use idempotent::store::valkey::ValkeyStore;
 use idempotent::store::{IdempotencyStore, InsertResult};
 use idempotent::{CachedResponse, IdempotencyEntry, IdempotencyKey, Metadata};
@@ -74,13 +74,18 @@ async fn create_order<S: IdempotencyStore>(
     body: Bytes,
 ) -> Response {
     let Some(raw_key) = headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()) else {
-        return (StatusCode::BAD_REQUEST, "missing or non-ASCII Idempotency-Key header").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing or non-ASCII Idempotency-Key header",
+        )
+            .into_response();
     };
     let key = match IdempotencyKey::new(raw_key) {
         Ok(key) => key,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let fingerprint = DefaultFingerprintStrategy.compute(&format!("{method} {}", uri.path()), &body);
+    let fingerprint =
+        DefaultFingerprintStrategy.compute(&format!("{method} {}", uri.path()), &body);
     let entry = IdempotencyEntry::new(fingerprint, RETENTION);
 
     let claim = match shared.store.try_insert(&key, entry.clone()).await {
@@ -99,7 +104,11 @@ async fn create_order<S: IdempotencyStore>(
                 metadata: Metadata::default(),
                 body: body.clone(),
             };
-            if let Err(e) = shared.store.complete(&key, entry.complete(cached), fencing_token).await {
+            if let Err(e) = shared
+                .store
+                .complete(&key, entry.complete(cached), fencing_token)
+                .await
+            {
                 eprintln!("peer-server: completing {raw_key}: {}", chain(&e));
             }
             Response::from_parts(parts, Body::from(body))
@@ -117,14 +126,16 @@ async fn create_order<S: IdempotencyStore>(
                     .into_response();
             }
             match existing {
-                ExistingEntry::Processing(_) => {
-                    (StatusCode::CONFLICT, "a request with this Idempotency-Key is in flight").into_response()
-                }
+                ExistingEntry::Processing(_) => (
+                    StatusCode::CONFLICT,
+                    "a request with this Idempotency-Key is in flight",
+                )
+                    .into_response(),
                 ExistingEntry::Completed(done) => {
                     let cached = done.into_response();
                     let mut response = Response::new(Body::from(cached.body));
-                    *response.status_mut() =
-                        StatusCode::from_u16(cached.status_code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    *response.status_mut() = StatusCode::from_u16(cached.status_code)
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                     response
                         .headers_mut()
                         .insert(REPLAY_HEADER, HeaderValue::from_static("true"));
@@ -136,7 +147,11 @@ async fn create_order<S: IdempotencyStore>(
 }
 
 fn unavailable(e: &(dyn std::error::Error + 'static)) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, format!("idempotency store: {}", chain(e))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("idempotency store: {}", chain(e)),
+    )
+        .into_response()
 }
 
 /// An error with its sources, on one line.
@@ -156,7 +171,8 @@ async fn delete_prefixed(client: redis::Client, pattern: String) {
     let result: redis::RedisResult<()> = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
         let keys: Vec<String> = {
-            let mut iter = redis::AsyncCommands::scan_match::<_, String>(&mut conn, &pattern).await?;
+            let mut iter =
+                redis::AsyncCommands::scan_match::<_, String>(&mut conn, &pattern).await?;
             let mut keys = Vec::new();
             while let Some(key) = iter.next_item().await {
                 keys.push(key?);

@@ -80,9 +80,11 @@ fn plain_routes(app: App) -> Router {
     Router::new()
         .route(
             "/effects",
-            get(|axum::extract::State(app): axum::extract::State<App>| async move {
-                Json(app.effects())
-            }),
+            get(
+                |axum::extract::State(app): axum::extract::State<App>| async move {
+                    Json(app.effects())
+                },
+            ),
         )
         .route("/healthz", get(|| async { StatusCode::OK }))
         .with_state(app)
@@ -160,7 +162,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--bind" => bind = Some(value.parse().map_err(|e| format!("--bind {value}: {e}"))?),
             "--delay-ms" => {
-                let ms: u64 = value.parse().map_err(|e| format!("--delay-ms {value}: {e}"))?;
+                let ms: u64 = value
+                    .parse()
+                    .map_err(|e| format!("--delay-ms {value}: {e}"))?;
                 delay = (ms > 0).then(|| Duration::from_millis(ms));
             }
             _ => return Err(format!("unknown flag {flag}")),
