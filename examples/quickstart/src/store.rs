@@ -27,8 +27,18 @@ pub(crate) async fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Dyn
     match kind.trim().to_ascii_lowercase().as_str() {
         "memory" | "" => Ok(DynStore::new(MemoryStore::new())),
         "postgres" => {
-            // Wired with idempotency_postgres::PostgresStore over DATABASE_URL.
-            Err(StoreConfigError::NotAvailable("postgres").into())
+            // PostgresStore over DATABASE_URL, in its own schema
+            // (`idempotency`), migrated at start-up (safe from every replica
+            // at once), with a reaper deleting expired records every minute.
+            let url = var("DATABASE_URL").ok_or(
+                "IDEMPOTENCY_STORE=postgres needs DATABASE_URL (postgres://user@host:5432/db)",
+            )?;
+            let store = idempotency_postgres::PostgresStore::builder().connect_lazy(&url)?;
+            store.migrate().await?;
+            store
+                .spawn_reaper(std::time::Duration::from_secs(60), 1_000)
+                .detach();
+            Ok(DynStore::new(store))
         }
         "redis" => {
             // Wired with idempotency_redis::RedisStore over REDIS_URL.
