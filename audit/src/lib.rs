@@ -14,6 +14,10 @@ mod time;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod decision;
+
 pub use canonical::canonical_json;
 pub use chain::{
     BreakKind, ChainBreak, ChainReport, ChainRow, ChainVerifier, GENESIS_HASH, chain_hash,

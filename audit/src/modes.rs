@@ -233,6 +233,15 @@ impl<A> Auditor<A> {
         (self.mode_for(&event.event_type), event)
     }
 
+    /// Redacts and queues on the buffer, whatever the mode.
+    #[cfg(feature = "tower")]
+    pub(crate) fn queue_redacted(&self, mut event: AuditEvent) -> Recorded<()> {
+        if let Some(r) = &self.inner.redactor {
+            r.redact(&mut event);
+        }
+        self.queue(event)
+    }
+
     fn queue(&self, event: AuditEvent) -> Recorded<()> {
         if self.inner.buffer.enqueue(event) {
             Recorded::Queued

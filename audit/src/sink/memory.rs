@@ -37,6 +37,11 @@ impl MemorySink {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Appends an event without a future (what [`append`](AuditSink::append) does).
+    pub fn push(&self, event: AuditEvent) {
+        self.lock().push(event);
+    }
+
     /// A copy of every event, in append order.
     pub fn events(&self) -> Vec<AuditEvent> {
         self.lock().clone()
@@ -74,7 +79,7 @@ impl MemorySink {
 
 impl AuditSink for MemorySink {
     async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        self.lock().push(event.clone());
+        self.push(event.clone());
         Ok(())
     }
 }

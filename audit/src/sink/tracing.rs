@@ -6,6 +6,26 @@ use crate::error::AuditError;
 use crate::event::AuditEvent;
 use crate::sink::AuditSink;
 
+macro_rules! emit {
+    ($level:expr, $e:expr) => {{
+        let e = $e;
+        tracing::event!(
+            target: "audit",
+            $level,
+            audit.id = %e.id,
+            audit.event_type = %e.event_type,
+            audit.source = %e.source,
+            audit.subject = e.subject.as_deref(),
+            audit.outcome = e.outcome.as_ref().map(|o| o.as_str()),
+            audit.actor = e.actor.as_ref().map(|a| a.id.as_str()),
+            audit.correlation_id = e.correlation_id.as_deref(),
+            audit.key_hash = e.key_hash.as_deref(),
+            event = %e.canonical_json(),
+            "audit event"
+        )
+    }};
+}
+
 /// Emits each event as a `tracing` event with target `audit` (level INFO by
 /// default): the main attributes as fields, the whole event as canonical
 /// JSON in the `event` field. It never fails.
@@ -31,34 +51,9 @@ impl TracingSink {
     }
 }
 
-impl Default for TracingSink {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-macro_rules! emit {
-    ($level:expr, $e:expr) => {{
-        let e = $e;
-        tracing::event!(
-            target: "audit",
-            $level,
-            audit.id = %e.id,
-            audit.event_type = %e.event_type,
-            audit.source = %e.source,
-            audit.subject = e.subject.as_deref(),
-            audit.outcome = e.outcome.as_ref().map(|o| o.as_str()),
-            audit.actor = e.actor.as_ref().map(|a| a.id.as_str()),
-            audit.correlation_id = e.correlation_id.as_deref(),
-            audit.key_hash = e.key_hash.as_deref(),
-            event = %e.canonical_json(),
-            "audit event"
-        )
-    }};
-}
-
-impl AuditSink for TracingSink {
-    async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
+impl TracingSink {
+    /// Logs `event` now (what [`append`](AuditSink::append) does, without a future).
+    pub fn emit(&self, event: &AuditEvent) {
         match self.level {
             Level::ERROR => emit!(Level::ERROR, event),
             Level::WARN => emit!(Level::WARN, event),
@@ -66,6 +61,18 @@ impl AuditSink for TracingSink {
             Level::DEBUG => emit!(Level::DEBUG, event),
             _ => emit!(Level::TRACE, event),
         }
+    }
+}
+
+impl Default for TracingSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AuditSink for TracingSink {
+    async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        self.emit(event);
         Ok(())
     }
 }
