@@ -1,9 +1,11 @@
 //! [`BufferedSink`]: a bounded, non-blocking queue in front of a sink.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AuditError, BatchError};
@@ -162,7 +164,8 @@ impl Stats {
 /// retried: when the queue is full ([`DropReason::Full`]), when the inner
 /// sink fails ([`DropReason::SinkError`], every event of the failed batch
 /// that was not written) or after [`shutdown`](Self::shutdown)
-/// ([`DropReason::Closed`]). Each drop increments the `metrics` counter
+/// ([`DropReason::Closed`]); an inner sink that panics counts as failing.
+/// Each drop increments the `metrics` counter
 /// `audit_events_dropped_total{reason}` and an atomic counter read by
 /// [`dropped`](Self::dropped) / [`dropped_by`](Self::dropped_by); a warn
 /// line (target `audit`) reports drops, at most once per second per buffer
@@ -360,7 +363,17 @@ async fn write<S: AuditSink>(inner: &S, events: &mut Vec<AuditEvent>, stats: &St
         return;
     }
     let total = events.len();
-    match inner.append_batch(events).await {
+    // A panicking sink loses its batch, not the worker.
+    let result = AssertUnwindSafe(inner.append_batch(events))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(BatchError {
+                written: 0,
+                source: AuditError::backend("the inner audit sink panicked"),
+            })
+        });
+    match result {
         Ok(()) => {
             stats.written.fetch_add(total as u64, Ordering::Relaxed);
         }
@@ -518,6 +531,33 @@ mod tests {
         assert_eq!(buffer.written(), 3);
         assert_eq!(buffer.dropped_by(DropReason::SinkError), 2);
         assert_eq!(mem.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_inner_sink_loses_its_batch_not_the_worker() {
+        /// Panics on events whose attribute `n` is odd.
+        struct PanicsOnOdd(MemorySink);
+        impl AuditSink for PanicsOnOdd {
+            async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
+                assert!(
+                    event.attributes["n"].as_u64().unwrap() % 2 == 0,
+                    "odd event"
+                );
+                self.0.append(event).await
+            }
+        }
+        let mem = MemorySink::new();
+        let buffer = BufferedSink::with_config(
+            PanicsOnOdd(mem.clone()),
+            BufferConfig::default().batch_size(1),
+        );
+        for n in 0..6 {
+            buffer.append(&event(n)).await.unwrap();
+        }
+        buffer.flush().await.unwrap();
+        assert_eq!(mem.len(), 3);
+        assert_eq!(buffer.written(), 3);
+        assert_eq!(buffer.dropped_by(DropReason::SinkError), 3);
     }
 
     #[tokio::test]
