@@ -9,9 +9,6 @@ pub(crate) enum StoreConfigError {
     /// `IDEMPOTENCY_STORE` names no known store.
     #[error("IDEMPOTENCY_STORE={0:?} is not one of: memory, postgres, redis")]
     Unknown(String),
-    /// The store exists in the project but is not wired into this binary.
-    #[error("the {0} store is not available in this build yet; use IDEMPOTENCY_STORE=memory")]
-    NotAvailable(&'static str),
 }
 
 /// The store named by `IDEMPOTENCY_STORE` (`memory`, the default, `postgres`
@@ -41,8 +38,17 @@ pub(crate) async fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Dyn
             Ok(DynStore::new(store))
         }
         "redis" => {
-            // Wired with idempotency_redis::RedisStore over REDIS_URL.
-            Err(StoreConfigError::NotAvailable("redis").into())
+            // RedisStore over REDIS_URL (default redis://127.0.0.1:6379), one
+            // multiplexed connection; refuse to start if Redis does not answer.
+            let url = var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+            let store = idempotency_redis::RedisStore::new(idempotency_redis::RedisConfig::new(
+                url.clone(),
+            ))?;
+            store
+                .ping()
+                .await
+                .map_err(|e| format!("Redis at {url} does not answer: {e}"))?;
+            Ok(DynStore::new(store))
         }
         other => Err(StoreConfigError::Unknown(other.to_owned()).into()),
     }
