@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use idempotency_core::{DynStore, Policy};
-use idempotency_tower::{Concurrency, IdempotencyLayer};
+use idempotency_tower::{Concurrency, DecisionHook, IdempotencyLayer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +83,7 @@ pub(crate) fn app(
     store: DynStore,
     settings: &IdempotencySettings,
     metrics: Option<PrometheusHandle>,
+    audit: impl DecisionHook,
 ) -> Router {
     let state = AppState {
         orders: Arc::default(),
@@ -92,6 +93,7 @@ pub(crate) fn app(
     let mut idempotency = IdempotencyLayer::new(store)
         .namespace("quickstart")
         .policy(settings.policy())
+        .decision_hook(audit)
         .scope(|parts: &axum::http::request::Parts| {
             parts.extensions.get::<User>().map(|u| u.0.clone())
         });
@@ -329,10 +331,15 @@ mod tests {
     }
 
     fn service() -> Router {
+        service_with(idempotency_audit::MemorySink::new())
+    }
+
+    fn service_with(trail: idempotency_audit::MemorySink) -> Router {
         app(
             DynStore::new(MemoryStore::new()),
             &IdempotencySettings::default(),
             Some(metrics_handle()),
+            trail,
         )
     }
 
@@ -381,6 +388,41 @@ mod tests {
         assert_eq!(v, v2);
         let (_, _, list) = send(&app, get_as("alice", "/orders")).await;
         assert_eq!(list.as_array().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_decision_leaves_one_audit_event() {
+        let trail = idempotency_audit::MemorySink::new();
+        let app = service_with(trail.clone());
+        let body = r#"{"sku":"book","quantity":2}"#;
+        send(&app, order(Some("alice"), Some("k1"), body)).await;
+        send(&app, order(Some("alice"), Some("k1"), body)).await;
+        send(
+            &app,
+            order(Some("alice"), Some("k1"), r#"{"sku":"pen","quantity":1}"#),
+        )
+        .await;
+        let types: Vec<String> = trail
+            .events()
+            .iter()
+            .map(|e| e.event_type.clone())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "idempotency.executed",
+                "idempotency.replayed",
+                "idempotency.mismatch"
+            ]
+        );
+        let events = trail.events();
+        // The key hash and a correlation id, never the raw key.
+        assert!(
+            events
+                .iter()
+                .all(|e| e.key_hash.is_some() && e.correlation_id.is_some())
+        );
+        assert!(!serde_json::to_string(&events).unwrap().contains("\"k1\""));
     }
 
     #[tokio::test]

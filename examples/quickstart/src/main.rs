@@ -26,6 +26,7 @@ use std::process::ExitCode;
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 mod app;
+mod audit;
 mod store;
 
 const DEFAULT_BIND: &str = "127.0.0.1:3000";
@@ -103,9 +104,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (trail, trail_kind) = match audit::from_env(env).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let store_name = env("IDEMPOTENCY_STORE").unwrap_or_else(|| "memory".to_owned());
-    tracing::info!(store = %store_name, "listening on http://{addr}");
-    let service = app::app(store, &settings, metrics);
+    tracing::info!(store = %store_name, audit = trail_kind, "listening on http://{addr}");
+    let service = app::app(store, &settings, metrics, trail.clone());
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -116,6 +124,8 @@ async fn main() -> ExitCode {
         eprintln!("error: server failed: {e}");
         return ExitCode::FAILURE;
     }
+    // Write what is still queued before exiting.
+    trail.shutdown().await;
     ExitCode::SUCCESS
 }
 
