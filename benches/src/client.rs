@@ -105,17 +105,18 @@ async fn send(
         .body(Full::new(Bytes::from(body)))
         .expect("request");
     let start = Instant::now();
-    let status = match client.request(req).await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            // Read the whole body: a replay is only done when its bytes arrived.
-            match resp.into_body().collect().await {
-                Ok(_) => Some(status),
-                Err(_) => None,
-            }
-        }
-        Err(_) => None,
+    let exchange = async {
+        let resp = client.request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        // Read the whole body: a replay is only done when its bytes arrived.
+        resp.into_body().collect().await.ok()?;
+        Some(status)
     };
+    // A request that hangs counts as a transport error, never stalls the run.
+    let status = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten();
     (status, start.elapsed().as_micros() as u64)
 }
 
