@@ -540,7 +540,7 @@ mod tests {
         impl AuditSink for PanicsOnOdd {
             async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
                 assert!(
-                    event.attributes["n"].as_u64().unwrap() % 2 == 0,
+                    event.attributes["n"].as_u64().unwrap().is_multiple_of(2),
                     "odd event"
                 );
                 self.0.append(event).await
