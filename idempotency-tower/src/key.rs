@@ -80,7 +80,7 @@ impl<'a> KeyInput<'a> {
     }
 }
 
-fn path_param<'p>(template: &str, path: &'p str, name: &str) -> Option<&'p str> {
+pub(crate) fn path_param<'p>(template: &str, path: &'p str, name: &str) -> Option<&'p str> {
     let mut rest = path.trim_start_matches('/');
     for seg in template.trim_start_matches('/').split('/') {
         if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {

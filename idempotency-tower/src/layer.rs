@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderName, Method};
-use idempotency_core::{FingerprintMode, Policy};
+use idempotency_core::{FingerprintMode, KeySpec, Policy, StorageKey};
 use tower_layer::Layer;
 
 use crate::hook::DecisionHook;
-use crate::key::{HeaderKey, KeySource, ScopeSource};
+use crate::key::{HeaderKey, KeyMaterial, KeySource, ScopeSource};
 use crate::policy::OutcomePolicy;
 use crate::service::Idempotency;
+use crate::verify::VerifyResource;
 
 /// Default cap on request bodies: 1 MiB.
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -83,6 +84,7 @@ pub(crate) struct Config {
     pub(crate) fingerprint: FingerprintMode,
     pub(crate) replay_headers: Vec<HeaderName>,
     pub(crate) hook: Option<Arc<dyn DecisionHook>>,
+    pub(crate) verify: Option<Arc<dyn VerifyResource>>,
 }
 
 impl Default for Config {
@@ -103,6 +105,7 @@ impl Default for Config {
             fingerprint: FingerprintMode::Body,
             replay_headers: DEFAULT_REPLAY_HEADERS.to_vec(),
             hook: None,
+            verify: None,
         }
     }
 }
@@ -122,6 +125,25 @@ impl Config {
             return m.as_str().to_owned();
         }
         parts.uri.path().to_owned()
+    }
+
+    /// The record's identity: namespace, scope and the key material (client
+    /// keys alone; derived material together with method and route template).
+    pub(crate) fn storage_key(
+        &self,
+        method: &Method,
+        route: &str,
+        scope: &str,
+        material: &KeyMaterial,
+    ) -> StorageKey {
+        let spec = KeySpec::new(&self.namespace).scope(scope);
+        match material {
+            KeyMaterial::Client(k) => spec.client_key(k),
+            KeyMaterial::Derived(values) => {
+                spec.method(method.as_str()).route(route).derived(values)
+            }
+        }
+        .storage_key()
     }
 
     pub(crate) fn replays(&self, name: &HeaderName) -> bool {
@@ -494,6 +516,49 @@ impl<St> IdempotencyLayer<St> {
     pub fn decision_hook(self, hook: impl DecisionHook) -> Self {
         let hook: Arc<dyn DecisionHook> = Arc::new(hook);
         self.edit(|c| c.hook = Some(hook))
+    }
+}
+
+impl<St> IdempotencyLayer<St> {
+    /// Checks, before each replay of a completed record that carries a
+    /// resource reference, that the resource still exists (see
+    /// [`VerifyResource`] for what each answer does). Default: no check.
+    ///
+    /// ```
+    /// # use idempotency_core::{BoxError, MemoryStore};
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .verify_resource(|_resource: String| async { Ok::<_, BoxError>(true) });
+    /// ```
+    pub fn verify_resource(self, check: impl VerifyResource) -> Self {
+        let check: Arc<dyn VerifyResource> = Arc::new(check);
+        self.edit(|c| c.verify = Some(check))
+    }
+
+    /// The storage key the layer uses for a request with this method, route
+    /// template, scope and key material: for operator tools that act on one
+    /// record (resolve it, read it) without a request at hand.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use idempotency_core::MemoryStore;
+    /// use idempotency_tower::{IdempotencyLayer, KeyMaterial, PathParams};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .namespace("promotion")
+    ///     .key_source(PathParams::new(["estimate_id", "version"]));
+    /// let material = KeyMaterial::Derived(vec![b"E-1".to_vec(), b"3".to_vec()]);
+    /// let key = layer.storage_key(&Method::POST, "/estimates/{estimate_id}/snapshots/{version}/promote", "", &material);
+    /// assert_eq!(key.to_hex().len(), 64);
+    /// ```
+    pub fn storage_key(
+        &self,
+        method: &Method,
+        route: &str,
+        scope: &str,
+        material: &KeyMaterial,
+    ) -> StorageKey {
+        self.config.storage_key(method, route, scope, material)
     }
 }
 

@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod context;
 mod future;
 mod hook;
 mod key;
@@ -10,8 +11,10 @@ pub mod metrics;
 mod policy;
 mod problem;
 mod service;
+mod verify;
 
 pub use body::{RequestBody, ResponseBody};
+pub use context::IdempotencyContext;
 pub use future::ResponseFuture;
 pub use hook::{Decision, DecisionHook, DecisionOutcome};
 pub use key::{
@@ -25,3 +28,4 @@ pub use layer::{
 pub use policy::{DEFAULT_RELEASED, OutcomeAction, OutcomePolicy};
 pub use problem::{PROBLEM_BASE, PROBLEM_CONTENT_TYPE, ProblemType};
 pub use service::{IDEMPOTENT_REPLAYED, Idempotency, X_REQUEST_ID};
+pub use verify::{VerifyFuture, VerifyResource};

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use idempotency_core::{
     BoxError, Claim, ClaimKind, Completed, Completion, Failure, Fingerprint, IdempotencyStore,
-    KeySpec, Lease, Outcome, StorageKey, StoreError, StoredResponse, claim_with_wait,
+    Lease, Outcome, StorageKey, StoreError, StoredResponse, claim_with_wait,
 };
 use tower_service::Service;
 use tracing::{Instrument, Span};
@@ -23,9 +23,10 @@ use tracing::{Instrument, Span};
 use crate::body::{
     CollectError, Collected, RequestBody, ResponseBody, collect_limited, collect_response,
 };
+use crate::context::{IdempotencyContext, stored_response};
 use crate::future::ResponseFuture;
 use crate::hook::{Decision, DecisionOutcome};
-use crate::key::{KeyInput, KeyMaterial};
+use crate::key::KeyInput;
 use crate::layer::{Config, IdempotencyLayer, StoreFailureMode};
 use crate::metrics::{count_outcome, timed};
 use crate::policy::OutcomeAction;
@@ -123,8 +124,10 @@ struct Ctx {
     started: Instant,
     method: Method,
     route: String,
+    path: String,
     correlation_id: HeaderValue,
     span: Span,
+    resource: Option<String>,
     key_hash: Option<String>,
     fence: Option<u64>,
     attempt: Option<u32>,
@@ -148,6 +151,8 @@ impl Ctx {
             attempt: self.attempt,
             method: self.method.clone(),
             route: self.route.clone(),
+            path: self.path.clone(),
+            resource: self.resource.clone(),
             status,
             correlation_id: String::from_utf8_lossy(self.correlation_id.as_bytes()).into_owned(),
             elapsed: self.started.elapsed(),
@@ -223,8 +228,10 @@ where
         started,
         method: parts.method.clone(),
         route,
+        path: parts.uri.path().to_owned(),
         correlation_id,
         span: span.clone(),
+        resource: None,
         key_hash: None,
         fence: None,
         attempt: None,
@@ -337,15 +344,7 @@ where
         .as_ref()
         .and_then(|s| s.scope(&parts))
         .unwrap_or_default();
-    let spec = KeySpec::new(&config.namespace).scope(scope);
-    let spec = match &material {
-        KeyMaterial::Client(k) => spec.client_key(k),
-        KeyMaterial::Derived(values) => spec
-            .method(parts.method.as_str())
-            .route(&ctx.route)
-            .derived(values),
-    };
-    let key = spec.storage_key();
+    let key = config.storage_key(&parts.method, &ctx.route, &scope, &material);
     let key_hex = key.to_hex();
     ctx.span.record("idempotency.key_hash", key_hex.as_str());
     ctx.key_hash = Some(key_hex);
@@ -405,7 +404,10 @@ where
             Problem::new(ProblemType::InFlight, "a request with this Idempotency-Key is being processed; retry later")
                 .retry_after(retry_after),
         )),
-        Claim::Completed(completed) => Ok(replay(&store, &ctx, &key, completed).await),
+        Claim::Completed(completed) => {
+            ctx.resource.clone_from(&completed.resource);
+            Ok(replay(&store, &ctx, &key, completed).await)
+        }
         Claim::Failed(failed) => {
             let mut res = ctx.problem(
                 DecisionOutcome::Replayed,
@@ -464,6 +466,26 @@ async fn replay<St: IdempotencyStore, B: Body>(
     key: &StorageKey,
     completed: Completed,
 ) -> Response<ResponseBody<B>> {
+    if let (Some(check), Some(resource)) = (&ctx.config.verify, &completed.resource) {
+        match timed_check(ctx.config.store_timeout, check.exists(resource.clone())).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let detail = format!("the record's resource {resource} no longer exists");
+                return corrupted(store, ctx, key, &detail).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %resource, "could not verify the record's resource");
+                return ctx.problem(
+                    DecisionOutcome::StoreUnavailable,
+                    Problem::new(
+                        ProblemType::StoreUnavailable,
+                        "the stored response could not be verified; retry later",
+                    )
+                    .retry_after(Duration::from_secs(1)),
+                );
+            }
+        }
+    }
     let built = match completed.outcome {
         Outcome::Response(stored) => replay_stored(&ctx.config, &stored),
         Outcome::Tombstone { status, .. } => {
@@ -483,26 +505,43 @@ async fn replay<St: IdempotencyStore, B: Body>(
             ctx.decide(DecisionOutcome::Replayed, Some(res.status()));
             ctx.finish(res)
         }
-        Err(detail) => {
-            tracing::error!(
-                alert = true,
-                detail,
-                "idempotency record corrupted; marking it"
-            );
-            let timeout = ctx.config.store_timeout;
-            if let Err(e) =
-                timed("mark_corrupted", timeout, store.mark_corrupted(key, detail)).await
-            {
-                tracing::warn!(error = %e, "could not mark the record corrupted");
-            }
-            ctx.problem(
-                DecisionOutcome::Corrupted,
-                Problem::new(
-                    ProblemType::RecordCorrupted,
-                    "the idempotency record for this key is corrupted; an operator must resolve it",
-                ),
-            )
-        }
+        Err(detail) => corrupted(store, ctx, key, detail).await,
+    }
+}
+
+/// Marks the record corrupted, raises the alert and answers 500.
+async fn corrupted<St: IdempotencyStore, B: Body>(
+    store: &St,
+    ctx: &Ctx,
+    key: &StorageKey,
+    detail: &str,
+) -> Response<ResponseBody<B>> {
+    tracing::error!(
+        alert = true,
+        detail,
+        "idempotency record corrupted; marking it"
+    );
+    let timeout = ctx.config.store_timeout;
+    if let Err(e) = timed("mark_corrupted", timeout, store.mark_corrupted(key, detail)).await {
+        tracing::warn!(error = %e, "could not mark the record corrupted");
+    }
+    ctx.problem(
+        DecisionOutcome::Corrupted,
+        Problem::new(
+            ProblemType::RecordCorrupted,
+            "the idempotency record for this key is corrupted; an operator must resolve it",
+        ),
+    )
+}
+
+/// Runs a resource check under the store timeout.
+async fn timed_check(
+    timeout: Duration,
+    check: impl Future<Output = Result<bool, BoxError>>,
+) -> Result<bool, BoxError> {
+    match tokio::time::timeout(timeout, check).await {
+        Ok(r) => r,
+        Err(_) => Err("the resource check timed out".into()),
     }
 }
 
@@ -569,10 +608,10 @@ where
 async fn run_owned<S, St, ReqBody, ResBody>(
     mut inner: S,
     store: St,
-    ctx: Ctx,
+    mut ctx: Ctx,
     lease: Lease,
     kind: ClaimKind,
-    req: Request<RequestBody<ReqBody>>,
+    mut req: Request<RequestBody<ReqBody>>,
 ) -> Result<Response<ResponseBody<ResBody>>, TaskError<S::Error>>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -582,13 +621,34 @@ where
     ResBody::Error: Into<BoxError> + Send,
 {
     let config = ctx.config.clone();
+    let context = IdempotencyContext::new(lease.clone(), kind, config.clone());
+    req.extensions_mut().insert(context.clone());
     let call = AssertUnwindSafe(inner.call(req)).catch_unwind();
-    let (result, lease, fenced) = with_heartbeat(&store, &config, lease, call).await;
+    let (result, lease, fenced) = with_heartbeat(&store, &config, lease, &context, call).await;
     let executed = if kind == ClaimKind::New {
         DecisionOutcome::Executed
     } else {
         DecisionOutcome::Reclaimed
     };
+    if let Some(resource) = context.completed_resource() {
+        // The handler completed the record in its own transaction: nothing
+        // is left to store, fail or release, whatever it answered.
+        ctx.resource = resource;
+        return match result {
+            Err(panic) => {
+                ctx.decide(executed, Some(StatusCode::INTERNAL_SERVER_ERROR));
+                Err(TaskError::Panic(panic))
+            }
+            Ok(Err(e)) => {
+                ctx.decide(executed, None);
+                Err(TaskError::Service(e))
+            }
+            Ok(Ok(res)) => {
+                ctx.decide(executed, Some(res.status()));
+                Ok(ctx.finish(res.map(ResponseBody::inner)))
+            }
+        };
+    }
     let res = match result {
         Err(panic) => {
             settle_failure(
@@ -652,22 +712,7 @@ where
                 .await
             {
                 Collected::Complete { data, trailers } => {
-                    let headers = head
-                        .headers
-                        .iter()
-                        .filter(|(name, _)| config.replays(name))
-                        .map(|(name, value)| {
-                            (
-                                name.as_str().to_owned(),
-                                Bytes::copy_from_slice(value.as_bytes()),
-                            )
-                        })
-                        .collect();
-                    let stored = StoredResponse {
-                        status: status.as_u16(),
-                        headers,
-                        body: data.clone(),
-                    };
+                    let stored = stored_response(&config, status, &head.headers, data.clone());
                     let outcome =
                         complete(&store, &config, &lease, Outcome::Response(stored), executed)
                             .await;
@@ -701,12 +746,14 @@ where
     }
 }
 
-/// Drives `fut`, renewing `lease` every heartbeat. Returns its output, the
-/// latest lease, and whether the lease was lost meanwhile.
+/// Drives `fut`, renewing `lease` every heartbeat until the handler marks
+/// the record completed. Returns its output, the latest lease, and whether
+/// the lease was lost meanwhile.
 async fn with_heartbeat<St, F>(
     store: &St,
     config: &Config,
     mut lease: Lease,
+    context: &IdempotencyContext,
     fut: F,
 ) -> (F::Output, Lease, bool)
 where
@@ -722,7 +769,7 @@ where
         tokio::select! {
             biased;
             out = &mut fut => return (out, lease, fenced),
-            _ = ticker.tick(), if !fenced => match timed("renew", config.store_timeout, store.renew(&lease)).await {
+            _ = ticker.tick(), if !fenced && !context.is_completed() => match timed("renew", config.store_timeout, store.renew(&lease)).await {
                 Ok(renewed) => lease = renewed,
                 Err(StoreError::LeaseLost) => {
                     tracing::warn!(fence = lease.fence, "lease lost while the handler runs");
