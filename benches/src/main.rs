@@ -79,7 +79,7 @@ idempotency-benches: concurrent-duplicate throughput, exactly-once checked
 USAGE: cargo run --release -p idempotency-benches -- [OPTIONS]
 
   --quick               small run (200 keys x 20 copies, 2,000 unique), under a minute
-  --variants LIST       comma-separated: bare,memory,redis,redis-pooled,postgres,
+  --variants LIST       comma-separated: bare,memory,redis,redis-pooled,postgres,postgres-tx,
                         axum-idempotent-{memory,redis,postgres},
                         idempotent-{memory,redis,postgres} (default: all)
   --workloads LIST      comma-separated: unique,duplicates,burst,slow (default: all)

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Extension, Router};
 use bytes::Bytes;
 use idempotency_core::MemoryStore;
 use idempotency_postgres::PostgresStore;
 use idempotency_redis::{ConnectionMode, RedisConfig, RedisStore};
-use idempotency_tower::IdempotencyLayer;
+use idempotency_tower::{IdempotencyContext, IdempotencyLayer};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
@@ -36,6 +36,9 @@ pub(crate) enum Variant {
     RedisPooled,
     /// `IdempotencyLayer` on `PostgresStore`; the side effect is an insert.
     Postgres,
+    /// As `Postgres`, but the handler inserts its row and completes the
+    /// record in one transaction (`PostgresStore::complete_in`).
+    PostgresTx,
     /// A published peer, run as a child process (see `benches/peers`).
     Peer(Peer, PeerStore),
 }
@@ -58,12 +61,13 @@ pub(crate) enum PeerStore {
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 11] = [
+    pub(crate) const ALL: [Variant; 12] = [
         Variant::Bare,
         Variant::Memory,
         Variant::Redis,
         Variant::RedisPooled,
         Variant::Postgres,
+        Variant::PostgresTx,
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Memory),
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Redis),
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Postgres),
@@ -83,6 +87,7 @@ impl Variant {
             Self::Redis => "redis",
             Self::RedisPooled => "redis-pooled",
             Self::Postgres => "postgres",
+            Self::PostgresTx => "postgres-tx",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Memory) => "axum-idempotent-memory",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Redis) => "axum-idempotent-redis",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Postgres) => "axum-idempotent-postgres",
@@ -169,16 +174,21 @@ struct App {
     next_id: Arc<AtomicU64>,
 }
 
-async fn create_order(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if !app.delay.is_zero() {
-        tokio::time::sleep(app.delay).await;
-    }
-    let key = headers
+/// The client's key as sent (an sf-string, quotes removed): what effects are counted by.
+fn client_key(headers: &HeaderMap) -> String {
+    headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .trim_matches('"')
-        .to_owned();
+        .to_owned()
+}
+
+async fn create_order(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if !app.delay.is_zero() {
+        tokio::time::sleep(app.delay).await;
+    }
+    let key = client_key(&headers);
     if let Err(e) = app.effects.record(key).await {
         return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response();
     }
@@ -196,6 +206,73 @@ async fn create_order(State(app): State<App>, headers: HeaderMap, body: Bytes) -
         out,
     )
         .into_response()
+}
+
+/// The state of the `postgres-tx` handler.
+#[derive(Clone)]
+struct TxApp {
+    store: PostgresStore,
+    run: String,
+    delay: Duration,
+}
+
+/// The same order, but the inserted row and the record's completion commit
+/// in one transaction; the layer is then told to store nothing itself.
+async fn create_order_tx(
+    State(app): State<TxApp>,
+    Extension(ctx): Extension<IdempotencyContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !app.delay.is_zero() {
+        tokio::time::sleep(app.delay).await;
+    }
+    let key = client_key(&headers);
+    match insert_and_complete(&app, &ctx, key, body.len()).await {
+        Ok((id, response_headers, out)) => {
+            ctx.mark_completed(Some(format!("/orders/{id}")));
+            (StatusCode::CREATED, response_headers, out).into_response()
+        }
+        // Rolled back (the transaction is dropped): the layer applies its
+        // policy to this 5xx, a retryable failure (or nothing if fenced).
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+async fn insert_and_complete(
+    app: &TxApp,
+    ctx: &IdempotencyContext,
+    key: String,
+    request_bytes: usize,
+) -> Result<(i64, HeaderMap, String), String> {
+    let mut tx = app.store.pool().begin().await.map_err(|e| e.to_string())?;
+    let (id,): (i64,) =
+        sqlx::query_as("INSERT INTO bench_effects (run, key) VALUES ($1, $2) RETURNING id")
+            .bind(&app.run)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+    let out = format!(r#"{{"id":{id},"request_bytes":{request_bytes},"status":"created"}}"#);
+    let mut headers = HeaderMap::new();
+    let location = format!("/orders/{id}");
+    headers.insert(
+        header::LOCATION,
+        location.parse().map_err(|_| "location header")?,
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    let completion = ctx
+        .completion(StatusCode::CREATED, &headers, out.clone())
+        .with_resource(location);
+    app.store
+        .complete_in(&mut tx, ctx.lease(), completion)
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok((id, headers, out))
 }
 
 /// A running variant.
@@ -253,7 +330,7 @@ pub(crate) async fn start(variant: Variant, workload: Workload) -> Result<Server
             .unwrap_or(0)
     );
     let pool = match variant {
-        Variant::Postgres => Some(pg_pool().await?),
+        Variant::Postgres | Variant::PostgresTx => Some(pg_pool().await?),
         _ => None,
     };
     let app = App {
@@ -268,6 +345,7 @@ pub(crate) async fn start(variant: Variant, workload: Workload) -> Result<Server
         next_id: Arc::new(AtomicU64::new(1)),
     };
     let effects = app.effects.clone();
+    let delay = app.delay;
     let router = Router::new()
         .route("/orders", post(create_order))
         .with_state(app);
@@ -300,6 +378,20 @@ pub(crate) async fn start(variant: Variant, workload: Workload) -> Result<Server
                 .map_err(|e| e.to_string())?;
             store.migrate().await.map_err(|e| e.to_string())?;
             router.layer(IdempotencyLayer::new(store).namespace("bench"))
+        }
+        Variant::PostgresTx => {
+            let store = PostgresStore::builder()
+                .build(pool.clone().expect("pool"))
+                .map_err(|e| e.to_string())?;
+            store.migrate().await.map_err(|e| e.to_string())?;
+            Router::new()
+                .route("/orders", post(create_order_tx))
+                .with_state(TxApp {
+                    store: store.clone(),
+                    run: run.clone(),
+                    delay,
+                })
+                .layer(IdempotencyLayer::new(store).namespace("bench"))
         }
         Variant::Peer(..) => unreachable!("peers run as child processes"),
     };
