@@ -132,8 +132,8 @@ fn validate_lines(value: Option<&Value>, errors: &mut Vec<(String, String)>) -> 
     lines
 }
 
-/// The total in cents (bounded inputs: at most 200 × 10^6 × 10^10, fits i128;
-/// checked against i64 for the column).
+/// The total in cents, summed in i128 and refused when it does not fit the
+/// bigint column (validated lines sum to at most 200 × 10^6 × 10^10 = 2 × 10^18, which fits).
 fn total_cents(lines: &[Line]) -> Result<i64, ApiError> {
     let total: i128 = lines
         .iter()
@@ -427,9 +427,12 @@ mod tests {
             unit_price_cents: p,
         };
         assert_eq!(total_cents(&[line(2, 4500), line(1, 100)]).unwrap(), 9100);
-        let huge: Vec<Line> = (0..200)
+        // The largest validated snapshot still fits a bigint column...
+        let largest: Vec<Line> = (0..MAX_LINES)
             .map(|_| line(MAX_QUANTITY, MAX_UNIT_PRICE_CENTS))
             .collect();
-        assert!(total_cents(&huge).is_err());
+        assert_eq!(total_cents(&largest).unwrap(), 2_000_000_000_000_000_000);
+        // ...and anything beyond it is refused, not wrapped.
+        assert!(total_cents(&[line(i64::MAX, 2)]).is_err());
     }
 }

@@ -482,6 +482,11 @@ async fn resolve(
         "detail": corrupted.detail,
         "workorderId": before_link.flatten(),
     });
+    // The failed attempts' fire-and-forget events go first, so the trail
+    // reads in causal order: attempts, then their resolution.
+    if let Err(e) = app.buffer.flush().await {
+        tracing::warn!(error = %e, "audit buffer could not be flushed before the resolution");
+    }
     promote::audit_resolution(
         &app.audit,
         &estimate_id,

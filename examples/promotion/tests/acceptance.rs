@@ -1,0 +1,565 @@
+//! The promotion story's acceptance criteria (AC1–AC4), its error flows and
+//! its audit trail, on a real PostgreSQL database, with the service in
+//! process. Each assertion reads the rows the service wrote as well as its
+//! HTTP answers. The crash scenarios and the two-process race are in
+//! `processes.rs`.
+
+mod common;
+
+use common::{ADMIN_TOKEN, App, app, config, promotions, summary, work_orders};
+use example_promotion::{Config, Fault};
+use http::{StatusCode, header};
+use idempotency_core::RecordState;
+use serde_json::json;
+
+const P: &str = "https://idempotency.rs/problems/";
+
+fn created(events: &[(String, String, bool, Option<String>)]) -> usize {
+    events.iter().filter(|e| e.1 == "CREATED").count()
+}
+
+/// AC1: a first promotion creates one work order and a COMPLETED record
+/// linking the snapshot to it, and answers its reference.
+#[tokio::test]
+async fn ac1_first_promotion_creates_the_work_order() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let e = app.finalized_estimate().await;
+    let r = app.promote(&e, 1).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert!(!r.is_replay());
+    let body = r.json();
+    let wo = r.workorder_id();
+    assert!(wo.starts_with("WO-"));
+    assert_eq!(body["status"], "COMPLETED");
+    assert_eq!(body["estimate_id"], e.as_str());
+    assert_eq!(body["snapshot_version"], 1);
+    assert_eq!(
+        r.headers[header::LOCATION],
+        format!("/work-orders/{wo}").as_str()
+    );
+
+    // Rows: one work order, one promotion row linking it, a COMPLETED record.
+    assert_eq!(work_orders(&app.pool, &e, 1).await, [wo.as_str()]);
+    let rows = promotions(&app.pool, &e, 1).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].1.as_deref(), Some(wo.as_str()));
+    assert_eq!(body["promotion_id"], rows[0].0.to_string().as_str());
+    let record = app.record(&e, 1).await.expect("record");
+    let RecordState::Completed(done) = &record.state else {
+        panic!("not completed: {:?}", record.state)
+    };
+    assert_eq!(
+        done.resource.as_deref(),
+        Some(format!("/work-orders/{wo}").as_str())
+    );
+    assert_eq!(record.attempts, 1);
+
+    // The work order is readable, with the snapshot's lines and total.
+    let w = app.get(&format!("/work-orders/{wo}")).await;
+    assert_eq!(w.status, StatusCode::OK);
+    let w = w.json();
+    assert_eq!(w["estimate_id"], e.as_str());
+    assert_eq!(w["total_cents"], 2 * 4500 + 12000);
+    assert_eq!(w["lines"].as_array().unwrap().len(), 2);
+
+    // The list shows the record's lifecycle.
+    let list = app
+        .get(&format!("/promotions?estimate_id={e}"))
+        .await
+        .json();
+    let item = &list["promotions"][0];
+    assert_eq!(item["status"], "COMPLETED");
+    assert_eq!(item["attempts"], 1);
+    assert_eq!(item["workorder_id"], wo.as_str());
+    assert!(item["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let events = summary(&app.audit(&e, 1).await);
+    assert_eq!(
+        events,
+        [(
+            "promotion.attempted".into(),
+            "CREATED".into(),
+            true,
+            Some(wo)
+        )]
+    );
+}
+
+/// AC2: a second promotion of the same snapshot creates nothing and answers
+/// the existing work order (200, replayed).
+#[tokio::test]
+async fn ac2_second_promotion_returns_the_existing_work_order() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let e = app.finalized_estimate().await;
+    let first = app.promote(&e, 1).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    for _ in 0..3 {
+        let again = app.promote(&e, 1).await;
+        assert_eq!(again.status, StatusCode::OK, "{again:?}");
+        assert!(again.is_replay());
+        assert_eq!(again.body, first.body, "the same promotion and work order");
+        assert_eq!(
+            again.headers[header::LOCATION],
+            first.headers[header::LOCATION]
+        );
+    }
+    assert_eq!(work_orders(&app.pool, &e, 1).await.len(), 1);
+    assert_eq!(promotions(&app.pool, &e, 1).await.len(), 1);
+    assert_eq!(app.record(&e, 1).await.unwrap().attempts, 1);
+
+    let events = summary(&app.audit(&e, 1).await);
+    let wo = Some(first.workorder_id());
+    assert_eq!(events.len(), 4, "one event per attempt: {events:?}");
+    assert_eq!(
+        events[0],
+        (
+            "promotion.attempted".into(),
+            "CREATED".into(),
+            true,
+            wo.clone()
+        )
+    );
+    for ev in &events[1..] {
+        assert_eq!(
+            ev,
+            &(
+                "promotion.attempted".into(),
+                "RETRIEVED".into(),
+                false,
+                wo.clone()
+            )
+        );
+    }
+}
+
+/// AC3 (FAILED variant; the PENDING variant, a crashed process, is in
+/// `processes.rs`): an attempt whose transaction failed leaves the record
+/// FAILED with no work order; the next promotion creates the work order and
+/// completes the same record.
+#[tokio::test]
+async fn ac3_failed_attempt_is_completed_by_the_next() {
+    let Some(app) = app(Config {
+        fault: Some(Fault::FailBeforeCommit),
+        ..config()
+    })
+    .await
+    else {
+        return;
+    };
+    let e = app.finalized_estimate().await;
+    let failed = app.promote(&e, 1).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE, "{failed:?}");
+    assert!(failed.problem_type().ends_with("/database-unavailable"));
+    assert!(
+        work_orders(&app.pool, &e, 1).await.is_empty(),
+        "nothing committed"
+    );
+    let rows = promotions(&app.pool, &e, 1).await;
+    assert_eq!(rows.len(), 1, "the promotion record exists");
+    assert_eq!(rows[0].1, None, "with no work order");
+    let record = app.record(&e, 1).await.unwrap();
+    assert!(
+        matches!(&record.state, RecordState::Failed(f) if f.retryable),
+        "{:?}",
+        record.state
+    );
+
+    let done = app.promote(&e, 1).await;
+    assert_eq!(done.status, StatusCode::CREATED, "{done:?}");
+    let wo = done.workorder_id();
+    assert_eq!(work_orders(&app.pool, &e, 1).await, [wo.as_str()]);
+    let rows_after = promotions(&app.pool, &e, 1).await;
+    assert_eq!(
+        rows_after,
+        [(rows[0].0, Some(wo.clone()))],
+        "the existing record, now linked"
+    );
+    assert_eq!(done.json()["promotion_id"], rows[0].0.to_string().as_str());
+    let record = app.record(&e, 1).await.unwrap();
+    assert!(matches!(record.state, RecordState::Completed(_)));
+    assert_eq!(record.attempts, 2);
+
+    let events = summary(&app.audit(&e, 1).await);
+    assert_eq!(
+        events,
+        [
+            ("promotion.attempted".into(), "FAILED".into(), true, None),
+            (
+                "promotion.attempted".into(),
+                "CREATED".into(),
+                false,
+                Some(wo)
+            ),
+        ]
+    );
+}
+
+/// AC4: a COMPLETED record whose work order no longer exists answers 500,
+/// becomes CORRUPTED, and blocks every promotion until an operator resolves
+/// it; the next promotion then creates the work order afresh.
+#[tokio::test]
+async fn ac4_missing_work_order_corrupts_the_record_until_resolved() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let e = app.finalized_estimate().await;
+    let first = app.promote(&e, 1).await;
+    let wo = first.workorder_id();
+    sqlx::query("DELETE FROM promotion.work_orders WHERE id = $1")
+        .bind(&wo)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    for _ in 0..2 {
+        let r = app.promote(&e, 1).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{r:?}");
+        assert_eq!(r.problem_type(), format!("{P}record-corrupted"));
+    }
+    let record = app.record(&e, 1).await.unwrap();
+    let RecordState::Corrupted(c) = &record.state else {
+        panic!("not corrupted: {:?}", record.state)
+    };
+    assert!(c.detail.contains(&wo), "{}", c.detail);
+    assert!(
+        work_orders(&app.pool, &e, 1).await.is_empty(),
+        "nothing was re-created"
+    );
+    let list = app
+        .get(&format!("/promotions?estimate_id={e}"))
+        .await
+        .json();
+    assert_eq!(list["promotions"][0]["status"], "CORRUPTED");
+    assert_eq!(list["promotions"][0]["workorder_id"], wo.as_str());
+
+    // Resolution needs the admin token.
+    let r = app.resolve(&e, 1, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+    assert_eq!(
+        app.resolve(&e, 1, Some("wrong")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(matches!(
+        app.record(&e, 1).await.unwrap().state,
+        RecordState::Corrupted(_)
+    ));
+
+    let r = app.resolve(&e, 1, Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json()["status"], "FAILED");
+    assert_eq!(
+        promotions(&app.pool, &e, 1).await[0].1,
+        None,
+        "the dangling link is gone"
+    );
+    // Resolving again: the record is no longer corrupted.
+    let again = app.resolve(&e, 1, Some(ADMIN_TOKEN)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.problem_type().ends_with("/promotion-not-corrupted"));
+
+    let redo = app.promote(&e, 1).await;
+    assert_eq!(redo.status, StatusCode::CREATED, "{redo:?}");
+    let wo2 = redo.workorder_id();
+    assert_ne!(wo2, wo);
+    assert_eq!(work_orders(&app.pool, &e, 1).await, [wo2.as_str()]);
+    assert_eq!(
+        promotions(&app.pool, &e, 1).await[0].1.as_deref(),
+        Some(wo2.as_str())
+    );
+
+    let events = app.audit(&e, 1).await;
+    let s = summary(&events);
+    let kinds: Vec<(&str, &str)> = s.iter().map(|e| (e.0.as_str(), e.1.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("promotion.attempted", "CREATED"),
+            ("promotion.attempted", "FAILED"),
+            ("promotion.attempted", "FAILED"),
+            ("promotion.resolved", ""),
+            ("promotion.attempted", "CREATED"),
+        ]
+    );
+    assert_eq!(
+        s[1].3.as_deref(),
+        Some(wo.as_str()),
+        "the corrupted link is audited"
+    );
+    assert_eq!(events[3]["actor"]["id"], "admin");
+    assert_eq!(events[3]["before"]["status"], "CORRUPTED");
+    assert_eq!(events[3]["before"]["workorderId"], wo.as_str());
+    assert_eq!(events[3]["reason"], "work order deleted by mistake");
+}
+
+#[tokio::test]
+async fn admin_endpoints_refuse_what_they_cannot_resolve() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let e = app.finalized_estimate().await;
+    let r = app.resolve(&e, 1, Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.problem_type().ends_with("/promotion-not-found"));
+    app.promote(&e, 1).await;
+    let r = app.resolve(&e, 1, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "a healthy record is not resolved"
+    );
+    assert!(matches!(
+        app.record(&e, 1).await.unwrap().state,
+        RecordState::Completed(_)
+    ));
+    let bad = app
+        .call(
+            http::Method::POST,
+            &format!("/admin/promotions/{e}/1/resolve"),
+            Some(r#"{"reason": 5}"#),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let Some(off) = common::app(Config::default()).await else {
+        return;
+    };
+    let r = off.resolve(&e, 1, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "no token configured: admin is off"
+    );
+    assert!(r.problem_type().ends_with("/admin-disabled"));
+}
+
+/// Unknown estimate or version → 404; a draft → 422. Neither is kept: once
+/// the snapshot exists and is finalized, the promotion runs.
+#[tokio::test]
+async fn invalid_promotions_are_refused_and_not_kept() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let r = app.promote("E-does-not-exist", 1).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.problem_type().ends_with("/promotion/estimate-not-found"));
+
+    let e = app.estimate().await;
+    for v in ["2", "0", "abc", "99999999999"] {
+        let r = app
+            .post(&format!("/estimates/{e}/snapshots/{v}/promote"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "version {v}: {r:?}");
+        assert!(r.problem_type().ends_with("/promotion/snapshot-not-found"));
+    }
+    let draft = app.promote(&e, 1).await;
+    assert_eq!(draft.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        draft
+            .problem_type()
+            .ends_with("/promotion/snapshot-not-finalized")
+    );
+    assert!(
+        app.record(&e, 1).await.is_none(),
+        "a refusal releases the key"
+    );
+    assert!(promotions(&app.pool, &e, 1).await.is_empty());
+    assert!(work_orders(&app.pool, &e, 1).await.is_empty());
+
+    // Finalize v1, revise to v2 (a draft), finalize v2: both promotable.
+    assert_eq!(
+        app.post(&format!("/estimates/{e}/finalize"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let rev = app
+        .post(
+            &format!("/estimates/{e}/revise"),
+            Some(&json!({"lines": [{"description": "tyres", "quantity": 4, "unit_price_cents": 9000}]}).to_string()),
+        )
+        .await;
+    assert_eq!(rev.status, StatusCode::CREATED, "{rev:?}");
+    assert_eq!(rev.json()["snapshot_version"], 2);
+    assert_eq!(
+        app.promote(&e, 2).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.post(&format!("/estimates/{e}/finalize"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let v1 = app.promote(&e, 1).await;
+    let v2 = app.promote(&e, 2).await;
+    assert_eq!(
+        (v1.status, v2.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_ne!(
+        v1.workorder_id(),
+        v2.workorder_id(),
+        "one work order per snapshot"
+    );
+    let w2 = app
+        .get(&format!("/work-orders/{}", v2.workorder_id()))
+        .await
+        .json();
+    assert_eq!(w2["total_cents"], 4 * 9000);
+
+    let events = summary(&app.audit(&e, 1).await);
+    assert_eq!(
+        events.len(),
+        2,
+        "the refused attempt and the creation: {events:?}"
+    );
+    assert_eq!(events[0].1, "FAILED");
+    assert_eq!(created(&events), 1);
+}
+
+#[tokio::test]
+async fn estimate_input_is_validated() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let r = app.post("/estimates", Some("{not json")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.problem_type().ends_with("/promotion/invalid-json"));
+    assert_eq!(
+        app.post("/estimates", Some("[1]")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.post("/estimates", None).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let r = app
+        .post(
+            "/estimates",
+            Some(r#"{"customer_id": "", "lines": [{"description": "x", "quantity": 0, "unit_price_cents": -5}]}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.problem_type().ends_with("/promotion/validation-failed"));
+    let pointers: Vec<String> = r.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        pointers,
+        [
+            "/customer_id",
+            "/lines/0/quantity",
+            "/lines/0/unit_price_cents"
+        ]
+    );
+    let r = app
+        .post("/estimates", Some(r#"{"customer_id": "C", "lines": []}"#))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let r = app.post("/estimates/E-nope/finalize", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.post("/estimates/E-nope/revise", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/estimates/E-nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/work-orders/WO-nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = app.get("/promotions").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.problem_type().ends_with("/promotion/missing-parameter"));
+    assert_eq!(
+        app.get("/promotions?estimate_id=E-nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = app.get("/no-such-route").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.problem_type().ends_with("/promotion/not-found"));
+
+    // Revising a draft supersedes it; only the current draft is finalized.
+    let e = app.estimate().await;
+    let rev = app.post(&format!("/estimates/{e}/revise"), None).await;
+    assert_eq!(rev.status, StatusCode::CREATED);
+    let est = app.get(&format!("/estimates/{e}")).await.json();
+    assert_eq!(est["current_version"], 2);
+    assert_eq!(est["snapshots"][0]["status"], "SUPERSEDED");
+    assert_eq!(est["snapshots"][1]["status"], "DRAFT");
+    assert_eq!(
+        est["snapshots"][1]["lines"], est["snapshots"][0]["lines"],
+        "the lines are carried over"
+    );
+    let r = app.promote(&e, 1).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a superseded draft is not promotable"
+    );
+    // Finalizing twice answers the same, and changes nothing.
+    let a = app.post(&format!("/estimates/{e}/finalize"), None).await;
+    let b = app.post(&format!("/estimates/{e}/finalize"), None).await;
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(a.body, b.body);
+}
+
+/// 50 concurrent promotions of one snapshot in one process: one work order,
+/// one record, one 201, 49 replays of it, and 50 audit events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_promotions_create_one_work_order() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let app = std::sync::Arc::new(app);
+    let e = app.finalized_estimate().await;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (app, e) = (app.clone(), e.clone());
+            tokio::spawn(async move { app.promote(&e, 1).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    check_race(&app, &e, &replies).await;
+}
+
+async fn check_race(app: &App, e: &str, replies: &[common::Reply]) {
+    let firsts: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(
+        firsts.len(),
+        1,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let wo = firsts[0].workorder_id();
+    for r in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        assert!(r.is_replay());
+        assert_eq!(r.workorder_id(), wo);
+    }
+    assert_eq!(work_orders(&app.pool, e, 1).await, [wo.as_str()]);
+    assert_eq!(promotions(&app.pool, e, 1).await.len(), 1);
+    let events = summary(&app.audit(e, 1).await);
+    assert_eq!(events.len(), replies.len(), "one audit event per attempt");
+    assert_eq!(created(&events), 1);
+    assert!(events.iter().all(|ev| ev.3.as_deref() == Some(wo.as_str())));
+}
