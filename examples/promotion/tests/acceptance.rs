@@ -294,6 +294,14 @@ async fn ac4_missing_work_order_corrupts_the_record_until_resolved() {
     assert_eq!(events[3]["before"]["status"], "CORRUPTED");
     assert_eq!(events[3]["before"]["workorderId"], wo.as_str());
     assert_eq!(events[3]["reason"], "work order deleted by mistake");
+
+    // The snapshot's chain is intact.
+    let report = idempotency_audit::postgres::PostgresSink::new(app.pool.clone())
+        .verify(&format!("promotion/{e}/1"))
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert_eq!(report.events, 5);
 }
 
 #[tokio::test]

@@ -247,10 +247,12 @@ pub async fn promotions(
     .collect()
 }
 
-/// The audit events of the snapshot's promotion, in chain order, as stored.
+/// The audit events of the snapshot's promotion, as stored, in the order
+/// they happened (`time`): a fire-and-forget event is chained when its buffer
+/// writes it, which may be after a later attempt's atomic event.
 pub async fn audit_events(pool: &PgPool, estimate_id: &str, version: u32) -> Vec<Value> {
     sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
-        "SELECT content::jsonb FROM audit.events WHERE stream = $1 ORDER BY seq",
+        "SELECT content::jsonb FROM audit.events WHERE stream = $1 ORDER BY content::jsonb->>'time', seq",
     )
     .bind(format!("promotion/{estimate_id}/{version}"))
     .fetch_all(pool)
