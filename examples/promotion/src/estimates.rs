@@ -99,26 +99,25 @@ fn validate_lines(value: Option<&Value>, errors: &mut Vec<(String, String)>) -> 
                 None
             }
         };
-        let quantity = match obj.get("quantity").and_then(Value::as_i64) {
-            Some(q) if (1..=MAX_QUANTITY).contains(&q) => Some(q),
-            _ => {
+        let mut int = |field: &str, range: std::ops::RangeInclusive<i64>| {
+            let v = obj
+                .get(field)
+                .and_then(Value::as_i64)
+                .filter(|v| range.contains(v));
+            if v.is_none() {
                 errors.push((
-                    at("/quantity"),
-                    format!("must be an integer from 1 to {MAX_QUANTITY}"),
+                    at(&format!("/{field}")),
+                    format!(
+                        "must be an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
                 ));
-                None
             }
+            v
         };
-        let unit_price_cents = match obj.get("unit_price_cents").and_then(Value::as_i64) {
-            Some(p) if (0..=MAX_UNIT_PRICE_CENTS).contains(&p) => Some(p),
-            _ => {
-                errors.push((
-                    at("/unit_price_cents"),
-                    format!("must be an integer from 0 to {MAX_UNIT_PRICE_CENTS}"),
-                ));
-                None
-            }
-        };
+        let quantity = int("quantity", 1..=MAX_QUANTITY);
+        let unit_price_cents = int("unit_price_cents", 0..=MAX_UNIT_PRICE_CENTS);
         if let (Some(description), Some(quantity), Some(unit_price_cents)) =
             (description, quantity, unit_price_cents)
         {

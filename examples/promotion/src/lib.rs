@@ -5,8 +5,8 @@
 //! The binary (`src/main.rs`) reads its settings from the environment and
 //! serves [`Service::router`]; tests build the same [`Service`] in process.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +27,7 @@ use idempotency_tower::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
 
 pub mod db;
 pub mod estimates;
@@ -58,11 +59,38 @@ pub enum Fault {
     FailBeforeCommit,
 }
 
+/// A promotion held just before its transaction starts, until released:
+/// lets a test act (take the record over, resolve it) while an attempt is
+/// in flight. See [`Service::hold_next_promotion`].
+#[derive(Debug, Clone, Default)]
+pub struct Hold {
+    reached: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl Hold {
+    /// Waits until the held promotion has reached the hold point.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the held promotion go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    pub(crate) async fn hold(&self) {
+        self.reached.notify_one();
+        self.release.notified().await;
+    }
+}
+
 /// The faults armed in one service.
 #[derive(Debug, Default)]
 pub struct Faults {
     crash: bool,
     fail_next: AtomicU32,
+    hold: Mutex<Option<Hold>>,
 }
 
 impl Faults {
@@ -74,6 +102,11 @@ impl Faults {
                 self.fail_next.fetch_add(times, Ordering::SeqCst);
             }
         }
+    }
+
+    /// The hold for this promotion, if one is armed (it is used up).
+    pub(crate) fn take_hold(&self) -> Option<Hold> {
+        self.hold.lock().map_or(None, |mut h| h.take())
     }
 
     /// The fault for this promotion, if any (a failure is used up).
@@ -259,6 +292,16 @@ impl Service {
     /// The storage key of the promotion of `snapshot_version` of `estimate_id`.
     pub fn promotion_key(&self, estimate_id: &str, snapshot_version: &str) -> StorageKey {
         promotion_key(&self.state, estimate_id, snapshot_version)
+    }
+
+    /// Holds the next promotion just before its transaction starts, until
+    /// the returned [`Hold`] is released (test support).
+    pub fn hold_next_promotion(&self) -> Hold {
+        let hold = Hold::default();
+        if let Ok(mut slot) = self.state.faults.hold.lock() {
+            *slot = Some(hold.clone());
+        }
+        hold
     }
 
     /// Waits until every queued audit event is written.

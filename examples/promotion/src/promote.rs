@@ -203,6 +203,9 @@ async fn run(
     .fetch_one(&app.pool)
     .await?;
 
+    if let Some(hold) = app.faults.take_hold() {
+        hold.hold().await;
+    }
     let mut tx = app.pool.begin().await?;
     let inserted: Option<String> = sqlx::query_scalar(
         "INSERT INTO promotion.work_orders (estimate_id, snapshot_version, customer_id, lines, total_cents) \

@@ -9,7 +9,7 @@ mod common;
 use common::{ADMIN_TOKEN, App, app, config, promotions, summary, work_orders};
 use example_promotion::{Config, Fault};
 use http::{StatusCode, header};
-use idempotency_core::RecordState;
+use idempotency_core::{Failure, IdempotencyStore, RecordState, Resolution};
 use serde_json::json;
 
 const P: &str = "https://idempotency.rs/problems/";
@@ -570,4 +570,178 @@ async fn check_race(app: &App, e: &str, replies: &[common::Reply]) {
     assert_eq!(events.len(), replies.len(), "one audit event per attempt");
     assert_eq!(created(&events), 1);
     assert!(events.iter().all(|ev| ev.3.as_deref() == Some(wo.as_str())));
+}
+
+/// An attempt that lost its record while it ran (an operator failed the
+/// stuck record, and a retry took it over) never commits: its transaction
+/// rolls back at the record's completion, and the snapshot keeps the one
+/// work order of the attempt that owns the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_superseded_attempt_never_commits() {
+    let Some(app) = app(Config {
+        lease: std::time::Duration::from_millis(600),
+        ..config()
+    })
+    .await
+    else {
+        return;
+    };
+    let app = std::sync::Arc::new(app);
+    let e = app.finalized_estimate().await;
+    let hold = app.service.hold_next_promotion();
+    let stale = {
+        let (app, e) = (app.clone(), e.clone());
+        tokio::spawn(async move { app.promote(&e, 1).await })
+    };
+    hold.reached().await;
+    let key = app.service.promotion_key(&e, "1");
+    app.service
+        .store()
+        .resolve(
+            &key,
+            Resolution::Fail(Failure::retryable("stuck: taken over")),
+        )
+        .await
+        .unwrap();
+    let owner = app.promote(&e, 1).await;
+    assert_eq!(owner.status, StatusCode::CREATED, "{owner:?}");
+    let wo = owner.workorder_id();
+    hold.release();
+    let stale = stale.await.unwrap();
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{stale:?}");
+    assert!(
+        stale
+            .problem_type()
+            .ends_with("/promotion/promotion-superseded")
+    );
+
+    assert_eq!(work_orders(&app.pool, &e, 1).await, [wo.as_str()]);
+    assert_eq!(
+        promotions(&app.pool, &e, 1).await[0].1.as_deref(),
+        Some(wo.as_str())
+    );
+    let record = app.record(&e, 1).await.unwrap();
+    assert!(matches!(record.state, RecordState::Completed(_)));
+    assert_eq!((record.attempts, record.fence), (2, 2));
+    let again = app.promote(&e, 1).await;
+    assert_eq!(
+        (again.status, again.workorder_id()),
+        (StatusCode::OK, wo.clone())
+    );
+
+    let events = summary(&app.audit(&e, 1).await);
+    let outcomes: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "CREATED").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "FAILED").count(),
+        1,
+        "the stale attempt"
+    );
+    assert_eq!(events.len(), 3);
+}
+
+/// A record cleared by an operator while its work order still exists (its
+/// stored outcome was unreadable) links the existing work order again on the
+/// next promotion instead of creating a second one.
+#[tokio::test]
+async fn a_cleared_record_links_the_existing_work_order_again() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let e = app.finalized_estimate().await;
+    let wo = app.promote(&e, 1).await.workorder_id();
+    let key = app.service.promotion_key(&e, "1");
+    app.service
+        .store()
+        .mark_corrupted(&key, "stored outcome unreadable")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.promote(&e, 1).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        app.resolve(&e, 1, Some(ADMIN_TOKEN)).await.status,
+        StatusCode::OK
+    );
+
+    let r = app.promote(&e, 1).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the existing work order, not a new one: {r:?}"
+    );
+    assert!(!r.is_replay(), "executed, not replayed");
+    assert_eq!(r.workorder_id(), wo);
+    assert_eq!(work_orders(&app.pool, &e, 1).await, [wo.as_str()]);
+    assert_eq!(
+        promotions(&app.pool, &e, 1).await[0].1.as_deref(),
+        Some(wo.as_str())
+    );
+    assert!(matches!(
+        app.record(&e, 1).await.unwrap().state,
+        RecordState::Completed(_)
+    ));
+    let again = app.promote(&e, 1).await;
+    assert_eq!((again.status, again.is_replay()), (StatusCode::OK, true));
+    assert_eq!(again.body, r.body);
+
+    let events = summary(&app.audit(&e, 1).await);
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.0.as_str(), e.1.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("promotion.attempted", "CREATED"),
+            ("promotion.attempted", "FAILED"),
+            ("promotion.resolved", ""),
+            ("promotion.attempted", "RETRIEVED"),
+            ("promotion.attempted", "RETRIEVED"),
+        ]
+    );
+}
+
+/// The database goes away: every answer is a 503 with `Retry-After`, and
+/// nothing is promoted.
+#[tokio::test]
+async fn a_database_outage_answers_503() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let e = app.finalized_estimate().await;
+    app.pool.close().await;
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let r = app.promote(&e, 1).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert_eq!(r.problem_type(), format!("{P}store-unavailable"));
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    let body = json!({"customer_id": "C", "lines": common::lines()}).to_string();
+    let r = app.post("/estimates", Some(&body)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.problem_type()
+            .ends_with("/promotion/database-unavailable")
+    );
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(
+        app.get("/work-orders/WO-1").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        app.get("/healthz").await.status,
+        StatusCode::OK,
+        "alive, not ready"
+    );
+
+    let Some(pool) = common::pool().await else {
+        return;
+    };
+    assert!(work_orders(&pool, &e, 1).await.is_empty());
 }
