@@ -19,7 +19,7 @@
 //! | `subject` | `<METHOD> <route template>`, e.g. `POST /promotions/{id}` |
 //! | `outcome` | the decision, as an [`Outcome`] |
 //! | `key_hash`, `correlation_id` | from the decision (never the raw key) |
-//! | `attributes` | `method`, `route`, and when known `status`, `fence`, `attempt`; always `elapsed_ms` |
+//! | `attributes` | `method`, `route`, and when known `status`, `fence`, `attempt`, `resource` (what the record points at: named by a handler that completed it, or the replayed record's); always `elapsed_ms` |
 //!
 //! ```
 //! use idempotency_audit::{BufferedSink, MemorySink};
@@ -89,6 +89,9 @@ pub fn decision_event(decision: &Decision) -> AuditEvent {
     if let Some(attempt) = decision.attempt {
         b = b.attribute("attempt", attempt);
     }
+    if let Some(resource) = &decision.resource {
+        b = b.attribute("resource", resource.clone());
+    }
     b.build()
 }
 
@@ -139,7 +142,8 @@ mod tests {
         )
         .with_key_hash("ab".repeat(32))
         .with_execution(3, 2)
-        .with_status(StatusCode::CREATED);
+        .with_status(StatusCode::CREATED)
+        .with_resource("/promotions/7");
         d.elapsed = Duration::from_millis(12);
         let e = decision_event(&d);
         assert_eq!(e.event_type, "idempotency.reclaimed");
@@ -153,6 +157,7 @@ mod tests {
         assert_eq!(e.attributes["attempt"], 2);
         assert_eq!(e.attributes["elapsed_ms"], 12);
         assert_eq!(e.attributes["method"], "POST");
+        assert_eq!(e.attributes["resource"], "/promotions/7");
 
         let bare = decision_event(&Decision::new(
             DecisionOutcome::PassedThrough,
@@ -164,6 +169,7 @@ mod tests {
         assert_eq!(bare.outcome, Some(Outcome::Other("passed_through".into())));
         assert!(bare.key_hash.is_none());
         assert!(!bare.attributes.contains_key("status") && !bare.attributes.contains_key("fence"));
+        assert!(!bare.attributes.contains_key("resource"));
     }
 
     #[test]
