@@ -749,6 +749,13 @@ where
 /// Drives `fut`, renewing `lease` every heartbeat until the handler marks
 /// the record completed. Returns its output, the latest lease, and whether
 /// the lease was lost meanwhile.
+///
+/// A renewal runs *alongside* the handler, never instead of it: a handler
+/// that completes the record in its own transaction holds the record's row
+/// lock until it commits, so a renewal sent in that window waits for the
+/// handler, and the handler must keep being polled to commit. A renewal
+/// still in flight when the handler finishes is awaited (the handler's
+/// transaction is over, so it ends promptly) rather than cut mid-statement.
 async fn with_heartbeat<St, F>(
     store: &St,
     config: &Config,
@@ -765,19 +772,49 @@ where
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fenced = false;
     let mut fut = std::pin::pin!(fut);
+    let mut renewal: Option<RenewFuture<'_>> = None;
     loop {
         tokio::select! {
             biased;
-            out = &mut fut => return (out, lease, fenced),
-            _ = ticker.tick(), if !fenced && !context.is_completed() => match timed("renew", config.store_timeout, store.renew(&lease)).await {
-                Ok(renewed) => lease = renewed,
-                Err(StoreError::LeaseLost) => {
-                    tracing::warn!(fence = lease.fence, "lease lost while the handler runs");
-                    fenced = true;
+            out = &mut fut => {
+                if let Some(pending) = renewal.take() {
+                    settle_renewal(pending.await, &mut lease, &mut fenced, context);
                 }
-                Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
-            },
+                return (out, lease, fenced);
+            }
+            renewed = async { renewal.as_mut().expect("polled only while renewing").await }, if renewal.is_some() => {
+                renewal = None;
+                settle_renewal(renewed, &mut lease, &mut fenced, context);
+            }
+            _ = ticker.tick(), if renewal.is_none() && !fenced && !context.is_completed() => {
+                let current = lease.clone();
+                let timeout = config.store_timeout;
+                renewal = Some(Box::pin(async move {
+                    timed("renew", timeout, store.renew(&current)).await
+                }));
+            }
         }
+    }
+}
+
+type RenewFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Lease, StoreError>> + Send + 'a>>;
+
+fn settle_renewal(
+    renewed: Result<Lease, StoreError>,
+    lease: &mut Lease,
+    fenced: &mut bool,
+    context: &IdempotencyContext,
+) {
+    match renewed {
+        Ok(l) => *lease = l,
+        // The handler completed the record itself: nothing is left to renew.
+        Err(StoreError::LeaseLost) if context.is_completed() => {}
+        Err(StoreError::LeaseLost) => {
+            tracing::warn!(fence = lease.fence, "lease lost while the handler runs");
+            *fenced = true;
+        }
+        Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
     }
 }
 

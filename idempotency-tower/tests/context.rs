@@ -282,3 +282,115 @@ async fn records_without_resource_are_not_checked() {
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(asked.load(Ordering::SeqCst), 0);
 }
+
+/// A store whose renewal waits for the handler's "commit", as PostgreSQL's
+/// does when the handler's transaction holds the record's row lock.
+#[derive(Clone)]
+struct RowLocked {
+    inner: MemoryStore,
+    renewing: Arc<tokio::sync::Notify>,
+    committed: Arc<tokio::sync::Notify>,
+}
+
+impl IdempotencyStore for RowLocked {
+    async fn claim(
+        &self,
+        req: &idempotency_core::ClaimRequest,
+    ) -> Result<idempotency_core::Claim, idempotency_core::StoreError> {
+        self.inner.claim(req).await
+    }
+    async fn complete(
+        &self,
+        lease: &idempotency_core::Lease,
+        completion: idempotency_core::Completion,
+    ) -> Result<(), idempotency_core::StoreError> {
+        self.inner.complete(lease, completion).await
+    }
+    async fn fail(
+        &self,
+        lease: &idempotency_core::Lease,
+        failure: idempotency_core::Failure,
+    ) -> Result<(), idempotency_core::StoreError> {
+        self.inner.fail(lease, failure).await
+    }
+    async fn release(
+        &self,
+        lease: &idempotency_core::Lease,
+    ) -> Result<(), idempotency_core::StoreError> {
+        self.inner.release(lease).await
+    }
+    async fn renew(
+        &self,
+        lease: &idempotency_core::Lease,
+    ) -> Result<idempotency_core::Lease, idempotency_core::StoreError> {
+        self.renewing.notify_one();
+        self.committed.notified().await;
+        self.inner.renew(lease).await
+    }
+    async fn get(
+        &self,
+        key: &idempotency_core::StorageKey,
+    ) -> Result<Option<idempotency_core::Record>, idempotency_core::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn mark_corrupted(
+        &self,
+        key: &idempotency_core::StorageKey,
+        detail: &str,
+    ) -> Result<(), idempotency_core::StoreError> {
+        self.inner.mark_corrupted(key, detail).await
+    }
+    async fn resolve(
+        &self,
+        key: &idempotency_core::StorageKey,
+        resolution: idempotency_core::Resolution,
+    ) -> Result<idempotency_core::Record, idempotency_core::StoreError> {
+        self.inner.resolve(key, resolution).await
+    }
+}
+
+/// A renewal that waits for the handler (its transaction holds the row
+/// lock) must not stop the handler from being polled: the handler commits,
+/// the renewal then finds the record completed, and the request finishes at
+/// once, not after the store timeout.
+#[tokio::test]
+async fn a_renewal_blocked_by_the_handler_does_not_stall_it() {
+    let store = RowLocked {
+        inner: MemoryStore::new(),
+        renewing: Arc::default(),
+        committed: Arc::default(),
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let handler_store = store.clone();
+    let handler = move |Extension(ctx): Extension<IdempotencyContext>| {
+        let store = handler_store.clone();
+        async move {
+            // "complete_in" inside the transaction, then wait until a
+            // heartbeat's renewal is queued behind the row lock ...
+            let completion = ctx.completion(StatusCode::OK, &HeaderMap::new(), "done");
+            store.inner.complete(ctx.lease(), completion).await.unwrap();
+            store.renewing.notified().await;
+            // ... and "commit", which releases it.
+            store.committed.notify_one();
+            ctx.mark_completed(None);
+            (StatusCode::CREATED, "done")
+        }
+    };
+    let router = Router::new().route(ROUTE, post(handler)).layer(
+        IdempotencyLayer::new(store.clone())
+            .key_source(PathParams::new(["id"]))
+            .lease(Duration::from_millis(30))
+            .store_timeout(Duration::from_secs(60))
+            .decision_hook(move |d: &Decision| sink.lock().unwrap().push(d.outcome)),
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(5), send(&router, "locked"))
+        .await
+        .expect("the handler was kept polled while its renewal waited");
+    assert_eq!(answered.0, StatusCode::CREATED);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [DecisionOutcome::Executed],
+        "not fenced"
+    );
+}
