@@ -81,12 +81,12 @@ impl Fingerprint {
         seg(&mut h, route.as_bytes());
         match mode {
             FingerprintMode::None => seg(&mut h, b"none"),
-            FingerprintMode::Body => match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(v) => {
+            FingerprintMode::Body => match canonical_json_of_bytes(body) {
+                Some(canonical) => {
                     seg(&mut h, b"json");
-                    seg(&mut h, &canonical_json(&v));
+                    seg(&mut h, &canonical);
                 }
-                Err(_) => {
+                None => {
                     seg(&mut h, b"raw");
                     seg(&mut h, body);
                 }
@@ -204,6 +204,188 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
     }
 }
 
+/// The canonical JSON text of a JSON document, or `None` when `body` is not
+/// JSON. The same bytes as [`canonical_json`] of the parsed
+/// `serde_json::Value`, written while parsing, without building the tree.
+fn canonical_json_of_bytes(body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut fallback = false;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = serde::de::DeserializeSeed::deserialize(
+        Canonical {
+            out: &mut out,
+            fallback: &mut fallback,
+        },
+        &mut de,
+    )
+    .and_then(|()| de.end());
+    match parsed {
+        Ok(()) => Some(out),
+        // An object whose first key is one of serde_json's private tokens
+        // (raw values, arbitrary-precision numbers): `Value` gives it a
+        // meaning of its own, so take the `Value` path for exactly its result.
+        Err(_) if fallback => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .map(|v| canonical_json(&v)),
+        Err(_) => None,
+    }
+}
+
+/// Writes the canonical text of one JSON value to `out` as it is parsed.
+struct Canonical<'a> {
+    out: &'a mut Vec<u8>,
+    fallback: &'a mut bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Canonical<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Writes `v` with serde_json's serializer (numbers, escaped strings).
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, v);
+}
+
+// Each visit mirrors what `serde_json::Value`'s visitor keeps of a token, so
+// the text is the serialisation of the `Value` that would have been built.
+impl<'de> serde::de::Visitor<'de> for Canonical<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        write_json(self.out, &v);
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        write_json(self.out, &v);
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        // `Value` keeps a non-finite float as `null`; so does the serializer.
+        write_json(self.out, &v);
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        write_json(self.out, v);
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.out.push(b'[');
+        let mut first = true;
+        loop {
+            let mark = self.out.len();
+            if !first {
+                self.out.push(b',');
+            }
+            let element = Canonical {
+                out: &mut *self.out,
+                fallback: &mut *self.fallback,
+            };
+            if seq.next_element_seed(element)?.is_none() {
+                self.out.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        self.out.push(b']');
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // The values are written after `start` in arrival order, then the
+        // object is rebuilt with its keys sorted.
+        let start = self.out.len();
+        let mut entries: Vec<(std::borrow::Cow<'de, str>, usize, usize)> = Vec::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if entries.is_empty() && key.starts_with("$serde_json::private::") {
+                *self.fallback = true;
+                return Err(serde::de::Error::custom("serde_json private token"));
+            }
+            let from = self.out.len();
+            map.next_value_seed(Canonical {
+                out: &mut *self.out,
+                fallback: &mut *self.fallback,
+            })?;
+            entries.push((key, from, self.out.len()));
+        }
+        // Stable: of repeated keys, the last one is kept, as `Value` does.
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut object = Vec::with_capacity(self.out.len() - start + entries.len() * 8 + 2);
+        object.push(b'{');
+        let mut written = 0;
+        for (i, (key, from, to)) in entries.iter().enumerate() {
+            if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
+                continue;
+            }
+            if written > 0 {
+                object.push(b',');
+            }
+            write_json(&mut object, key.as_ref());
+            object.push(b':');
+            object.extend_from_slice(&self.out[*from..*to]);
+            written += 1;
+        }
+        object.push(b'}');
+        self.out.truncate(start);
+        self.out.extend_from_slice(&object);
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +466,153 @@ mod tests {
             String::from_utf8(canonical_json(&v)).unwrap(),
             r#"{"A":[true,false,1.5],"e":"a\"b","é":1}"#
         );
+    }
+
+    /// What the fingerprint hashed before the streaming canonicaliser.
+    fn via_value(body: &[u8]) -> Option<Vec<u8>> {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .map(|v| canonical_json(&v))
+    }
+
+    #[test]
+    fn streaming_canonical_form_equals_the_value_form() {
+        for body in [
+            br#"{"sku":"SKU-1","quantity":1,"note":"bench"}"#.as_slice(),
+            br#"{"b":1,"a":2,"b":3}"#,
+            br#"{"a":{"z":[],"y":{}},"a":null}"#,
+            br#"[1,-1,0,-0,1.0,1e5,1E-7,-0.0,18446744073709551615,18446744073709551616,-9223372036854775808,-9223372036854775809]"#,
+            br#"{"\u0041":"\u00e9\ud83d\ude00\n\t\"\\\/","A":1}"#,
+            "{\"é\":1,\"e\":2,\"\u{10ffff}\":3}".as_bytes(),
+            br#" { } "#,
+            b"[[[[[]]]]]",
+            br#"{"$serde_json::private::RawValue":"[1,2]"}"#,
+            br#"{"$serde_json::private::Number":"1.50"}"#,
+            br#"{"a":1,"$serde_json::private::RawValue":"x"}"#,
+            br#""just a string""#,
+            b"true",
+            b"null",
+            b"1e400",
+            b"{\"a\":1,}",
+            b"[1,]",
+            b"{\"a\" 1}",
+            b"\"\xff\"",
+            b"{} {}",
+            b"",
+            b"   ",
+            b"\x00\xff",
+        ] {
+            assert_eq!(
+                canonical_json_of_bytes(body),
+                via_value(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(canonical_json_of_bytes(deep.as_bytes()), None);
+        assert_eq!(via_value(deep.as_bytes()), None);
+    }
+
+    /// A JSON document written by hand: any key order, repeated keys, spacing.
+    #[derive(Debug, Clone)]
+    enum Doc {
+        Null,
+        Bool(bool),
+        Int(i64),
+        UInt(u64),
+        Float(f64),
+        Str(String),
+        Arr(Vec<Doc>),
+        Obj(Vec<(String, Doc)>),
+    }
+
+    impl Doc {
+        fn write(&self, out: &mut String, space: &str) {
+            match self {
+                Doc::Null => out.push_str("null"),
+                Doc::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                Doc::Int(n) => out.push_str(&n.to_string()),
+                Doc::UInt(n) => out.push_str(&n.to_string()),
+                Doc::Float(f) => out.push_str(&format!("{f:e}")),
+                Doc::Str(s) => out.push_str(&serde_json::to_string(s).unwrap()),
+                Doc::Arr(items) => {
+                    out.push('[');
+                    for (i, d) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(space);
+                        d.write(out, space);
+                    }
+                    out.push(']');
+                }
+                Doc::Obj(entries) => {
+                    out.push('{');
+                    for (i, (k, d)) in entries.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(space);
+                        out.push_str(&serde_json::to_string(k).unwrap());
+                        out.push_str(space);
+                        out.push(':');
+                        d.write(out, space);
+                    }
+                    out.push_str(space);
+                    out.push('}');
+                }
+            }
+        }
+    }
+
+    fn doc() -> impl proptest::strategy::Strategy<Value = Doc> {
+        use proptest::prelude::*;
+        let key = prop_oneof!["[a-c]", "[a-zA-Z0-9_é😀]{0,6}", any::<String>()];
+        let leaf = prop_oneof![
+            Just(Doc::Null),
+            any::<bool>().prop_map(Doc::Bool),
+            any::<i64>().prop_map(Doc::Int),
+            any::<u64>().prop_map(Doc::UInt),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Doc::Float),
+            any::<String>().prop_map(Doc::Str),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Doc::Arr),
+                proptest::collection::vec((key.clone(), inner), 0..6).prop_map(Doc::Obj),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn streaming_canonical_form_equals_the_value_form_on_any_document(
+            d in doc(),
+            space in proptest::prop_oneof![
+                proptest::strategy::Just(""),
+                proptest::strategy::Just(" "),
+                proptest::strategy::Just("\n  "),
+            ],
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in proptest::prelude::any::<(proptest::sample::Index, u8)>(),
+        ) {
+            let mut text = String::new();
+            d.write(&mut text, space);
+            let bytes = text.into_bytes();
+            proptest::prop_assert_eq!(canonical_json_of_bytes(&bytes), via_value(&bytes));
+            // Damaged documents: both refuse, or both read the same value.
+            let cut = &bytes[..cut.index(bytes.len() + 1)];
+            proptest::prop_assert_eq!(canonical_json_of_bytes(cut), via_value(cut));
+            let mut flipped = bytes.clone();
+            if !flipped.is_empty() {
+                let i = flip.0.index(flipped.len());
+                flipped[i] = flip.1;
+            }
+            proptest::prop_assert_eq!(canonical_json_of_bytes(&flipped), via_value(&flipped));
+        }
     }
 
     #[test]
