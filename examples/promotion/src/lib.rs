@@ -275,7 +275,8 @@ impl Service {
                     extra: None,
                 }
             })
-            .with_state(state.clone());
+            .with_state(state.clone())
+            .layer(axum::middleware::from_fn(request_id));
         Ok(Self { state, router })
     }
 
@@ -332,6 +333,29 @@ fn promotion_key(state: &AppState, estimate_id: &str, version: &str) -> StorageK
     state
         .keys
         .storage_key(&http::Method::POST, PROMOTE_ROUTE, "", &material)
+}
+
+/// Gives every request an `x-request-id` (the client's, or a new UUIDv7)
+/// and echoes it on the response: the correlation id of logs and audit events.
+async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = match req
+        .headers()
+        .get(idempotency_tower::X_REQUEST_ID)
+        .filter(|v| !v.is_empty())
+    {
+        Some(v) => v.clone(),
+        None => {
+            let v = http::HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+            req.headers_mut()
+                .insert(idempotency_tower::X_REQUEST_ID, v.clone());
+            v
+        }
+    };
+    let mut res = next.run(req).await;
+    res.headers_mut()
+        .insert(idempotency_tower::X_REQUEST_ID, id);
+    res
 }
 
 /// `GET /work-orders/{id}`.

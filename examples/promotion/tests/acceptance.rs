@@ -745,3 +745,54 @@ async fn a_database_outage_answers_503() {
     };
     assert!(work_orders(&pool, &e, 1).await.is_empty());
 }
+
+/// Every answer carries the request's `x-request-id` (generated when
+/// absent), and the promotion's audit event has it as its correlation id.
+#[tokio::test]
+async fn request_ids_are_propagated_to_answers_and_audit() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let r = app
+        .call(
+            http::Method::GET,
+            "/estimates/E-nope",
+            None,
+            &[("x-request-id", "req-123")],
+        )
+        .await;
+    assert_eq!(r.headers["x-request-id"], "req-123");
+    let r = app.get("/healthz").await;
+    let generated = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+
+    let e = app.finalized_estimate().await;
+    let path = format!("/estimates/{e}/snapshots/1/promote");
+    let first = app
+        .call(
+            http::Method::POST,
+            &path,
+            None,
+            &[("x-request-id", "req-first")],
+        )
+        .await;
+    assert_eq!(first.headers["x-request-id"], "req-first");
+    let again = app
+        .call(
+            http::Method::POST,
+            &path,
+            None,
+            &[("x-request-id", "req-again")],
+        )
+        .await;
+    assert_eq!(
+        again.headers["x-request-id"], "req-again",
+        "a replay has its own request id"
+    );
+    let events = app.audit(&e, 1).await;
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["correlation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["req-first", "req-again"]);
+}
