@@ -190,6 +190,13 @@ impl MemoryStore {
             })
         };
 
+        // A replay, the common case, copies only the stored outcome.
+        if let Some(rec) = shard.live(&req.key, now)
+            && rec.fingerprint == req.fingerprint
+            && let RecordState::Completed(c) = &rec.state
+        {
+            return Claim::Completed(c.clone());
+        }
         let existing = shard.live(&req.key, now).cloned();
         let Some(mut rec) = existing else {
             let lease = new_lease(1, 1);
