@@ -128,7 +128,8 @@ struct Ctx {
     correlation_id: HeaderValue,
     span: Span,
     resource: Option<String>,
-    key_hash: Option<String>,
+    /// The record's storage key; its hex form is made only when something reads it.
+    key: Option<StorageKey>,
     fence: Option<u64>,
     attempt: Option<u32>,
 }
@@ -146,7 +147,7 @@ impl Ctx {
         };
         let decision = Decision {
             outcome,
-            key_hash: self.key_hash.clone(),
+            key_hash: self.key.map(|k| k.to_hex()),
             fence: self.fence,
             attempt: self.attempt,
             method: self.method.clone(),
@@ -186,8 +187,9 @@ fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(X_REQUEST_ID).filter(|v| !v.is_empty()) {
         return v.clone();
     }
-    let id = uuid::Uuid::now_v7().to_string();
-    let v = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    let v = HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     headers.insert(X_REQUEST_ID, v.clone());
     v
 }
@@ -232,7 +234,7 @@ where
         correlation_id,
         span: span.clone(),
         resource: None,
-        key_hash: None,
+        key: None,
         fence: None,
         attempt: None,
     };
@@ -345,9 +347,11 @@ where
         .and_then(|s| s.scope(&parts))
         .unwrap_or_default();
     let key = config.storage_key(&parts.method, &ctx.route, &scope, &material);
-    let key_hex = key.to_hex();
-    ctx.span.record("idempotency.key_hash", key_hex.as_str());
-    ctx.key_hash = Some(key_hex);
+    if !ctx.span.is_disabled() {
+        ctx.span
+            .record("idempotency.key_hash", key.to_hex().as_str());
+    }
+    ctx.key = Some(key);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let fingerprint =
         match Fingerprint::compute(parts.method.as_str(), target, &body, &config.fingerprint) {
@@ -556,7 +560,8 @@ fn replay_stored<B: Body>(
     for (name, value) in &stored.headers {
         let name =
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| "stored header name is invalid")?;
-        let value = HeaderValue::from_bytes(value).map_err(|_| "stored header value is invalid")?;
+        let value = HeaderValue::from_maybe_shared(value.clone())
+            .map_err(|_| "stored header value is invalid")?;
         if config.replays(&name) {
             res.headers_mut().append(name, value);
         }
