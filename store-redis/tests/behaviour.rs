@@ -395,3 +395,80 @@ async fn waiting_is_bounded_by_the_lease() {
         Claim::InFlight { .. } | Claim::Acquired { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_completed_record_is_read_whole_on_every_claim() {
+    // A replay is answered by the claim script's fast path; everything it
+    // does not cover must end as the general path decides.
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let mut raw = raw().await;
+    let completed = async |store: &RedisStore| {
+        let k = key();
+        let lease = acquire(store, &req(k)).await;
+        store.complete(&lease, value("done")).await.unwrap();
+        (k, store.record_key(&k))
+    };
+
+    // Well-formed: replayed (fence and completion time as stored), and a
+    // different request with the key is a mismatch.
+    let (k, _) = completed(&store).await;
+    match store.claim(&req(k)).await.unwrap() {
+        Claim::Completed(c) => {
+            assert!(matches!(&c.outcome, Outcome::Value(v) if v.as_ref() == b"done"));
+            assert_eq!(c.resource, None);
+        }
+        other => panic!("expected Completed, got {other:?}"),
+    }
+    let other = ClaimRequest {
+        fingerprint: Fingerprint::of_bytes("behaviour", b"2"),
+        ..req(k)
+    };
+    assert!(matches!(
+        store.claim(&other).await.unwrap(),
+        Claim::Mismatch
+    ));
+
+    // Each field a completed record needs, missing or unreadable in turn.
+    for (field, bad) in [
+        ("w", None),
+        ("o", None),
+        ("e", Some("soon")),
+        ("a", Some("-1")),
+        ("c", None),
+        ("n", Some("1.5")),
+        ("f", Some("short")),
+    ] {
+        let (k, rk) = completed(&store).await;
+        match bad {
+            Some(v) => raw.hset::<_, _, _, ()>(&rk, field, v).await.unwrap(),
+            None => raw.hdel::<_, _, ()>(&rk, field).await.unwrap(),
+        }
+        match store.claim(&req(k)).await.unwrap() {
+            Claim::Corrupted { detail } => {
+                let expected = if matches!(field, "w" | "o") {
+                    "completed record is malformed"
+                } else {
+                    "record header is malformed"
+                };
+                assert_eq!(detail, expected, "{field}");
+            }
+            other => panic!("{field}: expected Corrupted, got {other:?}"),
+        }
+        assert_eq!(raw.hget::<_, _, String>(&rk, "s").await.unwrap(), "X");
+    }
+
+    // Expired by its stored timestamp while Redis still holds it: a new
+    // execution, not a replay.
+    let (k, rk) = completed(&store).await;
+    let () = raw.hset(&rk, "e", "1").await.unwrap();
+    assert!(raw.pttl::<_, i64>(&rk).await.unwrap() > 0);
+    assert!(matches!(
+        store.claim(&req(k)).await.unwrap(),
+        Claim::Acquired {
+            kind: ClaimKind::New,
+            ..
+        }
+    ));
+}
