@@ -3,7 +3,8 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value};
 
 const COMMON: &str = include_str!("../lua/common.lua");
 
@@ -33,4 +34,39 @@ scripts! {
     GET => "get.lua",
     MARK_CORRUPTED => "mark_corrupted.lua",
     RESOLVE => "resolve.lua",
+}
+
+/// One `EVALSHA` of a script on its one key, its arguments written straight
+/// into the command buffer. What `Script::prepare_invoke` sends, without a
+/// buffer per argument.
+pub(crate) struct Eval {
+    script: &'static Script,
+    cmd: Cmd,
+}
+
+impl Eval {
+    /// `EVALSHA <sha> 1 <key>`; the arguments follow with [`Eval::arg`].
+    pub(crate) fn new(script: &'static Script, key: impl ToRedisArgs) -> Self {
+        let mut cmd = Cmd::with_capacity(12, 256);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(1).arg(key);
+        Self { script, cmd }
+    }
+
+    /// Appends the next `ARGV` value.
+    pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Runs the script, loading it first if the server does not know it
+    /// (`NOSCRIPT`), as `ScriptInvocation::invoke_async` does.
+    pub(crate) async fn invoke(&self, con: &mut impl ConnectionLike) -> RedisResult<Value> {
+        match self.cmd.query_async::<Value>(con).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(con).await?;
+                self.cmd.query_async(con).await
+            }
+            other => other,
+        }
+    }
 }

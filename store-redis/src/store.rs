@@ -10,14 +10,14 @@ use idempotency_core::{
     Timestamp,
 };
 use idempotency_core::{Completion, Failure};
-use redis::{ScriptInvocation, Value};
+use redis::{RedisWrite, ToRedisArgs, Value};
 
 use crate::codec::{self, array, bytes, int, tag, text, uint};
 use crate::config::RedisConfig;
 use crate::conn::Backend;
 use crate::error::{ConfigError, ProtocolError, map_redis};
 use crate::notify::Subscriber;
-use crate::scripts;
+use crate::scripts::{self, Eval};
 
 /// Longest duration passed to a script (100 years): keeps every sum of
 /// milliseconds exact in Lua's doubles.
@@ -57,6 +57,29 @@ impl std::fmt::Debug for RedisStore {
             .field("prefix", &self.inner.config.prefix)
             .field("mode", &self.inner.config.mode)
             .finish_non_exhaustive()
+    }
+}
+
+/// `<prefix>:{<64-hex storage key>}` as one command argument.
+struct RecordKey<'a> {
+    prefix: &'a str,
+    key: &'a StorageKey,
+}
+
+impl ToRedisArgs for RecordKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut arg = out.writer_for_next_arg();
+        let mut tagged = [0u8; 2 + 64 + 1];
+        tagged[..2].copy_from_slice(b":{");
+        for (i, b) in self.key.as_bytes().iter().enumerate() {
+            tagged[2 + 2 * i] = HEX[usize::from(b >> 4)];
+            tagged[3 + 2 * i] = HEX[usize::from(b & 0xf)];
+        }
+        tagged[66] = b'}';
+        // Writing into the command buffer cannot fail.
+        let _ = std::io::Write::write_all(&mut arg, self.prefix.as_bytes());
+        let _ = std::io::Write::write_all(&mut arg, &tagged);
     }
 }
 
@@ -113,6 +136,15 @@ impl RedisStore {
     /// braces make the hex digest the key's Redis Cluster hash tag.
     pub fn record_key(&self, key: &StorageKey) -> String {
         format!("{}:{{{}}}", self.inner.config.prefix, key.to_hex())
+    }
+
+    /// [`RedisStore::record_key`] as a command argument, written into the
+    /// command buffer without an intermediate string.
+    fn key_arg<'a>(&'a self, key: &'a StorageKey) -> RecordKey<'a> {
+        RecordKey {
+            prefix: &self.inner.config.prefix,
+            key,
+        }
     }
 
     /// The pub/sub channel on which record changes are announced.
@@ -173,15 +205,11 @@ impl RedisStore {
         self.inner.offset_ms.load(Ordering::Relaxed)
     }
 
-    async fn eval(
-        &self,
-        op: &'static str,
-        inv: &ScriptInvocation<'_>,
-    ) -> Result<Value, StoreError> {
+    async fn eval(&self, op: &'static str, inv: &Eval) -> Result<Value, StoreError> {
         let started = Instant::now();
         let result = async {
             let mut conn = self.inner.backend.checkout().await?;
-            let result = inv.invoke_async::<Value>(&mut conn).await;
+            let result = inv.invoke(&mut conn).await;
             conn.finish(&result);
             result.map_err(map_redis)
         }
@@ -219,9 +247,8 @@ impl RedisStore {
             detail,
             "undecodable idempotency record: marking it corrupted"
         );
-        let mut inv = scripts::MARK_CORRUPTED.prepare_invoke();
-        inv.key(self.record_key(key))
-            .arg(self.offset())
+        let mut inv = Eval::new(&scripts::MARK_CORRUPTED, self.key_arg(key));
+        inv.arg(self.offset())
             .arg(detail)
             .arg(fence.map(|f| f.to_string()).unwrap_or_default())
             .arg(state.unwrap_or_default())
@@ -255,9 +282,8 @@ impl RedisStore {
 
     /// Runs the `get` script: the store's "now" and the live record's fields.
     async fn read(&self, key: &StorageKey) -> Result<(u64, Option<Vec<Value>>), StoreError> {
-        let mut inv = scripts::GET.prepare_invoke();
-        inv.key(self.record_key(key))
-            .arg(self.offset())
+        let mut inv = Eval::new(&scripts::GET, self.key_arg(key));
+        inv.arg(self.offset())
             .arg(&self.inner.channel)
             .arg(key.as_bytes().as_slice());
         let reply = self.eval("get", &inv).await?;
@@ -276,13 +302,12 @@ impl RedisStore {
     async fn lease_op(
         &self,
         op: &'static str,
-        script: &redis::Script,
+        script: &'static redis::Script,
         lease: &Lease,
-        extra: impl FnOnce(&mut ScriptInvocation<'_>),
+        extra: impl FnOnce(&mut Eval),
     ) -> Result<Value, StoreError> {
-        let mut inv = script.prepare_invoke();
-        inv.key(self.record_key(&lease.key))
-            .arg(self.offset())
+        let mut inv = Eval::new(script, self.key_arg(&lease.key));
+        inv.arg(self.offset())
             .arg(lease.token.as_uuid().as_bytes().as_slice())
             .arg(lease.fence);
         extra(&mut inv);
@@ -401,12 +426,10 @@ impl IdempotencyStore for RedisStore {
     /// ran, the lease it granted is orphaned and expires after `req.lease`,
     /// after which a claim takes it over.
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
-        let record_key = self.record_key(&req.key);
         for _ in 0..MAX_RETRIES {
             let token = LeaseToken::new();
-            let mut inv = scripts::CLAIM.prepare_invoke();
-            inv.key(&record_key)
-                .arg(self.offset())
+            let mut inv = Eval::new(&scripts::CLAIM, self.key_arg(&req.key));
+            inv.arg(self.offset())
                 .arg(req.fingerprint.as_bytes().as_slice())
                 .arg(ms(req.lease))
                 .arg(ms(req.retention))
@@ -514,9 +537,8 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
-        let mut inv = scripts::MARK_CORRUPTED.prepare_invoke();
-        inv.key(self.record_key(key))
-            .arg(self.offset())
+        let mut inv = Eval::new(&scripts::MARK_CORRUPTED, self.key_arg(key));
+        inv.arg(self.offset())
             .arg(detail)
             .arg("")
             .arg("")
@@ -539,9 +561,8 @@ impl IdempotencyStore for RedisStore {
             Resolution::Fail(f) => ("F", f.reason, f.retryable),
             _ => return Err(protocol("unknown resolution")),
         };
-        let mut inv = scripts::RESOLVE.prepare_invoke();
-        inv.key(self.record_key(key))
-            .arg(self.offset())
+        let mut inv = Eval::new(&scripts::RESOLVE, self.key_arg(key));
+        inv.arg(self.offset())
             .arg(mode)
             .arg(reason)
             .arg(u8::from(retryable))
@@ -695,6 +716,20 @@ mod tests {
                 assert!(
                     code[i..].starts_with("KEYS[1]"),
                     "a script uses another key"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_key_argument_is_the_record_key() {
+        for prefix in ["idem", "a:b", "tenant-7:orders", "é"] {
+            let store = store(prefix);
+            for i in 0..64u32 {
+                let key = StorageKey::from_segments(&[i.to_be_bytes()]);
+                assert_eq!(
+                    store.key_arg(&key).to_redis_args(),
+                    vec![store.record_key(&key).into_bytes()]
                 );
             }
         }
