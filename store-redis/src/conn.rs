@@ -146,7 +146,9 @@ impl Backend {
         match self {
             Self::Shared(shared) => shared.checkout().await,
             Self::Pooled(pool) => {
-                let conn = pool.get().await.map_err(map_pool)?;
+                // Boxed: the pool's future (which may connect) is large, and
+                // every operation's future would otherwise carry it inline.
+                let conn = Box::pin(pool.get()).await.map_err(map_pool)?;
                 Ok(Checkout::Pooled(PooledCheckout {
                     conn: Some(conn),
                     clean: false,
@@ -189,7 +191,12 @@ impl Shared {
                 conn,
             });
         }
-        // One connect at a time; the others wait for it and share the result.
+        // Rare, and its future is large: kept off the operations' futures.
+        Box::pin(self.connect()).await
+    }
+
+    /// Connects, one connect at a time; the others wait for it and share the result.
+    async fn connect(&self) -> Result<Checkout<'_>, StoreError> {
         let _connecting = self.connecting.lock().await;
         if let Some((generation, conn)) = self.current() {
             return Ok(Checkout::Shared {

@@ -63,7 +63,7 @@ impl Eval {
     pub(crate) async fn invoke(&self, con: &mut impl ConnectionLike) -> RedisResult<Value> {
         match self.cmd.query_async::<Value>(con).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.script.load_async(con).await?;
+                Box::pin(self.script.load_async(con)).await?;
                 self.cmd.query_async(con).await
             }
             other => other,

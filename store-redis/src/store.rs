@@ -441,7 +441,7 @@ impl IdempotencyStore for RedisStore {
             match Self::claim_reply(req, token, &reply)? {
                 Ok(claim) => return Ok(claim),
                 Err((detail, fence)) => {
-                    match self.mark_if(&req.key, &detail, fence, Some(b"C")).await? {
+                    match Box::pin(self.mark_if(&req.key, &detail, fence, Some(b"C"))).await? {
                         Mark::Marked => return Ok(Claim::Corrupted { detail }),
                         Mark::Gone | Mark::Changed => continue,
                     }
@@ -519,8 +519,7 @@ impl IdempotencyStore for RedisStore {
                 Ok(record) => return Ok(Some(record)),
                 Err(detail) => {
                     let fence = codec::fence_of(&fields);
-                    match self
-                        .mark_if(key, &detail, fence, codec::state_of(&fields))
+                    match Box::pin(self.mark_if(key, &detail, fence, codec::state_of(&fields)))
                         .await?
                     {
                         Mark::Marked => {
