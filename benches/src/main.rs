@@ -69,6 +69,7 @@ pub(crate) struct Options {
     pub(crate) copies: usize,
     pub(crate) unique: usize,
     pub(crate) max_duration: Duration,
+    pub(crate) rounds: usize,
     json: Option<String>,
     markdown: Option<String>,
 }
@@ -88,6 +89,8 @@ USAGE: cargo run --release -p idempotency-benches -- [OPTIONS]
   --copies N            copies of each key (default 50)
   --unique N            requests of the unique workload (default 20000)
   --max-seconds S       stop a run after S seconds whatever is left (default 120)
+  --rounds N            run every variant x workload N times, round after round;
+                        the tables show the median req/s run and the spread (default 1)
   --json PATH           also write the results as JSON
   --markdown PATH       also write the markdown table
   DATABASE_URL / REDIS_URL select the servers for the postgres and redis variants.
@@ -107,6 +110,7 @@ fn parse_args() -> Result<Options, String> {
         copies: 50,
         unique: 20_000,
         max_duration: Duration::from_secs(120),
+        rounds: 1,
         json: None,
         markdown: None,
     };
@@ -154,6 +158,7 @@ fn parse_args() -> Result<Options, String> {
             "--keys" => o.keys = num(args.next(), "--keys")?,
             "--copies" => o.copies = num(args.next(), "--copies")?,
             "--unique" => o.unique = num(args.next(), "--unique")?,
+            "--rounds" => o.rounds = num(args.next(), "--rounds")?,
             "--max-seconds" => {
                 o.max_duration = Duration::from_secs(num(args.next(), "--max-seconds")? as u64)
             }
@@ -198,9 +203,23 @@ fn main() {
 
 async fn run_all(opts: &Options) -> Report {
     let mut report = Report::new(opts);
+    // Round after round (not variant after variant), so that a change in
+    // the machine's load spreads over all variants instead of hitting one.
+    for round in 1..=opts.rounds {
+        run_round(opts, round, &mut report).await;
+    }
+    report
+}
+
+async fn run_round(opts: &Options, round: usize, report: &mut Report) {
     for &variant in &opts.variants {
         for &workload in &opts.workloads {
-            eprintln!("running {} / {}", variant.name(), workload.name());
+            eprintln!(
+                "running {} / {} (round {round} of {})",
+                variant.name(),
+                workload.name(),
+                opts.rounds
+            );
             match server::start(variant, workload).await {
                 Ok(srv) => {
                     let plan = client::plan(workload, opts);
@@ -208,7 +227,7 @@ async fn run_all(opts: &Options) -> Report {
                     match srv.effects().await {
                         Ok(effects) => report
                             .rows
-                            .push(Row::new(variant, workload, &plan, stats, effects)),
+                            .push(Row::new(variant, workload, round, &plan, stats, effects)),
                         Err(e) => report.skipped.push(format!(
                             "{} / {}: side effects could not be counted: {e}",
                             variant.name(),
@@ -219,12 +238,12 @@ async fn run_all(opts: &Options) -> Report {
                 }
                 Err(e) => {
                     eprintln!("  skipped: {e}");
-                    report
-                        .skipped
-                        .push(format!("{} / {}: {e}", variant.name(), workload.name()));
+                    let line = format!("{} / {}: {e}", variant.name(), workload.name());
+                    if !report.skipped.contains(&line) {
+                        report.skipped.push(line);
+                    }
                 }
             }
         }
     }
-    report
 }

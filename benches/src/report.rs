@@ -10,6 +10,7 @@ use crate::{Options, Workload};
 pub(crate) struct Row {
     variant: &'static str,
     workload: &'static str,
+    round: usize,
     pub(crate) protected: bool,
     requests: usize,
     completed: usize,
@@ -39,6 +40,7 @@ impl Row {
     pub(crate) fn new(
         variant: Variant,
         workload: Workload,
+        round: usize,
         plan: &Plan,
         stats: Stats,
         effects: HashMap<String, u32>,
@@ -50,6 +52,7 @@ impl Row {
         Self {
             variant: variant.name(),
             workload: workload.name(),
+            round,
             protected: variant.protected(),
             requests: plan.requests(),
             completed,
@@ -85,13 +88,43 @@ impl Row {
             parts.join(" ")
         }
     }
+}
 
-    fn verdict(&self) -> &'static str {
-        match (self.protected, self.duplicate_executions) {
-            (false, 0) => "n/a",
-            (false, _) => "n/a (no protection)",
-            (true, 0) => "yes",
-            (true, _) => "**NO**",
+/// The runs of one variant × workload, one per round.
+struct Group<'a> {
+    runs: Vec<&'a Row>,
+}
+
+impl Group<'_> {
+    /// The run of median throughput (the lower one of the middle two).
+    fn median(&self) -> &Row {
+        let mut by_rps = self.runs.clone();
+        by_rps.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        by_rps[(by_rps.len() - 1) / 2]
+    }
+
+    fn rps_range(&self) -> (f64, f64) {
+        self.runs.iter().fold((f64::MAX, 0.0_f64), |(lo, hi), r| {
+            (lo.min(r.rps), hi.max(r.rps))
+        })
+    }
+
+    /// Exactly once per key in every round.
+    fn verdict(&self) -> String {
+        let protected = self.runs.iter().any(|r| r.protected);
+        let duplicated = self
+            .runs
+            .iter()
+            .filter(|r| r.duplicate_executions > 0)
+            .count();
+        match (protected, duplicated) {
+            (false, 0) => "n/a".into(),
+            (false, _) => "n/a (no protection)".into(),
+            (true, 0) => "yes".into(),
+            (true, n) if self.runs.len() > 1 => {
+                format!("**NO** ({n} of {} rounds)", self.runs.len())
+            }
+            (true, _) => "**NO**".into(),
         }
     }
 }
@@ -100,6 +133,7 @@ impl Row {
 pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
     pub(crate) skipped: Vec<String>,
+    rounds: usize,
     settings: String,
 }
 
@@ -108,24 +142,56 @@ impl Report {
         Self {
             rows: Vec::new(),
             skipped: Vec::new(),
+            rounds: o.rounds,
             settings: format!(
-                "connections {}, {} keys × {} copies, {} unique requests, cap {} s per run",
+                "connections {}, {} keys × {} copies, {} unique requests, cap {} s per run, {} round{}",
                 o.connections,
                 o.keys,
                 o.copies,
                 o.unique,
-                o.max_duration.as_secs()
+                o.max_duration.as_secs(),
+                o.rounds,
+                if o.rounds == 1 { "" } else { "s" }
             ),
         }
     }
 
+    /// The runs grouped by variant × workload, in the order first run.
+    fn groups(&self) -> Vec<Group<'_>> {
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for r in &self.rows {
+            match groups
+                .iter_mut()
+                .find(|g| g.runs[0].variant == r.variant && g.runs[0].workload == r.workload)
+            {
+                Some(g) => g.runs.push(r),
+                None => groups.push(Group { runs: vec![r] }),
+            }
+        }
+        groups
+    }
+
     pub(crate) fn markdown(&self) -> String {
         let mut s = format!("Settings: {}\n\n", self.settings);
-        s.push_str("| variant | workload | requests | req/s | p50 ms | p90 ms | p99 ms | non-2xx | executions / keys | once per key |\n");
-        s.push_str("|---|---|---:|---:|---:|---:|---:|---|---:|---|\n");
-        for r in &self.rows {
+        let spread = self.rounds > 1;
+        if spread {
+            s.push_str("Each row is the round of median req/s; `req/s range` spans all rounds, `once per key` covers all rounds.\n\n");
+            s.push_str("| variant | workload | requests | req/s | req/s range | p50 ms | p90 ms | p99 ms | non-2xx | executions / keys | once per key |\n");
+            s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|\n");
+        } else {
+            s.push_str("| variant | workload | requests | req/s | p50 ms | p90 ms | p99 ms | non-2xx | executions / keys | once per key |\n");
+            s.push_str("|---|---|---:|---:|---:|---:|---:|---|---:|---|\n");
+        }
+        for g in self.groups() {
+            let r = g.median();
+            let range = if spread {
+                let (lo, hi) = g.rps_range();
+                format!(" {lo:.0}–{hi:.0} |")
+            } else {
+                String::new()
+            };
             s.push_str(&format!(
-                "| {} | {} | {}{} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} / {} | {} |\n",
+                "| {} | {} | {}{} | {:.0} |{} {:.2} | {:.2} | {:.2} | {} | {} / {} | {} |\n",
                 r.variant,
                 r.workload,
                 r.completed,
@@ -135,13 +201,14 @@ impl Report {
                     String::new()
                 },
                 r.rps,
+                range,
                 r.p50_ms,
                 r.p90_ms,
                 r.p99_ms,
                 r.non_2xx(),
                 r.executions,
                 r.distinct_keys,
-                r.verdict(),
+                g.verdict(),
             ));
         }
         for k in &self.skipped {
@@ -151,6 +218,20 @@ impl Report {
     }
 
     pub(crate) fn json(&self) -> String {
+        let medians: Vec<serde_json::Value> = self
+            .groups()
+            .iter()
+            .map(|g| {
+                let (lo, hi) = g.rps_range();
+                serde_json::json!({
+                    "variant": g.runs[0].variant,
+                    "workload": g.runs[0].workload,
+                    "median_round": g.median().round,
+                    "requests_per_second": {"median": g.median().rps, "min": lo, "max": hi},
+                    "exactly_once_every_round": g.runs[0].protected.then(|| g.runs.iter().all(|r| r.duplicate_executions == 0)),
+                })
+            })
+            .collect();
         let rows: Vec<serde_json::Value> = self
             .rows
             .iter()
@@ -158,6 +239,7 @@ impl Report {
                 serde_json::json!({
                     "variant": r.variant,
                     "workload": r.workload,
+                    "round": r.round,
                     "requests_planned": r.requests,
                     "requests_completed": r.completed,
                     "seconds": r.seconds,
@@ -175,9 +257,62 @@ impl Report {
             .collect();
         serde_json::to_string_pretty(&serde_json::json!({
             "settings": self.settings,
+            "rounds": self.rounds,
+            "medians": medians,
             "rows": rows,
             "skipped": self.skipped,
         }))
         .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn run(round: usize, completed: usize, executions_of_k1: u32) -> Row {
+        let plan = Plan {
+            groups: vec![vec!["k1".into(); 10], vec!["k2".into(); 10]],
+            burst: false,
+            distinct_keys: 2,
+        };
+        let stats = Stats {
+            elapsed: Duration::from_secs(1),
+            latencies_us: vec![1000; completed],
+            ..Stats::default()
+        };
+        let effects = HashMap::from([("k1".to_owned(), executions_of_k1), ("k2".to_owned(), 1)]);
+        Row::new(
+            Variant::Memory,
+            Workload::Duplicates,
+            round,
+            &plan,
+            stats,
+            effects,
+        )
+    }
+
+    #[test]
+    fn the_median_round_and_every_round_s_verdict() {
+        let single = run(1, 20, 1);
+        let one = Group {
+            runs: vec![&single],
+        };
+        assert_eq!(one.verdict(), "yes");
+        let rows = [run(1, 18, 1), run(2, 12, 1), run(3, 20, 1)];
+        let g = Group {
+            runs: rows.iter().collect(),
+        };
+        assert_eq!(g.median().round, 1);
+        assert_eq!(g.rps_range(), (12.0, 20.0));
+        assert_eq!(g.verdict(), "yes");
+        let rows = [run(1, 18, 1), run(2, 12, 2)];
+        let g = Group {
+            runs: rows.iter().collect(),
+        };
+        assert_eq!(g.median().round, 2, "the lower of the middle two");
+        assert_eq!(g.verdict(), "**NO** (1 of 2 rounds)");
     }
 }
