@@ -70,6 +70,7 @@ pub(crate) struct Options {
     pub(crate) unique: usize,
     pub(crate) max_duration: Duration,
     pub(crate) rounds: usize,
+    pub(crate) isolate: bool,
     json: Option<String>,
     markdown: Option<String>,
 }
@@ -91,6 +92,8 @@ USAGE: cargo run --release -p idempotency-benches -- [OPTIONS]
   --max-seconds S       stop a run after S seconds whatever is left (default 120)
   --rounds N            run every variant x workload N times, round after round;
                         the tables show the median req/s run and the spread (default 1)
+  --isolate             run this harness's own variants as child processes too (as
+                        the peers always are), not in the load generator's process
   --json PATH           also write the results as JSON
   --markdown PATH       also write the markdown table
   DATABASE_URL / REDIS_URL select the servers for the postgres and redis variants.
@@ -111,6 +114,7 @@ fn parse_args() -> Result<Options, String> {
         unique: 20_000,
         max_duration: Duration::from_secs(120),
         rounds: 1,
+        isolate: false,
         json: None,
         markdown: None,
     };
@@ -159,6 +163,7 @@ fn parse_args() -> Result<Options, String> {
             "--copies" => o.copies = num(args.next(), "--copies")?,
             "--unique" => o.unique = num(args.next(), "--unique")?,
             "--rounds" => o.rounds = num(args.next(), "--rounds")?,
+            "--isolate" => o.isolate = true,
             "--max-seconds" => {
                 o.max_duration = Duration::from_secs(num(args.next(), "--max-seconds")? as u64)
             }
@@ -170,7 +175,40 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
+/// `--serve VARIANT --workload W --bind ADDR`: the child side of `--isolate`.
+fn serve(args: &[String]) -> Result<(), String> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .ok_or(format!("--serve needs {flag}"))
+    };
+    let variant = value("--serve").and_then(|v| {
+        Variant::parse(v)
+            .filter(|v| !matches!(v, Variant::Peer(..)))
+            .ok_or(format!("--serve: not one of this harness's variants: {v}"))
+    })?;
+    let workload = value("--workload")
+        .and_then(|w| Workload::parse(w).ok_or(format!("unknown workload {w}")))?;
+    let bind = value("--bind")?
+        .parse()
+        .map_err(|e| format!("--bind: {e}"))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(server::serve_child(variant, workload, bind))
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--serve") {
+        if let Err(e) = serve(&args) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -220,7 +258,7 @@ async fn run_round(opts: &Options, round: usize, report: &mut Report) {
                 workload.name(),
                 opts.rounds
             );
-            match server::start(variant, workload).await {
+            match server::start(variant, workload, opts.isolate).await {
                 Ok(srv) => {
                     let plan = client::plan(workload, opts);
                     let stats = client::drive(srv.addr, srv.cookie.as_deref(), &plan, opts).await;

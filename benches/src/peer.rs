@@ -1,6 +1,7 @@
-//! Published peers, run as child processes of the `peer-server` binary built
-//! from `benches/peers` (a separate cargo project, so the workspace does not
-//! carry their dependencies).
+//! Child-process servers: the published peers, run by the `peer-server`
+//! binary built from `benches/peers` (a separate cargo project, so the
+//! workspace does not carry their dependencies), and, with `--isolate`, this
+//! harness's own variants, run by this binary with `--serve`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +16,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::server::{Peer, PeerStore};
+use crate::Workload;
+use crate::server::{Peer, PeerStore, Variant};
 
 /// Where the peer server binary is: `PEER_SERVER`, or the release build of `benches/peers`.
 fn binary() -> PathBuf {
@@ -67,11 +69,6 @@ impl PeerProcess {
                 bin.display()
             ));
         }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            l.local_addr().map_err(|e| e.to_string())?.port()
-        };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let peer_name = match peer {
             Peer::AxumIdempotent => "axum-idempotent",
             Peer::Idempotent => "idempotent",
@@ -81,22 +78,59 @@ impl PeerProcess {
             PeerStore::Redis => "redis",
             PeerStore::Postgres => "postgres",
         };
-        let mut child = Command::new(&bin)
-            .args([
-                "--peer",
-                peer_name,
-                "--store",
-                store_name,
-                "--bind",
-                &addr.to_string(),
-            ])
-            .args(["--delay-ms", &delay.as_millis().to_string()])
+        let mut command = Command::new(&bin);
+        command
+            .args(["--peer", peer_name, "--store", store_name])
+            .args(["--delay-ms", &delay.as_millis().to_string()]);
+        let (addr, child) = Self::start(command, &format!("{peer_name}/{store_name}")).await?;
+        let cookie = match peer {
+            // Session-scoped: the same client retrying carries its session cookie.
+            Peer::AxumIdempotent => {
+                let (headers, _) = get(addr, "/session").await?;
+                let set = headers
+                    .get(http::header::SET_COOKIE)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or("GET /session returned no Set-Cookie")?;
+                Some(set.split(';').next().unwrap_or(set).to_owned())
+            }
+            Peer::Idempotent => None,
+        };
+        Ok(Self {
+            addr,
+            cookie,
+            child,
+        })
+    }
+
+    /// One of this harness's own variants, run by this same binary (`--serve`).
+    pub(crate) async fn spawn_own(variant: Variant, workload: Workload) -> Result<Self, String> {
+        let bin = std::env::current_exe().map_err(|e| format!("this binary: {e}"))?;
+        let mut command = Command::new(bin);
+        command.args(["--serve", variant.name(), "--workload", workload.name()]);
+        let (addr, child) = Self::start(command, variant.name()).await?;
+        Ok(Self {
+            addr,
+            cookie: None,
+            child,
+        })
+    }
+
+    /// Runs `command --bind ADDR` on a free loopback port and waits for its
+    /// `listening on` line.
+    async fn start(mut command: Command, name: &str) -> Result<(SocketAddr, Child), String> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut child = command
+            .args(["--bind", &addr.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+            .map_err(|e| format!("spawn {name}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
@@ -116,30 +150,11 @@ impl PeerProcess {
                     tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
             }
             let _ = child.kill().await;
-            return Err(format!(
-                "{peer_name}/{store_name} did not start: {}",
-                err.trim()
-            ));
+            return Err(format!("{name} did not start: {}", err.trim()));
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let cookie = match peer {
-            // Session-scoped: the same client retrying carries its session cookie.
-            Peer::AxumIdempotent => {
-                let (headers, _) = get(addr, "/session").await?;
-                let set = headers
-                    .get(http::header::SET_COOKIE)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or("GET /session returned no Set-Cookie")?;
-                Some(set.split(';').next().unwrap_or(set).to_owned())
-            }
-            Peer::Idempotent => None,
-        };
-        Ok(Self {
-            addr,
-            cookie,
-            child,
-        })
+        Ok((addr, child))
     }
 
     pub(crate) async fn effects(&self) -> Result<HashMap<String, u32>, String> {

@@ -144,14 +144,19 @@ impl Report {
             skipped: Vec::new(),
             rounds: o.rounds,
             settings: format!(
-                "connections {}, {} keys × {} copies, {} unique requests, cap {} s per run, {} round{}",
+                "connections {}, {} keys × {} copies, {} unique requests, cap {} s per run, {} round{}, {}",
                 o.connections,
                 o.keys,
                 o.copies,
                 o.unique,
                 o.max_duration.as_secs(),
                 o.rounds,
-                if o.rounds == 1 { "" } else { "s" }
+                if o.rounds == 1 { "" } else { "s" },
+                if o.isolate {
+                    "every server in its own process"
+                } else {
+                    "this harness's servers in the load generator's process, peers in their own"
+                }
             ),
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Extension, Router};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use idempotency_core::MemoryStore;
 use idempotency_postgres::PostgresStore;
@@ -312,16 +312,95 @@ impl Server {
     }
 }
 
-/// Starts `variant` for `workload` on an ephemeral loopback port.
-pub(crate) async fn start(variant: Variant, workload: Workload) -> Result<Server, String> {
-    if let Variant::Peer(peer, store) = variant {
-        let p = crate::peer::PeerProcess::spawn(peer, store, workload.handler_delay()).await?;
+/// Starts `variant` for `workload` on an ephemeral loopback port: in this
+/// process, or (`isolate`, and always for the peers) as a child process.
+pub(crate) async fn start(
+    variant: Variant,
+    workload: Workload,
+    isolate: bool,
+) -> Result<Server, String> {
+    let child = match variant {
+        Variant::Peer(peer, store) => {
+            Some(crate::peer::PeerProcess::spawn(peer, store, workload.handler_delay()).await?)
+        }
+        _ if isolate => Some(crate::peer::PeerProcess::spawn_own(variant, workload).await?),
+        _ => None,
+    };
+    if let Some(p) = child {
         return Ok(Server {
             addr: p.addr,
             cookie: p.cookie.clone(),
             running: Running::Child(Box::new(p)),
         });
     }
+    let (router, effects) = build(variant, workload).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(Server {
+        addr,
+        cookie: None,
+        running: Running::InProcess {
+            effects,
+            stop,
+            task,
+        },
+    })
+}
+
+/// `--serve`: one of this harness's variants as a child process, with the
+/// peers' protocol (`listening on ADDR` once ready, `GET /effects`, exit
+/// when stdin closes).
+pub(crate) async fn serve_child(
+    variant: Variant,
+    workload: Workload,
+    bind: SocketAddr,
+) -> Result<(), String> {
+    let (router, effects) = build(variant, workload).await?;
+    let router = router.route(
+        "/effects",
+        get(move || {
+            let effects = effects.clone();
+            async move {
+                match effects.counts().await {
+                    Ok(counts) => Json(counts).into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("bind {bind}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening on {addr}");
+    let (closed, stdin_closed) = oneshot::channel::<()>();
+    // A plain thread: a blocking read inside the runtime would hold up its shutdown.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(std::io::Read::read(&mut stdin, &mut buf), Ok(n) if n > 0) {}
+        let _ = closed.send(());
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = stdin_closed.await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The router of one of this harness's variants and where its side effects are counted.
+async fn build(variant: Variant, workload: Workload) -> Result<(Router, Effects), String> {
     let run = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -393,27 +472,7 @@ pub(crate) async fn start(variant: Variant, workload: Workload) -> Result<Server
                 })
                 .layer(IdempotencyLayer::new(store).namespace("bench"))
         }
-        Variant::Peer(..) => unreachable!("peers run as child processes"),
+        Variant::Peer(..) => return Err("a peer is not built in this process".to_owned()),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("bind: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    Ok(Server {
-        addr,
-        cookie: None,
-        running: Running::InProcess {
-            effects,
-            stop,
-            task,
-        },
-    })
+    Ok((router, effects))
 }
