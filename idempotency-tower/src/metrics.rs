@@ -9,6 +9,7 @@
 //! No label ever holds a key, a key hash or a scope.
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use idempotency_core::StoreError;
@@ -35,9 +36,15 @@ where
     F: Future<Output = Result<T, StoreError>>,
 {
     let start = Instant::now();
-    let out = match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(StoreError::Timeout { source: None }),
+    let mut fut = std::pin::pin!(fut);
+    // A store that answers on the first poll (in memory) needs no timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    let out = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout { source: None }),
+        },
     };
     let result = match &out {
         Ok(_) | Err(StoreError::LeaseLost | StoreError::NotFound) => "ok",
