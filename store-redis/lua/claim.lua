@@ -18,24 +18,6 @@ local retention = tonumber(ARGV[4])
 local max_attempts = math.max(tonumber(ARGV[5]), 1)
 local token = ARGV[6]
 
--- Fast path for a replay, the common case: a live, well-formed completed
--- record is answered from one HMGET, with the checks `load` makes of such a
--- record, without building the record table. Anything else (absent,
--- expired, pending, failed, corrupted, malformed) takes the general path.
-do
-  local raw = redis.pcall('HMGET', key, unpack(FIELDS))
-  if raw[1] == 'C' then
-    local f, n, e, w = raw[2], count(raw[3]), count(raw[6]), count(raw[13])
-    if f and #f == 32 and n and count(raw[4]) and count(raw[5]) and e and raw[9] and w
-        and e > now then
-      if f ~= fingerprint then
-        return { 'M' }
-      end
-      return { 'C', raw[9], raw[10], w, n }
-    end
-  end
-end
-
 local r, bad = load(key)
 if bad then
   corrupt(key, bad, now)

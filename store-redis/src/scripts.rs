@@ -1,5 +1,6 @@
 //! The Lua scripts, embedded from `lua/*.lua` and run with `EVALSHA`
-//! (loaded on `NOSCRIPT`). Each is prefixed with `lua/common.lua`.
+//! (loaded on `NOSCRIPT`). Each is prefixed with `lua/common.lua`; the claim
+//! script starts with its replay fast path, `lua/claim_replay.lua`, before it.
 
 use std::sync::LazyLock;
 
@@ -12,6 +13,20 @@ fn build(body: &str) -> Script {
     Script::new(&[COMMON, "\n", body].concat())
 }
 
+/// The claim script: the replay fast path, then the shared helpers and the general path.
+pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            include_str!("../lua/claim_replay.lua"),
+            "\n",
+            COMMON,
+            "\n",
+            include_str!("../lua/claim.lua"),
+        ]
+        .concat(),
+    )
+});
+
 macro_rules! scripts {
     ($($name:ident => $file:literal),* $(,)?) => {
         $(
@@ -20,13 +35,12 @@ macro_rules! scripts {
         )*
         /// Every script, for preloading.
         pub(crate) fn all() -> [&'static Script; 8] {
-            [$(&*$name),*]
+            [&*CLAIM, $(&*$name),*]
         }
     };
 }
 
 scripts! {
-    CLAIM => "claim.lua",
     COMPLETE => "complete.lua",
     FAIL => "fail.lua",
     RELEASE => "release.lua",

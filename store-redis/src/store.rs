@@ -696,6 +696,7 @@ mod tests {
     fn every_script_touches_only_its_one_key() {
         let sources = [
             include_str!("../lua/common.lua"),
+            include_str!("../lua/claim_replay.lua"),
             include_str!("../lua/claim.lua"),
             include_str!("../lua/complete.lua"),
             include_str!("../lua/fail.lua"),
