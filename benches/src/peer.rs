@@ -162,8 +162,16 @@ impl PeerProcess {
         serde_json::from_slice(&body).map_err(|e| format!("GET /effects: {e}"))
     }
 
+    /// Closes the child's stdin, so that it stops and removes its keys or
+    /// tables; kills it if it has not exited after 30 seconds.
     pub(crate) async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
     }
 }

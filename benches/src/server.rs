@@ -129,6 +129,16 @@ impl Effects {
         }
     }
 
+    /// Removes this run's rows (the map goes with the server).
+    async fn remove(&self) {
+        if let Self::Rows { pool, run } = self {
+            let _ = sqlx::query("DELETE FROM bench_effects WHERE run = $1")
+                .bind(run)
+                .execute(pool)
+                .await;
+        }
+    }
+
     async fn counts(&self) -> Result<HashMap<String, u32>, String> {
         match self {
             Self::Map(m) => Ok(m.lock().await.clone()),
@@ -286,6 +296,7 @@ pub(crate) struct Server {
 enum Running {
     InProcess {
         effects: Effects,
+        leftovers: Leftovers,
         stop: oneshot::Sender<()>,
         task: JoinHandle<()>,
     },
@@ -303,9 +314,16 @@ impl Server {
 
     pub(crate) async fn shutdown(self) {
         match self.running {
-            Running::InProcess { stop, task, .. } => {
+            Running::InProcess {
+                effects,
+                leftovers,
+                stop,
+                task,
+            } => {
                 let _ = stop.send(());
                 let _ = task.await;
+                effects.remove().await;
+                leftovers.remove().await;
             }
             Running::Child(p) => p.stop().await,
         }
@@ -333,7 +351,7 @@ pub(crate) async fn start(
             running: Running::Child(Box::new(p)),
         });
     }
-    let (router, effects) = build(variant, workload).await?;
+    let (router, effects, leftovers) = build(variant, workload).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("bind: {e}"))?;
@@ -351,6 +369,7 @@ pub(crate) async fn start(
         cookie: None,
         running: Running::InProcess {
             effects,
+            leftovers,
             stop,
             task,
         },
@@ -365,7 +384,8 @@ pub(crate) async fn serve_child(
     workload: Workload,
     bind: SocketAddr,
 ) -> Result<(), String> {
-    let (router, effects) = build(variant, workload).await?;
+    let (router, effects, leftovers) = build(variant, workload).await?;
+    let counted = effects.clone();
     let router = router.route(
         "/effects",
         get(move || {
@@ -391,16 +411,69 @@ pub(crate) async fn serve_child(
         while matches!(std::io::Read::read(&mut stdin, &mut buf), Ok(n) if n > 0) {}
         let _ = closed.send(());
     });
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = stdin_closed.await;
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    counted.remove().await;
+    leftovers.remove().await;
+    served
 }
 
-/// The router of one of this harness's variants and where its side effects are counted.
-async fn build(variant: Variant, workload: Workload) -> Result<(Router, Effects), String> {
+/// What a run leaves in a shared server besides its side effects: the
+/// records of a Redis variant (its own key prefix), removed when it stops.
+enum Leftovers {
+    None,
+    RedisPrefix(String),
+}
+
+impl Leftovers {
+    async fn remove(&self) {
+        let Self::RedisPrefix(prefix) = self else {
+            return;
+        };
+        let result: Result<(), idempotency_redis::redis::RedisError> = async {
+            let config = RedisConfig::from_env();
+            let url = config.urls().first().cloned().unwrap_or_default();
+            let client = idempotency_redis::redis::Client::open(url)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = idempotency_redis::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}:*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                if !keys.is_empty() {
+                    idempotency_redis::redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .exec_async(&mut conn)
+                        .await?;
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            eprintln!("  could not remove the keys {prefix}:*: {e}");
+        }
+    }
+}
+
+/// The router of one of this harness's variants, where its side effects are
+/// counted and what it leaves behind.
+async fn build(
+    variant: Variant,
+    workload: Workload,
+) -> Result<(Router, Effects, Leftovers), String> {
     let run = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -428,6 +501,7 @@ async fn build(variant: Variant, workload: Workload) -> Result<(Router, Effects)
     let router = Router::new()
         .route("/orders", post(create_order))
         .with_state(app);
+    let mut leftovers = Leftovers::None;
     let router = match variant {
         Variant::Bare => router,
         Variant::Memory => {
@@ -439,12 +513,10 @@ async fn build(variant: Variant, workload: Workload) -> Result<(Router, Effects)
             } else {
                 ConnectionMode::Pooled
             };
-            let store = RedisStore::new(
-                RedisConfig::from_env()
-                    .prefix(format!("bench-{run}"))
-                    .mode(mode),
-            )
-            .map_err(|e| e.to_string())?;
+            let prefix = format!("bench-{run}");
+            leftovers = Leftovers::RedisPrefix(prefix.clone());
+            let store = RedisStore::new(RedisConfig::from_env().prefix(prefix).mode(mode))
+                .map_err(|e| e.to_string())?;
             store
                 .ping()
                 .await
@@ -474,5 +546,5 @@ async fn build(variant: Variant, workload: Workload) -> Result<(Router, Effects)
         }
         Variant::Peer(..) => return Err("a peer is not built in this process".to_owned()),
     };
-    Ok((router, effects))
+    Ok((router, effects, leftovers))
 }
