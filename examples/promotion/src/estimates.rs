@@ -243,15 +243,7 @@ pub(crate) async fn finalize(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut tx = app.pool.begin().await?;
-    let Some(version) = sqlx::query_scalar::<_, i32>(
-        "SELECT current_version FROM promotion.estimates WHERE id = $1 FOR UPDATE",
-    )
-    .bind(&id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Err(ApiError::estimate_not_found(&id));
-    };
+    let version = lock_estimate(&mut tx, &id).await?;
     let status: String = sqlx::query_scalar(
         "SELECT status FROM promotion.estimate_snapshots WHERE estimate_id = $1 AND version = $2",
     )
@@ -302,15 +294,7 @@ pub(crate) async fn revise(
         Some(lines)
     };
     let mut tx = app.pool.begin().await?;
-    let Some(current) = sqlx::query_scalar::<_, i32>(
-        "SELECT current_version FROM promotion.estimates WHERE id = $1 FOR UPDATE",
-    )
-    .bind(&id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Err(ApiError::estimate_not_found(&id));
-    };
+    let current = lock_estimate(&mut tx, &id).await?;
     let lines = match new_lines {
         Some(lines) => lines,
         None => {
@@ -356,6 +340,17 @@ pub(crate) async fn revise(
     let mut body = snapshot_json(&id, next, "DRAFT");
     body["total_cents"] = json!(total);
     Ok(created(format!("/estimates/{id}"), body))
+}
+
+/// Locks the estimate's row for the transaction; returns its current version.
+async fn lock_estimate(conn: &mut sqlx::PgConnection, id: &str) -> Result<i32, ApiError> {
+    sqlx::query_scalar::<_, i32>(
+        "SELECT current_version FROM promotion.estimates WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| ApiError::estimate_not_found(id))
 }
 
 /// A line as stored (already validated when it was written).
