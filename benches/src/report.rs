@@ -109,6 +109,30 @@ impl Group<'_> {
         })
     }
 
+    /// The median over rounds of this variant's req/s divided by `bare`'s
+    /// req/s in the same round and workload: a comparison that a change in
+    /// the machine's speed between rounds does not move.
+    fn vs(&self, bare: &Group<'_>) -> Option<f64> {
+        let mut ratios: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let b = bare.runs.iter().find(|b| b.round == r.round)?;
+                (b.rps > 0.0).then(|| r.rps / b.rps)
+            })
+            .collect();
+        if ratios.is_empty() {
+            return None;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let mid = ratios.len() / 2;
+        Some(if ratios.len() % 2 == 1 {
+            ratios[mid]
+        } else {
+            (ratios[mid - 1] + ratios[mid]) / 2.0
+        })
+    }
+
     /// Exactly once per key in every round.
     fn verdict(&self) -> String {
         let protected = self.runs.iter().any(|r| r.protected);
@@ -179,22 +203,41 @@ impl Report {
     pub(crate) fn markdown(&self) -> String {
         let mut s = format!("Settings: {}\n\n", self.settings);
         let spread = self.rounds > 1;
+        let groups = self.groups();
+        let bare_of = |workload: &str| {
+            groups.iter().find(|g| {
+                g.runs[0].variant == Variant::Bare.name() && g.runs[0].workload == workload
+            })
+        };
+        let with_bare = groups
+            .iter()
+            .any(|g| g.runs[0].variant == Variant::Bare.name());
         if spread {
-            s.push_str("Each row is the round of median req/s; `req/s range` spans all rounds, `once per key` covers all rounds.\n\n");
-            s.push_str("| variant | workload | requests | req/s | req/s range | p50 ms | p90 ms | p99 ms | non-2xx | executions / keys | once per key |\n");
-            s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|\n");
-        } else {
-            s.push_str("| variant | workload | requests | req/s | p50 ms | p90 ms | p99 ms | non-2xx | executions / keys | once per key |\n");
-            s.push_str("|---|---|---:|---:|---:|---:|---:|---|---:|---|\n");
+            s.push_str("Each row is the round of median req/s; `req/s range` spans all rounds, `once per key` covers all rounds.\n");
         }
-        for g in self.groups() {
+        if with_bare {
+            s.push_str("`× bare`: req/s divided by `bare`'s in the same round and workload (median over rounds).\n");
+        }
+        s.push_str("\n| variant | workload | requests | req/s |");
+        s.push_str(if spread { " req/s range |" } else { "" });
+        s.push_str(if with_bare { " × bare |" } else { "" });
+        s.push_str(" p50 ms | p90 ms | p99 ms | non-2xx | executions / keys | once per key |\n|---|---|---:|---:|");
+        s.push_str(if spread { "---:|" } else { "" });
+        s.push_str(if with_bare { "---:|" } else { "" });
+        s.push_str("---:|---:|---:|---|---:|---|\n");
+        for g in &groups {
             let r = g.median();
-            let range = if spread {
+            let mut extra = String::new();
+            if spread {
                 let (lo, hi) = g.rps_range();
-                format!(" {lo:.0}–{hi:.0} |")
-            } else {
-                String::new()
-            };
+                extra.push_str(&format!(" {lo:.0}–{hi:.0} |"));
+            }
+            if with_bare {
+                match bare_of(r.workload).and_then(|b| g.vs(b)) {
+                    Some(x) => extra.push_str(&format!(" {x:.2} |")),
+                    None => extra.push_str(" — |"),
+                }
+            }
             s.push_str(&format!(
                 "| {} | {} | {}{} | {:.0} |{} {:.2} | {:.2} | {:.2} | {} | {} / {} | {} |\n",
                 r.variant,
@@ -206,7 +249,7 @@ impl Report {
                     String::new()
                 },
                 r.rps,
-                range,
+                extra,
                 r.p50_ms,
                 r.p90_ms,
                 r.p99_ms,
@@ -223,16 +266,20 @@ impl Report {
     }
 
     pub(crate) fn json(&self) -> String {
-        let medians: Vec<serde_json::Value> = self
-            .groups()
+        let groups = self.groups();
+        let medians: Vec<serde_json::Value> = groups
             .iter()
             .map(|g| {
                 let (lo, hi) = g.rps_range();
+                let bare = groups.iter().find(|b| {
+                    b.runs[0].variant == Variant::Bare.name() && b.runs[0].workload == g.runs[0].workload
+                });
                 serde_json::json!({
                     "variant": g.runs[0].variant,
                     "workload": g.runs[0].workload,
                     "median_round": g.median().round,
                     "requests_per_second": {"median": g.median().rps, "min": lo, "max": hi},
+                    "relative_to_bare_same_round": bare.and_then(|b| g.vs(b)),
                     "exactly_once_every_round": g.runs[0].protected.then(|| g.runs.iter().all(|r| r.duplicate_executions == 0)),
                 })
             })
@@ -319,5 +366,21 @@ mod tests {
         };
         assert_eq!(g.median().round, 2, "the lower of the middle two");
         assert_eq!(g.verdict(), "**NO** (1 of 2 rounds)");
+    }
+
+    #[test]
+    fn relative_to_bare_pairs_the_same_rounds() {
+        let rows = [run(1, 10, 1), run(2, 20, 1), run(3, 16, 1)];
+        let bare = [run(1, 20, 1), run(2, 20, 1)];
+        let g = Group {
+            runs: rows.iter().collect(),
+        };
+        let b = Group {
+            runs: bare.iter().collect(),
+        };
+        // Rounds 1 and 2 only: 0.5 and 1.0.
+        assert_eq!(g.vs(&b), Some(0.75));
+        let none = Group { runs: Vec::new() };
+        assert_eq!(g.vs(&none), None);
     }
 }
