@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod engine;
 mod fingerprint;
 mod key;
 mod memory;
@@ -13,13 +14,16 @@ mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
+pub use engine::{
+    Attempt, OwnedAttempt, SettleError, claim_with_wait, downstream_key, with_timeout,
+};
 pub use fingerprint::{Fingerprint, FingerprintError, FingerprintMode, canonical_json};
 pub use key::{
     IdempotencyKey, KeyError, KeySpec, MAX_KEY_LEN, StorageKey, derive_from_json, derive_from_value,
 };
 pub use memory::MemoryStore;
-pub use once::{Attempt, Execution, FailureClass, Idempotent, RunError, claim_with_wait};
-pub use policy::Policy;
+pub use once::{Execution, FailureClass, Idempotent, RunError};
+pub use policy::{MAX_DURATION, MIN_LEASE, Policy};
 pub use record::{
     Completed, Corrupted, DecodeError, Failed, Lease, LeaseToken, Outcome, Pending, Record,
     RecordState, StoredResponse, Timestamp,

@@ -6,16 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
-use tokio::time::Instant;
 
+use crate::engine::{Attempt, OwnedAttempt, SettleError, claim_with_wait, with_timeout};
 use crate::fingerprint::Fingerprint;
-use crate::key::{StorageKey, hex};
+use crate::key::StorageKey;
 use crate::policy::Policy;
-use crate::record::{Lease, Outcome};
-use crate::store::{
-    Claim, ClaimKind, ClaimRequest, Completion, Failure, IdempotencyStore, StoreError,
-};
+use crate::record::Outcome;
+use crate::store::{Claim, Completion, Failure, IdempotencyStore, StoreError};
 
 /// The result of a run: the value, and whether this call produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,52 +78,6 @@ pub enum RunError<E> {
     /// The result could not be serialised or a stored result deserialised.
     #[error("result (de)serialisation failed")]
     Codec(#[source] serde_json::Error),
-}
-
-/// Context handed to the operation.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    lease: Lease,
-    kind: ClaimKind,
-}
-
-impl Attempt {
-    /// 1 for the first execution, higher after crashes or retryable failures.
-    pub fn number(&self) -> u32 {
-        self.lease.attempt
-    }
-
-    /// Whether this is the first execution of the key.
-    pub fn is_first(&self) -> bool {
-        self.kind == ClaimKind::New
-    }
-
-    /// How the lease was obtained.
-    pub fn kind(&self) -> ClaimKind {
-        self.kind
-    }
-
-    /// Fencing number: pass it to downstream systems that reject stale writers.
-    pub fn fence(&self) -> u64 {
-        self.lease.fence
-    }
-
-    /// The record's key.
-    pub fn key(&self) -> StorageKey {
-        self.lease.key
-    }
-
-    /// A stable key for a downstream call (payment, e-mail, queue message),
-    /// the same on every attempt of this record, so the downstream system can
-    /// deduplicate a retry of a half-done attempt.
-    pub fn downstream_key(&self, label: &str) -> String {
-        let mut h = Sha256::new();
-        h.update(b"idempotency-rs/downstream/v1");
-        h.update(self.lease.key.as_bytes());
-        h.update((label.len() as u64).to_be_bytes());
-        h.update(label.as_bytes());
-        hex(&h.finalize())
-    }
 }
 
 /// Whether a failed operation may run again.
@@ -218,9 +169,11 @@ where
     /// 1. Claims the key (waiting for an in-flight execution if the policy says so).
     /// 2. On a replay, deserialises the stored value; a value that cannot be
     ///    decoded marks the record `Corrupted`.
-    /// 3. Otherwise runs `op`, renewing the lease every heartbeat while it
-    ///    runs, then stores its value (`Completed`) or its error (`Failed`,
-    ///    retryable or terminal per `classify`; the last allowed attempt is
+    /// 3. Otherwise runs `op` under the lease engine ([`OwnedAttempt`]): the
+    ///    lease is renewed every heartbeat until the outcome is written, then
+    ///    it stores its value (`Completed`) or its error (`Failed`, retrying
+    ///    a failed write with backoff while the lease is renewed),
+    ///    retryable or terminal per `classify` (the last allowed attempt is
     ///    always terminal).
     ///
     /// # Errors
@@ -229,18 +182,30 @@ where
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe, by design of what cancellation means here. If the
-    /// returned future is dropped while `op` runs, `op` is dropped at its
-    /// current `.await` point and the record is marked `Failed` *retryable*
-    /// ("cancelled"), on a task spawned on the current Tokio runtime, so the
-    /// next call runs the operation again (counting an attempt) instead of
-    /// waiting for the lease to expire. Whatever `op` had already done before
-    /// the drop is not undone: operations that must never be cut half-way
-    /// should be spawned as their own task (the HTTP layer does this), or
-    /// complete in the same database transaction as their effect. Outside a
-    /// Tokio runtime the record stays `Pending` until its lease expires, then a
-    /// later call takes it over. Dropping the future before `op` starts, or
-    /// after it finished, leaves the record exactly as a completed call would.
+    /// Not cancel safe, by design of what cancellation means here; but a
+    /// dropped call never leaves the record `Pending` behind (with a Tokio
+    /// runtime):
+    ///
+    /// | dropped while | `op` | the record |
+    /// |---|---|---|
+    /// | claiming or waiting | never started | unchanged (a lease granted in that instant simply expires) |
+    /// | `op` runs | dropped at its current `.await` | `Failed` *retryable* ("cancelled"), written by a spawned task, so the next call runs the operation again (counting an attempt) at once |
+    /// | the result is being written | finished | the result is still written, by a spawned task that goes on renewing the lease and retrying (the next call replays it) |
+    /// | after the write | finished | as a completed call left it |
+    ///
+    /// Whatever `op` had already done before a drop is not undone: operations
+    /// that must never be cut half-way should be spawned as their own task
+    /// (the HTTP layer does this), or complete in the same database
+    /// transaction as their effect ([`Attempt::mark_completed`]). Outside a
+    /// Tokio runtime nothing can be spawned: the record stays `Pending` until
+    /// its lease expires, then a later call takes it over.
+    ///
+    /// # Completing in the operation's own transaction
+    ///
+    /// An operation whose effect lives in the same database as the store can
+    /// complete the record itself with [`Attempt::lease`] (the PostgreSQL
+    /// store's `complete_in`) and then call [`Attempt::mark_completed`]: the
+    /// runner then writes nothing and returns [`Execution::Executed`].
     pub async fn run_classified<T, E, F, Fut, C>(
         &self,
         key: StorageKey,
@@ -255,9 +220,12 @@ where
         C: FnOnce(&E) -> FailureClass,
     {
         let req = self.policy.claim_request(key, fingerprint);
-        let claim = claim_with_wait(&self.store, &req, self.policy.wait_timeout())
-            .await
-            .map_err(RunError::Store)?;
+        let claim = with_timeout(
+            self.policy.claim_budget(),
+            claim_with_wait(&self.store, &req, self.policy.wait_timeout()),
+        )
+        .await
+        .map_err(RunError::Store)?;
         let (lease, kind) = match claim {
             Claim::Acquired { lease, kind } => (lease, kind),
             Claim::Completed(c) => return self.replay(&key, c.outcome).await,
@@ -267,39 +235,32 @@ where
             Claim::Corrupted { detail } => return Err(RunError::Corrupted { detail }),
         };
 
-        let mut guard = CancelGuard {
-            store: Some(self.store.clone()),
-            lease: lease.clone(),
-            policy: self.policy.clone(),
-        };
-        let attempt = Attempt {
-            lease: lease.clone(),
-            kind,
-        };
-        let (result, fenced) =
-            run_with_heartbeat(&self.store, &self.policy, lease, op(attempt)).await;
-        guard.disarm();
-        let lease = guard.lease.clone();
-        if fenced {
+        let mut owned = OwnedAttempt::new(self.store.clone(), self.policy.clone(), lease, kind);
+        let attempt = owned.attempt().clone();
+        let result = owned.run(op(attempt.clone())).await;
+        if owned.is_lost() {
+            owned.finish();
             return Err(RunError::LeaseLost);
+        }
+        if attempt.is_completed() {
+            // The operation completed the record in its own transaction.
+            owned.finish();
+            return result.map(Execution::Executed).map_err(RunError::Operation);
         }
         match result {
             Ok(value) => {
-                let bytes = match serde_json::to_vec(&value) {
-                    Ok(b) => b,
+                let completion = match serde_json::to_vec(&value) {
+                    Ok(bytes) => Completion::new(Outcome::Value(Bytes::from(bytes))),
                     Err(e) => {
                         let failure = Failure::terminal(format!("result not serialisable: {e}"));
-                        let _ = self.store.fail(&lease, failure).await;
+                        let _ = owned.fail(failure).await;
                         return Err(RunError::Codec(e));
                     }
                 };
-                let completion = Completion::new(Outcome::Value(Bytes::from(bytes)));
-                complete_with_retry(&self.store, &lease, completion)
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::LeaseLost => RunError::LeaseLost,
-                        e => RunError::Store(e),
-                    })?;
+                owned.complete(completion).await.map_err(|e| match e {
+                    SettleError::LeaseLost => RunError::LeaseLost,
+                    SettleError::Store(e) => RunError::Store(e),
+                })?;
                 Ok(Execution::Executed(value))
             }
             Err(e) => {
@@ -307,13 +268,9 @@ where
                     FailureClass::Retryable => Failure::retryable("operation returned an error"),
                     FailureClass::Terminal => Failure::terminal("operation returned an error"),
                 };
-                let failure = self.policy.settle_failure(&lease, failure);
-                match self.store.fail(&lease, failure).await {
-                    Ok(()) | Err(StoreError::LeaseLost) => {}
-                    Err(store) => {
-                        tracing::warn!(key = %key.short(), error = %store, "could not record failure; the lease will expire");
-                    }
-                }
+                // A failure that cannot be recorded was logged by the engine
+                // with what happens next; the operation's error is the answer.
+                let _ = owned.fail(failure).await;
                 Err(RunError::Operation(e))
             }
         }
@@ -337,132 +294,11 @@ where
             }
         };
         tracing::error!(key = %key.short(), %detail, alert = true, "idempotency record corrupted");
-        match self.store.mark_corrupted(key, &detail).await {
+        let timeout = self.policy.store_timeout_duration();
+        match with_timeout(timeout, self.store.mark_corrupted(key, &detail)).await {
             Ok(()) | Err(StoreError::NotFound) => {}
             Err(e) => return Err(RunError::Store(e)),
         }
         Err(RunError::Corrupted { detail })
-    }
-}
-
-/// Claims `req`, and while the record is in flight waits (up to `wait`) for
-/// it to settle, claiming again after each change. Returns the last decision:
-/// [`Claim::InFlight`] when the wait timed out.
-///
-/// # Errors
-///
-/// The store's errors.
-///
-/// # Cancel safety
-///
-/// Cancel safe while waiting. If dropped after the store granted a lease but
-/// before it was returned, that lease simply expires.
-pub async fn claim_with_wait<S: IdempotencyStore + ?Sized>(
-    store: &S,
-    req: &ClaimRequest,
-    wait: Option<Duration>,
-) -> Result<Claim, StoreError> {
-    let deadline = wait.map(|w| Instant::now() + w);
-    loop {
-        let claim = store.claim(req).await?;
-        let (Claim::InFlight { .. }, Some(deadline)) = (&claim, deadline) else {
-            return Ok(claim);
-        };
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(claim);
-        }
-        store.wait_for_change(&req.key, deadline - now).await?;
-    }
-}
-
-/// Drives `op` to completion, renewing `lease` every heartbeat. Returns the
-/// result and whether the lease was lost meanwhile.
-async fn run_with_heartbeat<S, Fut, T, E>(
-    store: &S,
-    policy: &Policy,
-    mut lease: Lease,
-    op: Fut,
-) -> (Result<T, E>, bool)
-where
-    S: IdempotencyStore + ?Sized,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let every = policy.heartbeat_interval();
-    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fenced = false;
-    tokio::pin!(op);
-    loop {
-        tokio::select! {
-            biased;
-            r = &mut op => return (r, fenced),
-            _ = ticker.tick(), if !fenced => match store.renew(&lease).await {
-                Ok(renewed) => lease = renewed,
-                Err(StoreError::LeaseLost) => {
-                    tracing::warn!(key = %lease.key.short(), fence = lease.fence, "lease lost while running; result will not be recorded");
-                    fenced = true;
-                }
-                Err(e) => tracing::warn!(key = %lease.key.short(), error = %e, "lease renewal failed; will retry"),
-            },
-        }
-    }
-}
-
-/// Completes, retrying transient store errors a few times.
-async fn complete_with_retry<S: IdempotencyStore + ?Sized>(
-    store: &S,
-    lease: &Lease,
-    completion: Completion,
-) -> Result<(), StoreError> {
-    let mut delay = Duration::from_millis(20);
-    for _ in 0..2 {
-        match store.complete(lease, completion.clone()).await {
-            Err(e) if e.is_transient() => {
-                tracing::warn!(key = %lease.key.short(), error = %e, "completion failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 4;
-            }
-            other => return other,
-        }
-    }
-    store.complete(lease, completion).await
-}
-
-/// Marks the attempt failed (retryable) if the run is dropped mid-operation.
-struct CancelGuard<S: IdempotencyStore + Clone + 'static> {
-    store: Option<S>,
-    lease: Lease,
-    policy: Policy,
-}
-
-impl<S: IdempotencyStore + Clone + 'static> CancelGuard<S> {
-    fn disarm(&mut self) {
-        self.store = None;
-    }
-}
-
-impl<S: IdempotencyStore + Clone + 'static> Drop for CancelGuard<S> {
-    fn drop(&mut self) {
-        let Some(store) = self.store.take() else {
-            return;
-        };
-        let lease = self.lease.clone();
-        let failure = self.policy.settle_failure(
-            &lease,
-            Failure::retryable("cancelled: the caller dropped the operation before it finished"),
-        );
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if let Err(e) = store.fail(&lease, failure).await {
-                        tracing::warn!(key = %lease.key.short(), error = %e, "could not mark cancelled attempt failed; the lease will expire");
-                    }
-                });
-            }
-            Err(_) => {
-                tracing::warn!(key = %lease.key.short(), "run dropped outside a Tokio runtime; the lease will expire");
-            }
-        }
     }
 }

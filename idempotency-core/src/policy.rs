@@ -16,6 +16,22 @@ use crate::store::{ClaimRequest, Failure};
 /// | `retention` | 24 h | how long a finished record is replayed, from completion |
 /// | `max_attempts` | 3 | executions a key may start in total (crash takeovers and retries included) |
 /// | `wait` | none | how long a duplicate waits for an in-flight execution instead of failing fast |
+/// | `store_timeout` | 5 s | how long one store call may take before it counts as failed |
+/// | `settle_timeout` | 60 s | how long the final record write (complete, fail, release) is retried while the store fails |
+///
+/// Every setter clamps its value into a safe range instead of panicking or
+/// producing a policy that cannot work, and all arithmetic on these values
+/// saturates:
+///
+/// | field | accepted range | why |
+/// |---|---|---|
+/// | `lease` | [`MIN_LEASE`] (100 ms) ..= [`MAX_DURATION`] (1 day) | a shorter lease runs out before a store round trip and a heartbeat can renew it, so duplicates would take over a live attempt |
+/// | `heartbeat` | 1 ms ..= lease / 2 | a renewal every half lease at most, so one late renewal never loses the lease |
+/// | `retention` | lease ..= 100 years | a finished record must outlive the lease that produced it |
+/// | `max_attempts` | 1 ..= `u32::MAX` | at least the first execution |
+/// | `wait` | 0 ..= [`MAX_DURATION`] | |
+/// | `store_timeout` | 1 ms ..= [`MAX_DURATION`] | |
+/// | `settle_timeout` | 0 ..= [`MAX_DURATION`] | 0: the final write is tried once |
 ///
 /// ```
 /// use std::time::Duration;
@@ -34,7 +50,18 @@ pub struct Policy {
     retention: Duration,
     max_attempts: u32,
     wait: Option<Duration>,
+    store_timeout: Duration,
+    settle_timeout: Duration,
 }
+
+/// The shortest lease a [`Policy`] accepts: 100 ms.
+pub const MIN_LEASE: Duration = Duration::from_millis(100);
+
+/// The longest lease, wait, store timeout or settle timeout a [`Policy`]
+/// accepts: one day. Longer values are clamped to it.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 impl Default for Policy {
     fn default() -> Self {
@@ -44,29 +71,58 @@ impl Default for Policy {
             retention: Duration::from_secs(24 * 60 * 60),
             max_attempts: 3,
             wait: None,
+            store_timeout: Duration::from_secs(5),
+            settle_timeout: Duration::from_secs(60),
         }
     }
 }
 
 impl Policy {
-    /// Sets the lease length (minimum 1 ms).
+    /// Sets the lease length, clamped to [`MIN_LEASE`]`..=`[`MAX_DURATION`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotency_core::{MIN_LEASE, Policy};
+    /// assert_eq!(Policy::default().lease(Duration::ZERO).lease_duration(), MIN_LEASE);
+    /// ```
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(Duration::from_millis(1));
+        self.lease = lease.clamp(MIN_LEASE, MAX_DURATION);
         self
     }
 
-    /// Sets the heartbeat period (default: a third of the lease).
+    /// Sets the heartbeat period (default: a third of the lease). It is
+    /// clamped to 1 ms..=lease / 2 when read, so a later, shorter lease
+    /// still gets a safe heartbeat.
     #[must_use]
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = Some(every.max(Duration::from_millis(1)));
         self
     }
 
-    /// Sets the retention of finished records.
+    /// Sets the retention of finished records, clamped to at least the lease
+    /// (when read) and at most 100 years.
     #[must_use]
     pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
+        self.retention = retention.min(MAX_RETENTION);
+        self
+    }
+
+    /// Sets how long one store call may take before it fails with
+    /// `StoreError::Timeout` (default 5 s), clamped to 1 ms..=[`MAX_DURATION`].
+    #[must_use]
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout.clamp(Duration::from_millis(1), MAX_DURATION);
+        self
+    }
+
+    /// Sets how long the final write of an attempt (complete, fail or
+    /// release) is retried while the store fails transiently (default 60 s),
+    /// clamped to [`MAX_DURATION`]. The lease keeps being renewed meanwhile,
+    /// so no duplicate takes the record over while the write is retried.
+    #[must_use]
+    pub fn settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle_timeout = timeout.min(MAX_DURATION);
         self
     }
 
@@ -77,10 +133,11 @@ impl Policy {
         self
     }
 
-    /// Makes duplicates wait up to `timeout` for an in-flight execution.
+    /// Makes duplicates wait up to `timeout` (clamped to [`MAX_DURATION`])
+    /// for an in-flight execution.
     #[must_use]
     pub fn wait(mut self, timeout: Duration) -> Self {
-        self.wait = Some(timeout);
+        self.wait = Some(timeout.min(MAX_DURATION));
         self
     }
 
@@ -96,9 +153,28 @@ impl Policy {
         self.lease
     }
 
-    /// The retention.
+    /// The retention (never shorter than the lease).
     pub fn retention_duration(&self) -> Duration {
-        self.retention
+        self.retention.max(self.lease)
+    }
+
+    /// The timeout of one store call.
+    pub fn store_timeout_duration(&self) -> Duration {
+        self.store_timeout
+    }
+
+    /// How long the final write of an attempt is retried.
+    pub fn settle_timeout_duration(&self) -> Duration {
+        self.settle_timeout
+    }
+
+    /// The time budget of a claim: the store timeout, plus the wait when
+    /// duplicates wait (saturating).
+    pub fn claim_budget(&self) -> Duration {
+        match self.wait {
+            Some(w) => self.store_timeout.saturating_add(w),
+            None => self.store_timeout,
+        }
     }
 
     /// The attempt limit.
@@ -115,6 +191,7 @@ impl Policy {
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat
             .unwrap_or(self.lease / 3)
+            .min(self.lease / 2)
             .max(Duration::from_millis(1))
     }
 
@@ -124,7 +201,7 @@ impl Policy {
             key,
             fingerprint,
             lease: self.lease,
-            retention: self.retention,
+            retention: self.retention_duration(),
             max_attempts: self.max_attempts,
         }
     }

@@ -1,11 +1,13 @@
 //! [`IdempotencyContext`]: what the handler of an executing request knows of
 //! its record, and how it completes the record in its own transaction.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use idempotency_core::{ClaimKind, Completion, Lease, Outcome, StorageKey, StoredResponse};
+use idempotency_core::{
+    Attempt, ClaimKind, Completion, Lease, Outcome, StorageKey, StoredResponse,
+};
 
 use crate::layer::Config;
 
@@ -51,39 +53,31 @@ use crate::layer::Config;
 /// Cloning is cheap; every clone is the same context.
 #[derive(Clone)]
 pub struct IdempotencyContext {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    lease: Lease,
-    kind: ClaimKind,
+    attempt: Attempt,
     config: Arc<Config>,
-    /// Set once by [`IdempotencyContext::mark_completed`]: the resource.
-    completed: OnceLock<Option<String>>,
 }
 
 impl std::fmt::Debug for IdempotencyContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdempotencyContext")
-            .field("key", &self.inner.lease.key.short())
-            .field("fence", &self.inner.lease.fence)
-            .field("attempt", &self.inner.lease.attempt)
-            .field("kind", &self.inner.kind)
-            .field("completed", &self.inner.completed.get())
+            .field("key", &self.attempt.key().short())
+            .field("fence", &self.attempt.fence())
+            .field("attempt", &self.attempt.number())
+            .field("kind", &self.attempt.kind())
+            .field("completed", &self.attempt.completed_resource())
             .finish()
     }
 }
 
 impl IdempotencyContext {
-    pub(crate) fn new(lease: Lease, kind: ClaimKind, config: Arc<Config>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                lease,
-                kind,
-                config,
-                completed: OnceLock::new(),
-            }),
-        }
+    pub(crate) fn new(attempt: Attempt, config: Arc<Config>) -> Self {
+        Self { attempt, config }
+    }
+
+    /// The core attempt this request executes (what `Idempotent` hands its
+    /// operations: the same engine owns both).
+    pub fn as_attempt(&self) -> &Attempt {
+        &self.attempt
     }
 
     /// The claim's lease, as it was when the handler was called. Its token
@@ -91,39 +85,47 @@ impl IdempotencyContext {
     /// deadline, so this copy stays valid for `complete_in` while the layer
     /// renews the lease.
     pub fn lease(&self) -> &Lease {
-        &self.inner.lease
+        self.attempt.lease()
     }
 
     /// The record's storage key.
     pub fn key(&self) -> &StorageKey {
-        &self.inner.lease.key
+        &self.attempt.lease().key
     }
 
     /// The storage key as 64 lowercase hex digits (what logs and audit rows carry).
     pub fn key_hash(&self) -> String {
-        self.inner.lease.key.to_hex()
+        self.attempt.key().to_hex()
     }
 
-    /// The fencing number of this execution: pass it to downstream systems
-    /// that can refuse a stale writer.
+    /// The fencing number of this execution: strictly increases with every
+    /// claim of the key; pass it to downstream systems that can refuse a
+    /// stale writer.
     pub fn fence(&self) -> u64 {
-        self.inner.lease.fence
+        self.attempt.fence()
     }
 
     /// The attempt number of this execution (1 for the first).
     pub fn attempt(&self) -> u32 {
-        self.inner.lease.attempt
+        self.attempt.number()
     }
 
     /// How the claim was obtained: a new record, a takeover of an expired
     /// lease (a crashed or stalled attempt), or a retry after a retryable failure.
     pub fn kind(&self) -> ClaimKind {
-        self.inner.kind
+        self.attempt.kind()
     }
 
-    /// Whether no earlier attempt of this record started an execution.
+    /// Whether no earlier attempt of this record started an execution
+    /// (the same rule as [`Attempt::is_first`]).
     pub fn is_first_attempt(&self) -> bool {
-        self.inner.kind == ClaimKind::New && self.inner.lease.attempt == 1
+        self.attempt.is_first()
+    }
+
+    /// A stable key for a downstream call (payment, e-mail, message), the
+    /// same on every attempt of this record (see [`Attempt::downstream_key`]).
+    pub fn downstream_key(&self, label: &str) -> String {
+        self.attempt.downstream_key(label)
     }
 
     /// A [`Completion`] whose replay is `status`, the headers of `headers`
@@ -140,7 +142,7 @@ impl IdempotencyContext {
         body: impl Into<Bytes>,
     ) -> Completion {
         Completion::new(Outcome::Response(stored_response(
-            &self.inner.config,
+            &self.config,
             status,
             headers,
             body.into(),
@@ -154,17 +156,17 @@ impl IdempotencyContext {
     /// Call it only after the commit succeeded. The first call counts; later
     /// calls return `false` and change nothing.
     pub fn mark_completed(&self, resource: Option<String>) -> bool {
-        self.inner.completed.set(resource).is_ok()
+        self.attempt.mark_completed(resource)
     }
 
     /// Whether [`mark_completed`](Self::mark_completed) was called.
     pub fn is_completed(&self) -> bool {
-        self.inner.completed.get().is_some()
+        self.attempt.is_completed()
     }
 
     /// The resource given to [`mark_completed`](Self::mark_completed), if it was called.
     pub(crate) fn completed_resource(&self) -> Option<Option<String>> {
-        self.inner.completed.get().cloned()
+        self.attempt.completed_resource()
     }
 }
 
@@ -211,7 +213,7 @@ mod tests {
             lease_duration: Duration::from_secs(1),
             retention: Duration::from_secs(1),
         };
-        IdempotencyContext::new(lease, kind, Arc::new(Config::default()))
+        IdempotencyContext::new(Attempt::new(lease, kind), Arc::new(Config::default()))
     }
 
     #[test]

@@ -20,9 +20,14 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// Default cap on stored responses: 1 MiB.
 pub const DEFAULT_MAX_STORED_RESPONSE: usize = 1024 * 1024;
 
-/// Headers replayed by default.
-pub const DEFAULT_REPLAY_HEADERS: [HeaderName; 6] = [
+/// Headers replayed by default: what a client needs to read the body and
+/// find what was created (a replay behind a compression layer keeps its
+/// `Content-Encoding`, so the stored bytes decode).
+pub const DEFAULT_REPLAY_HEADERS: [HeaderName; 9] = [
     http::header::CONTENT_TYPE,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_LANGUAGE,
+    http::header::VARY,
     http::header::LOCATION,
     http::header::ETAG,
     http::header::LAST_MODIFIED,
@@ -77,7 +82,6 @@ pub(crate) struct Config {
     pub(crate) methods: Vec<Method>,
     pub(crate) policy: Policy,
     pub(crate) store_failure: StoreFailureMode,
-    pub(crate) store_timeout: Duration,
     pub(crate) max_request_body: usize,
     pub(crate) max_stored_response: usize,
     pub(crate) outcomes: OutcomePolicy,
@@ -98,7 +102,6 @@ impl Default for Config {
             methods: vec![Method::POST, Method::PATCH],
             policy: Policy::default(),
             store_failure: StoreFailureMode::FailClosed,
-            store_timeout: Duration::from_secs(5),
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_stored_response: DEFAULT_MAX_STORED_RESPONSE,
             outcomes: OutcomePolicy::default(),
@@ -159,7 +162,6 @@ impl std::fmt::Debug for Config {
             .field("methods", &self.methods)
             .field("policy", &self.policy)
             .field("store_failure", &self.store_failure)
-            .field("store_timeout", &self.store_timeout)
             .field("max_request_body", &self.max_request_body)
             .field("max_stored_response", &self.max_stored_response)
             .field("outcomes", &self.outcomes)
@@ -422,7 +424,7 @@ impl<St> IdempotencyLayer<St> {
     /// let layer = IdempotencyLayer::new(MemoryStore::new()).store_timeout(Duration::from_millis(500));
     /// ```
     pub fn store_timeout(self, timeout: Duration) -> Self {
-        self.edit(|c| c.store_timeout = timeout)
+        self.edit(|c| c.policy = c.policy.clone().store_timeout(timeout))
     }
 
     /// The largest request body accepted, in bytes (default 1 MiB). Enforced

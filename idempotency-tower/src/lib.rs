@@ -25,7 +25,10 @@ pub use layer::{
     Concurrency, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_STORED_RESPONSE, DEFAULT_REPLAY_HEADERS,
     IdempotencyLayer, NEVER_REPLAYED, StoreFailureMode,
 };
-pub use policy::{DEFAULT_RELEASED, OutcomeAction, OutcomePolicy};
+pub use policy::{DEFAULT_RELEASED, OutcomeAction, OutcomePolicy, ReleaseKey};
 pub use problem::{PROBLEM_BASE, PROBLEM_CONTENT_TYPE, ProblemType};
-pub use service::{IDEMPOTENT_REPLAYED, Idempotency, X_REQUEST_ID};
+pub use service::{
+    IDEMPOTENT_REPLAYED, Idempotency, MAX_REQUEST_ID_LEN, X_REQUEST_ID, ensure_request_id,
+    is_acceptable_request_id,
+};
 pub use verify::{VerifyFuture, VerifyResource};

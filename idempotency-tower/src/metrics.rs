@@ -4,15 +4,17 @@
 //! | metric | kind | labels |
 //! |---|---|---|
 //! | `idempotency_requests_total` | counter | `outcome` ([`DecisionOutcome::as_str`](crate::DecisionOutcome::as_str)) |
-//! | `idempotency_store_operation_seconds` | histogram | `operation` (`claim`, `claim_wait`, `complete`, `fail`, `release`, `renew`, `mark_corrupted`), `result` (`ok`, `error`) |
+//! | `idempotency_store_operation_seconds` | histogram | `operation` (`claim`, `claim_wait`, `complete`, `fail`, `release`, `renew`, `mark_corrupted`), `result` (`ok`, `error`, `cancelled` when the call was cut by its timeout) |
 //!
 //! No label ever holds a key, a key hash or a scope.
 
 use std::future::Future;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use idempotency_core::StoreError;
+use idempotency_core::{
+    Claim, ClaimRequest, Completion, Failure, IdempotencyStore, Lease, Record, Resolution,
+    StorageKey, StoreError, with_timeout,
+};
 
 use crate::hook::DecisionOutcome;
 
@@ -35,22 +37,95 @@ pub(crate) async fn timed<T, F>(
 where
     F: Future<Output = Result<T, StoreError>>,
 {
-    let start = Instant::now();
-    let mut fut = std::pin::pin!(fut);
-    // A store that answers on the first poll (in memory) needs no timer.
-    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-    let out = match first {
-        Poll::Ready(r) => r,
-        Poll::Pending => match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout { source: None }),
-        },
+    measure(operation, with_timeout(timeout, fut)).await
+}
+
+/// Records the latency and result of one store call, also when the call is
+/// dropped before it answers (`result="cancelled"`).
+async fn measure<T, F>(operation: &'static str, fut: F) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    let mut probe = Probe {
+        operation,
+        start: Instant::now(),
+        result: "cancelled",
     };
-    let result = match &out {
+    let out = fut.await;
+    probe.result = match &out {
         Ok(_) | Err(StoreError::LeaseLost | StoreError::NotFound) => "ok",
         Err(_) => "error",
     };
-    metrics::histogram!(STORE_OPERATION_SECONDS, "operation" => operation, "result" => result)
-        .record(start.elapsed().as_secs_f64());
     out
+}
+
+struct Probe {
+    operation: &'static str,
+    start: Instant,
+    result: &'static str,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        metrics::histogram!(STORE_OPERATION_SECONDS, "operation" => self.operation, "result" => self.result)
+            .record(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// A store whose every call is measured: what the lease engine drives, so
+/// renewals and final writes are in the histogram like the layer's own calls.
+#[derive(Clone, Debug)]
+pub(crate) struct Metered<St>(pub(crate) St);
+
+impl<St: IdempotencyStore> IdempotencyStore for Metered<St> {
+    fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        measure("claim", self.0.claim(req))
+    }
+    fn complete(
+        &self,
+        lease: &Lease,
+        completion: Completion,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        measure("complete", self.0.complete(lease, completion))
+    }
+    fn fail(
+        &self,
+        lease: &Lease,
+        failure: Failure,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        measure("fail", self.0.fail(lease, failure))
+    }
+    fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        measure("release", self.0.release(lease))
+    }
+    fn renew(&self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send {
+        measure("renew", self.0.renew(lease))
+    }
+    fn get(
+        &self,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        measure("get", self.0.get(key))
+    }
+    fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        detail: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        measure("mark_corrupted", self.0.mark_corrupted(key, detail))
+    }
+    fn resolve(
+        &self,
+        key: &StorageKey,
+        resolution: Resolution,
+    ) -> impl Future<Output = Result<Record, StoreError>> + Send {
+        measure("resolve", self.0.resolve(key, resolution))
+    }
+    fn wait_for_change(
+        &self,
+        key: &StorageKey,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.0.wait_for_change(key, timeout)
+    }
 }

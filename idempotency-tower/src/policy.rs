@@ -28,12 +28,18 @@ pub enum OutcomeAction {
 /// | status | action |
 /// |---|---|
 /// | 1xx, 2xx, 3xx | [`Store`](OutcomeAction::Store) (replayed) |
-/// | 400, 401, 403, 408, 413, 415, 422, 429 | [`Release`](OutcomeAction::Release) (envelope rejections: a corrected retry runs) |
+/// | 400, 401, 403, 405, 406, 408, 411, 413, 414, 415, 422, 429, 431 | [`Release`](OutcomeAction::Release) (envelope and router rejections: a corrected retry runs) |
 /// | other 4xx (404, 409, 410, ...) | [`Store`](OutcomeAction::Store) (business outcomes are replayed) |
 /// | 5xx | [`FailRetryable`](OutcomeAction::FailRetryable) |
-/// | any status with `Cache-Control: no-store` | [`Release`](OutcomeAction::Release) |
+/// | any response carrying the [`ReleaseKey`] extension | [`Release`](OutcomeAction::Release) (the handler says so) |
+/// | any status with `Cache-Control: no-store` | as its status; [`Release`](OutcomeAction::Release) only with [`release_on_no_store(true)`](OutcomePolicy::release_on_no_store) |
 ///
 /// A panic or an error of the inner service also marks a retryable failure.
+///
+/// `Cache-Control: no-store` does not release by default: security-header
+/// layers add it to every API response, which would silently turn
+/// idempotency off. A handler that wants its key released says so with the
+/// typed [`ReleaseKey`] response extension.
 ///
 /// ```
 /// use http::StatusCode;
@@ -56,7 +62,25 @@ pub struct OutcomePolicy {
 }
 
 /// The statuses the default policy releases.
-pub const DEFAULT_RELEASED: [u16; 8] = [400, 401, 403, 408, 413, 415, 422, 429];
+pub const DEFAULT_RELEASED: [u16; 13] = [
+    400, 401, 403, 405, 406, 408, 411, 413, 414, 415, 422, 429, 431,
+];
+
+/// A response extension: the handler asks the layer to release the key
+/// (nothing worth keeping happened; a retry with the same key runs afresh),
+/// whatever the status.
+///
+/// ```
+/// use axum::{Extension, http::StatusCode, response::IntoResponse};
+/// use idempotency_tower::ReleaseKey;
+///
+/// async fn handler() -> impl IntoResponse {
+///     // The quote expired: let the client retry with the same key.
+///     (StatusCode::OK, Extension(ReleaseKey), "quote expired, ask again")
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleaseKey;
 
 impl Default for OutcomePolicy {
     fn default() -> Self {
@@ -69,7 +93,7 @@ impl Default for OutcomePolicy {
             .collect();
         Self {
             table,
-            release_on_no_store: true,
+            release_on_no_store: false,
         }
     }
 }
@@ -95,7 +119,8 @@ impl OutcomePolicy {
     }
 
     /// Whether a response with `Cache-Control: no-store` releases the key
-    /// (default `true`).
+    /// (default `false`: security-header layers add `no-store` to every
+    /// response; prefer the [`ReleaseKey`] extension).
     #[must_use]
     pub fn release_on_no_store(mut self, yes: bool) -> Self {
         self.release_on_no_store = yes;
@@ -105,6 +130,15 @@ impl OutcomePolicy {
     /// The action for a status, ignoring headers.
     pub fn action_for(&self, status: StatusCode) -> OutcomeAction {
         self.table[usize::from(status.as_u16() - 100)]
+    }
+
+    /// The action for a response's head: a response carrying the
+    /// [`ReleaseKey`] extension releases the key; otherwise [`classify`](Self::classify).
+    pub fn classify_response(&self, head: &http::response::Parts) -> OutcomeAction {
+        if head.extensions.get::<ReleaseKey>().is_some() {
+            return OutcomeAction::Release;
+        }
+        self.classify(head.status, &head.headers)
     }
 
     /// The action for a response.
@@ -162,13 +196,13 @@ mod tests {
     }
 
     #[test]
-    fn no_store_releases() {
-        let p = OutcomePolicy::default();
+    fn no_store_releases_only_when_asked() {
         let mut h = HeaderMap::new();
         h.insert(CACHE_CONTROL, HeaderValue::from_static("private, No-Store"));
-        assert_eq!(p.classify(StatusCode::CREATED, &h), OutcomeAction::Release);
-        let p = p.release_on_no_store(false);
+        let p = OutcomePolicy::default();
         assert_eq!(p.classify(StatusCode::CREATED, &h), OutcomeAction::Store);
+        let p = p.release_on_no_store(true);
+        assert_eq!(p.classify(StatusCode::CREATED, &h), OutcomeAction::Release);
         let mut other = HeaderMap::new();
         other.insert(
             CACHE_CONTROL,
@@ -178,6 +212,28 @@ mod tests {
             OutcomePolicy::default().classify(StatusCode::OK, &other),
             OutcomeAction::Store
         );
+    }
+
+    #[test]
+    fn router_rejections_release() {
+        let p = OutcomePolicy::default();
+        for s in [405, 406, 411, 414, 431] {
+            let status = StatusCode::from_u16(s).unwrap();
+            assert_eq!(p.action_for(status), OutcomeAction::Release, "{s}");
+        }
+    }
+
+    #[test]
+    fn release_extension_releases_any_status() {
+        let p = OutcomePolicy::default();
+        let (mut head, ()) = http::Response::builder()
+            .status(StatusCode::CREATED)
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(p.classify_response(&head), OutcomeAction::Store);
+        head.extensions.insert(ReleaseKey);
+        assert_eq!(p.classify_response(&head), OutcomeAction::Release);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use idempotency_core::{
     BoxError, Claim, ClaimKind, Completed, Completion, Failure, Fingerprint, IdempotencyStore,
-    Lease, Outcome, StorageKey, StoreError, StoredResponse, claim_with_wait,
+    Lease, Outcome, OwnedAttempt, SettleError, StorageKey, StoredResponse, claim_with_wait,
 };
 use tower_service::Service;
 use tracing::{Instrument, Span};
@@ -28,7 +28,7 @@ use crate::future::ResponseFuture;
 use crate::hook::{Decision, DecisionOutcome};
 use crate::key::KeyInput;
 use crate::layer::{Config, IdempotencyLayer, StoreFailureMode};
-use crate::metrics::{count_outcome, timed};
+use crate::metrics::{Metered, count_outcome, timed};
 use crate::policy::OutcomeAction;
 use crate::problem::{Problem, ProblemType};
 
@@ -183,8 +183,26 @@ impl Ctx {
     }
 }
 
-fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(X_REQUEST_ID).filter(|v| !v.is_empty()) {
+/// The longest `x-request-id` taken from a client: 128 characters.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a client's `x-request-id` is used as it is: 1 to
+/// [`MAX_REQUEST_ID_LEN`] visible ASCII characters (no spaces, no controls).
+/// Anything else is replaced by a generated id, so an unbounded client
+/// value never reaches a log line, a response or an audit row.
+pub fn is_acceptable_request_id(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// The request's correlation id: the client's `x-request-id` when it is
+/// acceptable ([`is_acceptable_request_id`]), else a new UUIDv7, which then
+/// replaces the client's value in the request's headers.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    if let (Some(v), None) = (values.next(), values.next())
+        && is_acceptable_request_id(v)
+    {
         return v.clone();
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -367,10 +385,12 @@ where
     // 5. The store decides.
     let claim_req = config.policy.claim_request(key, fingerprint);
     let wait = config.policy.wait_timeout();
-    let (op, budget) = match wait {
-        Some(w) => ("claim_wait", config.store_timeout + w),
-        None => ("claim", config.store_timeout),
+    let op = if wait.is_some() {
+        "claim_wait"
+    } else {
+        "claim"
     };
+    let budget = config.policy.claim_budget();
     let claim = match timed(op, budget, claim_with_wait(&store, &claim_req, wait)).await {
         Ok(c) => c,
         Err(e) => {
@@ -471,7 +491,12 @@ async fn replay<St: IdempotencyStore, B: Body>(
     completed: Completed,
 ) -> Response<ResponseBody<B>> {
     if let (Some(check), Some(resource)) = (&ctx.config.verify, &completed.resource) {
-        match timed_check(ctx.config.store_timeout, check.exists(resource.clone())).await {
+        match timed_check(
+            ctx.config.policy.store_timeout_duration(),
+            check.exists(resource.clone()),
+        )
+        .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 let detail = format!("the record's resource {resource} no longer exists");
@@ -525,7 +550,7 @@ async fn corrupted<St: IdempotencyStore, B: Body>(
         detail,
         "idempotency record corrupted; marking it"
     );
-    let timeout = ctx.config.store_timeout;
+    let timeout = ctx.config.policy.store_timeout_duration();
     if let Err(e) = timed("mark_corrupted", timeout, store.mark_corrupted(key, detail)).await {
         tracing::warn!(error = %e, "could not mark the record corrupted");
     }
@@ -626,10 +651,14 @@ where
     ResBody::Error: Into<BoxError> + Send,
 {
     let config = ctx.config.clone();
-    let context = IdempotencyContext::new(lease.clone(), kind, config.clone());
+    // One engine owns the attempt from here to its final record write: it
+    // renews the lease while the handler runs *and* while its body is
+    // collected, and retries the final write while it still holds the lease.
+    let mut owned = OwnedAttempt::new(Metered(store), config.policy.clone(), lease, kind);
+    let context = IdempotencyContext::new(owned.attempt().clone(), config.clone());
     req.extensions_mut().insert(context.clone());
     let call = AssertUnwindSafe(inner.call(req)).catch_unwind();
-    let (result, lease, fenced) = with_heartbeat(&store, &config, lease, &context, call).await;
+    let result = owned.run(call).await;
     let executed = if kind == ClaimKind::New {
         DecisionOutcome::Executed
     } else {
@@ -638,6 +667,7 @@ where
     if let Some(resource) = context.completed_resource() {
         // The handler completed the record in its own transaction: nothing
         // is left to store, fail or release, whatever it answered.
+        owned.finish();
         ctx.resource = resource;
         return match result {
             Err(panic) => {
@@ -656,49 +686,34 @@ where
     }
     let res = match result {
         Err(panic) => {
-            settle_failure(
-                &store,
+            let status = Some(StatusCode::INTERNAL_SERVER_ERROR);
+            record_failure(
+                owned,
                 &ctx,
-                &lease,
-                fenced,
-                "the handler panicked",
-                Some(StatusCode::INTERNAL_SERVER_ERROR),
+                Failure::retryable("the handler panicked"),
+                status,
             )
             .await;
             return Err(TaskError::Panic(panic));
         }
         Ok(Err(e)) => {
-            settle_failure(
-                &store,
-                &ctx,
-                &lease,
-                fenced,
-                "the inner service returned an error",
-                None,
-            )
-            .await;
+            let failure = Failure::retryable("the inner service returned an error");
+            record_failure(owned, &ctx, failure, None).await;
             return Err(TaskError::Service(e));
         }
         Ok(Ok(res)) => res,
     };
     let (head, body) = res.into_parts();
     let status = head.status;
-    if fenced {
+    if owned.is_lost() {
+        owned.finish();
         tracing::warn!("lease lost while the handler ran; its response is not recorded");
         ctx.decide(DecisionOutcome::Fenced, Some(status));
         return Ok(ctx.finish(Response::from_parts(head, ResponseBody::inner(body))));
     }
-    let timeout = config.store_timeout;
-    match config.outcomes.classify(status, &head.headers) {
+    match config.outcomes.classify_response(&head) {
         OutcomeAction::Release => {
-            let outcome = match timed("release", timeout, store.release(&lease)).await {
-                Ok(()) => DecisionOutcome::Released,
-                Err(StoreError::LeaseLost) => DecisionOutcome::Fenced,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not release the key; it is held until its lease expires");
-                    DecisionOutcome::Released
-                }
-            };
+            let outcome = settled(owned.release().await, DecisionOutcome::Released);
             ctx.decide(outcome, Some(status));
             Ok(ctx.finish(Response::from_parts(head, ResponseBody::inner(body))))
         }
@@ -709,18 +724,32 @@ where
             } else {
                 Failure::terminal(reason)
             };
-            record_failure(&store, &ctx, &lease, failure, Some(status)).await;
+            record_failure(owned, &ctx, failure, Some(status)).await;
             Ok(ctx.finish(Response::from_parts(head, ResponseBody::inner(body))))
         }
         OutcomeAction::Store => {
-            let (outcome, body) = match collect_response(Box::pin(body), config.max_stored_response)
-                .await
-            {
+            // The lease is renewed while the body is collected, however slow.
+            let collected = owned
+                .run(collect_response(Box::pin(body), config.max_stored_response))
+                .await;
+            if owned.is_lost() {
+                owned.finish();
+                tracing::warn!("lease lost while the response body was read; it is not recorded");
+                ctx.decide(DecisionOutcome::Fenced, Some(status));
+                let body = match collected {
+                    Collected::Complete { data, trailers } => {
+                        ResponseBody::full_with_trailers(data, trailers)
+                    }
+                    Collected::TooLarge { prefix, rest } => ResponseBody::prefixed(prefix, rest),
+                    Collected::Failed { prefix, error } => ResponseBody::errored(prefix, error),
+                };
+                return Ok(ctx.finish(Response::from_parts(head, body)));
+            }
+            let (outcome, body) = match collected {
                 Collected::Complete { data, trailers } => {
                     let stored = stored_response(&config, status, &head.headers, data.clone());
-                    let outcome =
-                        complete(&store, &config, &lease, Outcome::Response(stored), executed)
-                            .await;
+                    let completion = Completion::new(Outcome::Response(stored));
+                    let outcome = settled(owned.complete(completion).await, executed);
                     (outcome, ResponseBody::full_with_trailers(data, trailers))
                 }
                 Collected::TooLarge { prefix, rest } => {
@@ -733,12 +762,13 @@ where
                         status: Some(status.as_u16()),
                         reason,
                     };
-                    let outcome = complete(&store, &config, &lease, tombstone, executed).await;
+                    let completion = Completion::new(tombstone);
+                    let outcome = settled(owned.complete(completion).await, executed);
                     (outcome, ResponseBody::prefixed(prefix, rest))
                 }
                 Collected::Failed { prefix, error } => {
                     let failure = Failure::retryable("the response body failed while it was read");
-                    record_failure(&store, &ctx, &lease, failure, Some(status)).await;
+                    record_failure(owned, &ctx, failure, Some(status)).await;
                     return Ok(ctx.finish(Response::from_parts(
                         head,
                         ResponseBody::errored(prefix, error),
@@ -751,149 +781,29 @@ where
     }
 }
 
-/// Drives `fut`, renewing `lease` every heartbeat until the handler marks
-/// the record completed. Returns its output, the latest lease, and whether
-/// the lease was lost meanwhile.
-///
-/// A renewal runs *alongside* the handler, never instead of it: a handler
-/// that completes the record in its own transaction holds the record's row
-/// lock until it commits, so a renewal sent in that window waits for the
-/// handler, and the handler must keep being polled to commit. A renewal
-/// still in flight when the handler finishes is awaited (the handler's
-/// transaction is over, so it ends promptly) rather than cut mid-statement.
-async fn with_heartbeat<St, F>(
-    store: &St,
-    config: &Config,
-    mut lease: Lease,
-    context: &IdempotencyContext,
-    fut: F,
-) -> (F::Output, Lease, bool)
-where
-    St: IdempotencyStore,
-    F: Future,
-{
-    let every = config.policy.heartbeat_interval();
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fenced = false;
-    let mut fut = std::pin::pin!(fut);
-    let mut renewal: Option<RenewFuture<'_>> = None;
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut fut => {
-                if let Some(pending) = renewal.take() {
-                    settle_renewal(pending.await, &mut lease, &mut fenced, context);
-                }
-                return (out, lease, fenced);
-            }
-            renewed = async { renewal.as_mut().expect("polled only while renewing").await }, if renewal.is_some() => {
-                renewal = None;
-                settle_renewal(renewed, &mut lease, &mut fenced, context);
-            }
-            _ = ticker.tick(), if renewal.is_none() && !fenced && !context.is_completed() => {
-                let current = lease.clone();
-                let timeout = config.store_timeout;
-                renewal = Some(Box::pin(async move {
-                    timed("renew", timeout, store.renew(&current)).await
-                }));
-            }
-        }
+/// The decision for a final write: `ok` when it landed (or the store kept
+/// failing: the engine logged what happens to the record), fenced when the
+/// lease was lost.
+fn settled(result: Result<(), SettleError>, ok: DecisionOutcome) -> DecisionOutcome {
+    match result {
+        Ok(()) | Err(SettleError::Store(_)) => ok,
+        Err(SettleError::LeaseLost) => DecisionOutcome::Fenced,
+        Err(_) => ok,
     }
 }
 
-type RenewFuture<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Lease, StoreError>> + Send + 'a>>;
-
-fn settle_renewal(
-    renewed: Result<Lease, StoreError>,
-    lease: &mut Lease,
-    fenced: &mut bool,
-    context: &IdempotencyContext,
-) {
-    match renewed {
-        Ok(l) => *lease = l,
-        // The handler completed the record itself: nothing is left to renew.
-        Err(StoreError::LeaseLost) if context.is_completed() => {}
-        Err(StoreError::LeaseLost) => {
-            tracing::warn!(fence = lease.fence, "lease lost while the handler runs");
-            *fenced = true;
-        }
-        Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
-    }
-}
-
-/// Completes the record, retrying transient store errors twice. Returns the decision.
-async fn complete<St: IdempotencyStore>(
-    store: &St,
-    config: &Config,
-    lease: &Lease,
-    outcome: Outcome,
-    executed: DecisionOutcome,
-) -> DecisionOutcome {
-    let completion = Completion::new(outcome);
-    let mut delay = Duration::from_millis(20);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match timed(
-            "complete",
-            config.store_timeout,
-            store.complete(lease, completion.clone()),
-        )
-        .await
-        {
-            Ok(()) => return executed,
-            Err(StoreError::LeaseLost) => {
-                tracing::warn!(
-                    fence = lease.fence,
-                    "lease lost before completion; the response is not recorded"
-                );
-                return DecisionOutcome::Fenced;
-            }
-            Err(e) if e.is_transient() && tries < 3 => {
-                tracing::warn!(error = %e, "completion failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 4;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not record the response; the key stays pending until its lease expires");
-                return executed;
-            }
-        }
-    }
-}
-
-async fn settle_failure<St: IdempotencyStore>(
-    store: &St,
+/// Records a failure of the attempt and the decision.
+async fn record_failure<St: IdempotencyStore + Clone + 'static>(
+    owned: OwnedAttempt<St>,
     ctx: &Ctx,
-    lease: &Lease,
-    fenced: bool,
-    reason: &str,
-    status: Option<StatusCode>,
-) {
-    if fenced {
-        ctx.decide(DecisionOutcome::Fenced, status);
-        return;
-    }
-    record_failure(store, ctx, lease, Failure::retryable(reason), status).await;
-}
-
-async fn record_failure<St: IdempotencyStore>(
-    store: &St,
-    ctx: &Ctx,
-    lease: &Lease,
     failure: Failure,
     status: Option<StatusCode>,
 ) {
-    let failure = ctx.config.policy.settle_failure(lease, failure);
-    let outcome = match timed("fail", ctx.config.store_timeout, store.fail(lease, failure)).await {
-        Ok(()) => DecisionOutcome::Failed,
-        Err(StoreError::LeaseLost) => DecisionOutcome::Fenced,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not record the failure; the lease will expire");
-            DecisionOutcome::Failed
-        }
-    };
+    if owned.is_lost() {
+        owned.finish();
+        ctx.decide(DecisionOutcome::Fenced, status);
+        return;
+    }
+    let outcome = settled(owned.fail(failure).await, DecisionOutcome::Failed);
     ctx.decide(outcome, status);
 }
