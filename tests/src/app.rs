@@ -41,6 +41,7 @@ struct Counters {
 /// | `delay_ms` | sleep that long before answering |
 /// | `status` | answer this status (default 201) |
 /// | `no_store` | add `Cache-Control: no-store` |
+/// | `release` | attach the `ReleaseKey` response extension |
 /// | `big` | answer a body of this many bytes instead of JSON |
 ///
 /// It answers `Location: /orders/{uuid}`, `Set-Cookie`, `ETag` and a JSON body
@@ -333,6 +334,9 @@ async fn handler(State(c): State<Arc<Counters>>, body: Bytes) -> Response<Body> 
         .header("x-execution", n.to_string());
     if req["no_store"].as_bool() == Some(true) {
         res = res.header(header::CACHE_CONTROL, "no-store");
+    }
+    if req["release"].as_bool() == Some(true) {
+        res = res.extension(idempotency_tower::ReleaseKey);
     }
     let body = match req["big"].as_u64() {
         Some(len) => {

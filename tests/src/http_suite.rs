@@ -330,8 +330,9 @@ pub async fn auth_and_rate_limit_never_consume_a_key<S: SuiteStore>(store: S) {
     assert_eq!(app.executions(), 4);
 }
 
-/// `Cache-Control: no-store` releases the key.
-pub async fn no_store_releases<S: SuiteStore>(store: S) {
+/// `Cache-Control: no-store` (which security-header layers add to every
+/// response) keeps the record; the `ReleaseKey` extension releases it.
+pub async fn no_store_is_kept_and_release_key_releases<S: SuiteStore>(store: S) {
     let app = app(store);
     let req = Req::post().key(random_key()).field("no_store", true);
     let first = app.send(req.build()).await;
@@ -340,8 +341,17 @@ pub async fn no_store_releases<S: SuiteStore>(store: S) {
         (first.status, second.status),
         (StatusCode::CREATED, StatusCode::CREATED)
     );
-    assert!(!second.is_replay());
-    assert_eq!(app.executions(), 2);
+    assert!(second.is_replay(), "no-store does not turn idempotency off");
+    assert_eq!(app.executions(), 1);
+    let req = Req::post().key(random_key()).field("release", true);
+    let first = app.send(req.build()).await;
+    let second = app.send(req.build()).await;
+    assert_eq!(
+        (first.status, second.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert!(!second.is_replay(), "released on the handler's word");
+    assert_eq!(app.executions(), 3);
 }
 
 /// A 10 MiB chunked body against the 1 MiB cap → 413, and the layer stops

@@ -47,7 +47,7 @@ macro_rules! http_behaviour_suite {
             server_errors_release_for_retry,
             business_4xx_is_replayed,
             auth_and_rate_limit_never_consume_a_key,
-            no_store_releases,
+            no_store_is_kept_and_release_key_releases,
             chunked_body_over_cap_is_413,
             oversized_response_becomes_tombstone,
             client_disconnect_executes_once,
