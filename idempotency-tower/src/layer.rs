@@ -326,8 +326,9 @@ impl<St> IdempotencyLayer<St> {
         self.edit(|c| c.methods = methods)
     }
 
-    /// Sets lease, heartbeat, retention, max attempts and waiting at once
-    /// from a core [`Policy`].
+    /// Sets lease, heartbeat, retention, max attempts, waiting, store timeout
+    /// and settle timeout at once from a core [`Policy`] (its values are
+    /// clamped into safe ranges; see its table).
     ///
     /// ```
     /// # use idempotency_core::{MemoryStore, Policy};
@@ -425,6 +426,21 @@ impl<St> IdempotencyLayer<St> {
     /// ```
     pub fn store_timeout(self, timeout: Duration) -> Self {
         self.edit(|c| c.policy = c.policy.clone().store_timeout(timeout))
+    }
+
+    /// How long the final write of an execution (complete, fail, release) is
+    /// retried with backoff while the store fails, the lease renewed
+    /// meanwhile (default 60 s). The response waits for it: a retry sent
+    /// after the answer finds the record settled.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// # use std::time::Duration;
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).settle_timeout(Duration::from_secs(20));
+    /// ```
+    pub fn settle_timeout(self, timeout: Duration) -> Self {
+        self.edit(|c| c.policy = c.policy.clone().settle_timeout(timeout))
     }
 
     /// The largest request body accepted, in bytes (default 1 MiB). Enforced

@@ -86,7 +86,11 @@ impl Counter {
 
 async fn create(State(c): State<Counter>) -> Response {
     let n = c.next();
-    (StatusCode::CREATED, [("location", format!("/orders/{n}"))], format!("{{\"id\":{n}}}"))
+    (
+        StatusCode::CREATED,
+        [("location", format!("/orders/{n}"))],
+        format!("{{\"id\":{n}}}"),
+    )
         .into_response()
 }
 
@@ -116,7 +120,11 @@ fn req(method: &str, path: &str, key: &str) -> Request<Body> {
 async fn send(app: &Router, r: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
     let res = app.clone().oneshot(r).await.unwrap();
     let (parts, body) = res.into_parts();
-    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
 }
 
 /// The lease is renewed while the response body is collected: a body that
@@ -136,7 +144,11 @@ async fn a_body_slower_than_the_lease_keeps_the_record() {
     // Past three leases, the body is still streaming.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (status, _, _) = send(&app, req("POST", "/orders", "slow-1")).await;
-    assert_eq!(status, StatusCode::CONFLICT, "a duplicate found the attempt in flight");
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a duplicate found the attempt in flight"
+    );
     let (status, _, body) = first.await.unwrap();
     assert_eq!(status, StatusCode::CREATED);
     let (status, headers, replay) = send(&app, req("POST", "/orders", "slow-1")).await;
@@ -165,12 +177,19 @@ async fn a_stalled_completion_yields_one_order_and_a_replay() {
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (status, _, _) = send(&app, req("POST", "/orders", "stall-1")).await;
-        assert_eq!(status, StatusCode::CONFLICT, "in flight while the completion is retried");
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "in flight while the completion is retried"
+        );
     }
     assert!(store.writes_refused.load(Ordering::SeqCst) >= 3, "retried");
     store.fail_complete.store(false, Ordering::SeqCst);
     let (status, _, body) = first.await.unwrap();
-    assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"{\"id\":1}"[..]));
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::CREATED, &b"{\"id\":1}"[..])
+    );
     let (status, headers, replay) = send(&app, req("POST", "/orders", "stall-1")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(headers["idempotent-replayed"], "true");
@@ -207,7 +226,11 @@ async fn a_stalled_release_is_retried_until_it_lands() {
     let (status, _, _) = first.await.unwrap();
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, headers, _) = send(&app, req("POST", "/orders", "rel-1")).await;
-    assert_eq!(status, StatusCode::CREATED, "the key was released, not held for the lease");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the key was released, not held for the lease"
+    );
     assert!(!headers.contains_key("idempotent-replayed"));
     assert_eq!(calls.get(), 2);
 }
@@ -226,9 +249,15 @@ async fn a_method_not_allowed_is_not_stored() {
     assert!(!headers.contains_key("idempotent-replayed"));
     let (status, headers, _) = send(&app, req("PATCH", "/orders", "k-405")).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert!(!headers.contains_key("idempotent-replayed"), "never replayed");
+    assert!(
+        !headers.contains_key("idempotent-replayed"),
+        "never replayed"
+    );
     let (status, _, body) = send(&app, req("POST", "/orders", "k-405")).await;
-    assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"{\"id\":1}"[..]));
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::CREATED, &b"{\"id\":1}"[..])
+    );
 }
 
 /// `Cache-Control: no-store` (as a security-header layer adds everywhere)
@@ -258,7 +287,10 @@ async fn no_store_keeps_the_record_and_release_key_releases_it() {
     assert_eq!(a, b);
     let (_, _, q1) = send(&app, req("POST", "/quotes", "q-1")).await;
     let (_, headers, q2) = send(&app, req("POST", "/quotes", "q-1")).await;
-    assert!(!headers.contains_key("idempotent-replayed"), "released, ran again");
+    assert!(
+        !headers.contains_key("idempotent-replayed"),
+        "released, ran again"
+    );
     assert_ne!(q1, q2);
     assert_eq!(counter.get(), 3);
 }
@@ -305,7 +337,10 @@ async fn an_unbounded_request_id_is_replaced() {
             move |d: &Decision| seen.lock().unwrap().push(d.correlation_id.clone())
         }));
     let huge = "a".repeat(300 * 1024);
-    for (i, bad) in [huge.as_str(), "has space", &"b".repeat(129)].into_iter().enumerate() {
+    for (i, bad) in [huge.as_str(), "has space", &"b".repeat(129)]
+        .into_iter()
+        .enumerate()
+    {
         let mut r = req("POST", "/orders", &format!("rid-{i}"));
         r.headers_mut().insert("x-request-id", bad.parse().unwrap());
         let (_, headers, _) = send(&app, r).await;
@@ -345,7 +380,10 @@ async fn extreme_settings_never_panic_or_execute_twice() {
         .collect();
     for t in tasks {
         let (status, _, body) = t.await.unwrap();
-        assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"{\"id\":1}"[..]));
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::CREATED, &b"{\"id\":1}"[..])
+        );
     }
     assert_eq!(counter.get(), 1, "one execution for twelve duplicates");
 }
