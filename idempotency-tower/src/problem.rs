@@ -7,6 +7,7 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
+use crate::key::KeyRejection;
 
 /// Base of every problem `type` URI the layer emits.
 pub const PROBLEM_BASE: &str = "https://idempotency.rs/problems/";
@@ -21,7 +22,7 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// |---|---|---|
 /// | `key-missing` | 400 | the key is required and the request has none |
 /// | `key-invalid` | 400 | the key is empty, over 255 characters, holds a non-printable character, is a malformed sf-string, appears twice, or cannot be derived |
-/// | `invalid-body` | 400 | the request body could not be read, or is not JSON when the fingerprint needs JSON |
+/// | `invalid-body` | 400 | the request body could not be read, is not JSON when the fingerprint or the key needs JSON, or is JSON with a member name repeated in one object (at any depth) |
 /// | `in-flight` | 409 | a request with this key is still executing (`Retry-After` says when to try again) |
 /// | `request-too-large` | 413 | the request body is over the cap; nothing was stored |
 /// | `key-reused` | 422 | the key was first used with another payload, method or path |
@@ -128,6 +129,19 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
         }
+    }
+
+    /// The answer to a key the source refused: 400 `key-invalid`, or 400
+    /// `invalid-body` when the JSON body the key is derived from repeats a
+    /// member name (the body is at fault, not the key).
+    pub(crate) fn key_rejected(rejection: &KeyRejection) -> Self {
+        let kind = match rejection {
+            KeyRejection::Invalid(idempotency_core::KeyError::DuplicateKey { .. }) => {
+                ProblemType::InvalidBody
+            }
+            _ => ProblemType::KeyInvalid,
+        };
+        Self::new(kind, rejection.to_string())
     }
 
     pub(crate) fn retry_after(mut self, after: Duration) -> Self {

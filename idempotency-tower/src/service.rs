@@ -282,10 +282,7 @@ where
                 return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
             }
             Err(e) => {
-                return Ok(ctx.problem(
-                    DecisionOutcome::Rejected,
-                    Problem::new(ProblemType::KeyInvalid, e.to_string()),
-                ));
+                return Ok(ctx.problem(DecisionOutcome::Rejected, Problem::key_rejected(&e)));
             }
         }
     }
@@ -332,10 +329,7 @@ where
                 return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
             }
             Err(e) => {
-                return Ok(ctx.problem(
-                    DecisionOutcome::Rejected,
-                    Problem::new(ProblemType::KeyInvalid, e.to_string()),
-                ));
+                return Ok(ctx.problem(DecisionOutcome::Rejected, Problem::key_rejected(&e)));
             }
         },
     };
