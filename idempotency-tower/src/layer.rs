@@ -146,6 +146,22 @@ impl Config {
         .storage_key()
     }
 
+    /// What the fingerprint hashes as the request's target: the path (in the
+    /// key source's canonical form when it has one) and the query.
+    pub(crate) fn fingerprint_target<'u>(
+        &self,
+        uri: &'u http::Uri,
+        canonical_path: Option<&str>,
+    ) -> std::borrow::Cow<'u, str> {
+        match canonical_path {
+            None => uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+            Some(path) => match uri.query() {
+                Some(q) => format!("{path}?{q}").into(),
+                None => path.to_owned().into(),
+            },
+        }
+    }
+
     pub(crate) fn replays(&self, name: &HeaderName) -> bool {
         self.replay_headers.contains(name) && !NEVER_REPLAYED.contains(name)
     }
@@ -233,11 +249,12 @@ impl<St> IdempotencyLayer<St> {
     ///
     /// ```
     /// # use idempotency_core::MemoryStore;
-    /// use idempotency_tower::{IdempotencyLayer, JsonFields, KeyInput, KeyMaterial, KeyRejection, PathParams};
+    /// use idempotency_tower::{IdempotencyLayer, JsonFields, KeyInput, KeyMaterial, KeyRejection, ParamType, PathParams};
     ///
-    /// // The promotion of an estimate snapshot runs once per (estimate, version).
+    /// // The promotion of an estimate snapshot runs once per (estimate, version):
+    /// // `/estimates/%45-1/versions/01/...` is the same promotion as `/estimates/E-1/versions/1/...`.
     /// let by_path = IdempotencyLayer::new(MemoryStore::new())
-    ///     .key_source(PathParams::new(["estimate_id", "version"]));
+    ///     .key_source(PathParams::new(["estimate_id", "version"]).typed("version", ParamType::U64));
     /// // An upload runs once per vendor and file hash.
     /// let by_fields = IdempotencyLayer::new(MemoryStore::new())
     ///     .key_source(JsonFields::new(["/vendor_id", "/file_hash"]));

@@ -346,9 +346,10 @@ where
             .record("idempotency.key_hash", key.to_hex().as_str());
     }
     ctx.key = Some(key);
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let canonical = source.canonical_path(&KeyInput::new(&parts, &ctx.route, Some(&body)));
+    let target = config.fingerprint_target(&parts.uri, canonical.as_deref());
     let fingerprint =
-        match Fingerprint::compute(parts.method.as_str(), target, &body, &config.fingerprint) {
+        match Fingerprint::compute(parts.method.as_str(), &target, &body, &config.fingerprint) {
             Ok(f) => f,
             Err(e) => {
                 return Ok(ctx.problem(

@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use idempotency_core::MemoryStore;
-use idempotency_tower::{IdempotencyLayer, JsonFields};
+use idempotency_core::{FingerprintMode, MemoryStore};
+use idempotency_tower::{IdempotencyLayer, JsonFields, ParamType, PathParams};
 use tower::ServiceExt;
 
 const PROBLEMS: &str = "https://idempotency.rs/problems/";
@@ -153,7 +153,7 @@ async fn a_derived_key_from_a_body_with_a_repeated_member_is_refused() {
     let runs = Runs::default();
     let layer = IdempotencyLayer::new(MemoryStore::new())
         .key_source(JsonFields::new(["/sku"]))
-        .fingerprint(idempotency_core::FingerprintMode::None);
+        .fingerprint(FingerprintMode::None);
     let app = app(layer, runs.clone());
     let first = send(&app, post_json("/orders", None, r#"{"sku":"s"}"#)).await;
     assert_eq!(first.status, StatusCode::CREATED);
@@ -165,5 +165,252 @@ async fn a_derived_key_from_a_body_with_a_repeated_member_is_refused() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(!r.is_replay());
     assert_eq!(r.problem_type(), format!("{PROBLEMS}invalid-body"));
+    assert_eq!(runs.get(), 1);
+}
+
+// ---- 1. path parameters: decoded, typed, one record per resource ----------
+
+const THING: &str = "/things/{v}/run";
+
+fn ran(runs: &Runs, v: String) -> Response {
+    let n = runs.0.fetch_add(1, Ordering::SeqCst) + 1;
+    (StatusCode::CREATED, format!("{v} (run {n})")).into_response()
+}
+
+async fn run_u64(State(runs): State<Runs>, Path(v): Path<u64>) -> Response {
+    ran(&runs, v.to_string())
+}
+
+async fn run_i64(State(runs): State<Runs>, Path(v): Path<i64>) -> Response {
+    ran(&runs, v.to_string())
+}
+
+async fn run_uuid(State(runs): State<Runs>, Path(v): Path<uuid::Uuid>) -> Response {
+    ran(&runs, v.to_string())
+}
+
+async fn run_str(State(runs): State<Runs>, Path(v): Path<String>) -> Response {
+    ran(&runs, v)
+}
+
+/// The same route with and without the layer: what axum hands the handler
+/// for a spelling, and what the layer makes of it.
+fn thing_apps(ty: ParamType) -> (Router, Router, Runs) {
+    let handler = match ty {
+        ParamType::U64 => post(run_u64),
+        ParamType::I64 => post(run_i64),
+        ParamType::Uuid => post(run_uuid),
+        _ => post(run_str),
+    };
+    let runs = Runs::default();
+    let bare = Router::new()
+        .route(THING, handler.clone())
+        .with_state(Runs::default());
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .key_source(PathParams::new(["v"]).typed("v", ty))
+        .fingerprint(FingerprintMode::None);
+    let guarded = Router::new()
+        .route(THING, handler)
+        .route_layer(layer)
+        .with_state(runs.clone());
+    (bare, guarded, runs)
+}
+
+fn post_to(v: &str) -> Request<Body> {
+    Request::post(format!("/things/{v}/run"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Every alias reaches axum's handler as the same value, and the layer runs
+/// it once: the first executes, the others replay its answer. Every refused
+/// spelling is refused by axum's extractor and by the layer (400
+/// `key-invalid`, nothing run).
+async fn check_aliases(ty: ParamType, aliases: &[&str], refused: &[&str]) {
+    let (bare, guarded, runs) = thing_apps(ty);
+    let value = |r: &Reply| {
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        text.split(" (run").next().unwrap().to_owned()
+    };
+    let expected = value(&send(&bare, post_to(aliases[0])).await);
+    for alias in aliases {
+        let r = send(&bare, post_to(alias)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{ty:?} {alias}: axum accepts it"
+        );
+        assert_eq!(
+            value(&r),
+            expected,
+            "{ty:?} {alias}: axum reads the same value"
+        );
+    }
+    let first = send(&guarded, post_to(aliases[0])).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{ty:?}");
+    assert!(!first.is_replay());
+    for alias in &aliases[1..] {
+        let r = send(&guarded, post_to(alias)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{ty:?} {alias}");
+        assert!(
+            r.is_replay(),
+            "{ty:?} {alias}: one record for every spelling"
+        );
+        assert_eq!(r.body, first.body, "{ty:?} {alias}");
+    }
+    for spelling in refused {
+        let r = send(&bare, post_to(spelling)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{ty:?} {spelling}: axum refuses it"
+        );
+        let r = send(&guarded, post_to(spelling)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{ty:?} {spelling}");
+        assert_eq!(r.problem_type(), format!("{PROBLEMS}key-invalid"));
+    }
+    assert_eq!(runs.get(), 1, "{ty:?}: one execution");
+}
+
+#[tokio::test]
+async fn integer_path_params_are_keyed_on_their_canonical_decimal() {
+    check_aliases(
+        ParamType::U64,
+        &["1", "01", "+1", "0001", "%31", "%2B1", "+%301"],
+        &[
+            "-1",
+            "1.0",
+            "%201",
+            "0x1",
+            "1a",
+            "18446744073709551616",
+            "%FF",
+        ],
+    )
+    .await;
+    check_aliases(
+        ParamType::I64,
+        &["-1", "-01", "%2D1", "-0001"],
+        &["--1", "1e3", "9223372036854775808"],
+    )
+    .await;
+    check_aliases(ParamType::I64, &["0", "-0", "+0", "000"], &[]).await;
+}
+
+#[tokio::test]
+async fn uuid_path_params_are_keyed_on_the_lowercase_hyphenated_form() {
+    check_aliases(
+        ParamType::Uuid,
+        &[
+            "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67E55044-10B1-426F-9247-BB680E5FE0C8",
+            "67e5504410b1426f9247bb680e5fe0c8",
+            "%7B67e55044-10b1-426f-9247-bb680e5fe0c8%7D",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "%36%37e55044-10b1-426f-9247-bb680e5fe0c8",
+        ],
+        &["not-a-uuid", "67e55044-10b1-426f-9247-bb680e5fe0c"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn text_path_params_are_percent_decoded_and_case_sensitive() {
+    check_aliases(
+        ParamType::Str,
+        &["E-1", "%45-1", "%45%2D1", "E%2d1"],
+        &["%FF"],
+    )
+    .await;
+    let (_, guarded, runs) = thing_apps(ParamType::Str);
+    assert_eq!(send(&guarded, post_to("E-1")).await.status, 201);
+    let other = send(&guarded, post_to("e-1")).await;
+    assert_eq!(other.status, 201);
+    assert!(!other.is_replay(), "case matters: another resource");
+    // axum would hand `E%zz` to the handler as text; the layer refuses it.
+    let bad = send(&guarded, post_to("E%zz")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.problem_type(), format!("{PROBLEMS}key-invalid"));
+    assert!(
+        bad.json()["detail"].as_str().unwrap().contains("`v`"),
+        "{}",
+        bad.json()
+    );
+    assert_eq!(runs.get(), 2);
+}
+
+/// The issue, with nothing but `PathParams::new`: the raw segment was
+/// hashed, so `%45-1` and `E-1` (one estimate to axum's `Path`) were two
+/// records and two executions.
+#[tokio::test]
+async fn percent_encoded_spellings_of_a_path_param_are_one_record() {
+    let runs = Runs::default();
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .key_source(PathParams::new(["estimate_id", "version"]))
+        .fingerprint(FingerprintMode::None);
+    let app = Router::new()
+        .route(
+            "/estimates/{estimate_id}/snapshots/{version}/promote",
+            post(create),
+        )
+        .layer(layer)
+        .with_state(runs.clone());
+    let mut replies = Vec::new();
+    for path in [
+        "/estimates/E-1/snapshots/1/promote",
+        "/estimates/%45-1/snapshots/1/promote",
+        "/estimates/%45%2D1/snapshots/%31/promote",
+    ] {
+        replies.push(send(&app, post_json(path, None, "")).await);
+    }
+    assert_eq!(runs.get(), 1, "one execution");
+    assert!(
+        replies[1..]
+            .iter()
+            .all(|r| r.is_replay() && r.body == replies[0].body)
+    );
+}
+
+/// The fingerprint sees the path in the key's normal form: a duplicate
+/// under another spelling is a replay, not a 422, even when the body counts.
+/// A path parameter that is not part of the key still counts, decoded.
+#[tokio::test]
+async fn aliases_share_the_fingerprint_and_other_params_still_count() {
+    let runs = Runs::default();
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .key_source(PathParams::new(["estimate", "version"]).typed("version", ParamType::U64));
+    let app = Router::new()
+        .route(
+            "/estimates/{estimate}/snapshots/{version}/lines/{line}",
+            post(create),
+        )
+        .layer(layer)
+        .with_state(runs.clone());
+    let first = send(
+        &app,
+        post_json("/estimates/E-1/snapshots/1/lines/A", None, "{}"),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    for alias in [
+        "/estimates/%45-1/snapshots/01/lines/A",
+        "/estimates/E-1/snapshots/+1/lines/%41",
+    ] {
+        let r = send(&app, post_json(alias, None, "{ }")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{alias}");
+        assert!(r.is_replay(), "{alias}");
+    }
+    let other_line = send(
+        &app,
+        post_json("/estimates/E-1/snapshots/1/lines/B", None, "{}"),
+    )
+    .await;
+    assert_eq!(other_line.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let other_body = send(
+        &app,
+        post_json("/estimates/E-1/snapshots/01/lines/A", None, r#"{"x":1}"#),
+    )
+    .await;
+    assert_eq!(other_body.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(runs.get(), 1);
 }
