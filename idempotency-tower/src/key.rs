@@ -272,6 +272,15 @@ pub trait KeySource: Send + Sync + 'static {
         let _ = input;
         None
     }
+
+    /// The header the client puts its key in, when this source reads one
+    /// ([`HeaderKey`]): the layer's answers name it ("a request with this
+    /// Idempotency-Key is being processed"). `None` (the default) for a
+    /// derived key: the client sent no key, and the answers speak of "a
+    /// request for the same resource".
+    fn header(&self) -> Option<&HeaderName> {
+        None
+    }
 }
 
 impl<F> KeySource for F
@@ -313,6 +322,10 @@ impl Default for HeaderKey {
 impl KeySource for HeaderKey {
     fn reads_body(&self) -> bool {
         false
+    }
+
+    fn header(&self) -> Option<&HeaderName> {
+        Some(&self.name)
     }
 
     fn extract(&self, input: &KeyInput<'_>) -> Result<Option<KeyMaterial>, KeyRejection> {

@@ -30,7 +30,7 @@ use crate::key::KeyInput;
 use crate::layer::{Config, IdempotencyLayer, StoreFailureMode};
 use crate::metrics::{count_outcome, timed};
 use crate::policy::OutcomeAction;
-use crate::problem::{Problem, ProblemType};
+use crate::problem::{Problem, ProblemType, Wording};
 
 /// `Idempotent-Replayed`, set to `true` on every replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -262,6 +262,7 @@ where
 {
     let config = ctx.config.clone();
     let source = config.key_source.clone();
+    let wording = Wording::new(source.header());
 
     // 1. A key read from headers or the path is checked before the body is read.
     let mut material = None;
@@ -269,13 +270,7 @@ where
         match source.extract(&KeyInput::new(&parts, &ctx.route, None)) {
             Ok(Some(m)) => material = Some(m),
             Ok(None) if config.key_required => {
-                return Ok(ctx.problem(
-                    DecisionOutcome::Rejected,
-                    Problem::new(
-                        ProblemType::KeyMissing,
-                        "this request requires an Idempotency-Key header",
-                    ),
-                ));
+                return Ok(ctx.problem(DecisionOutcome::Rejected, wording.key_missing()));
             }
             Ok(None) => {
                 let req = Request::from_parts(parts, RequestBody::streaming(body));
@@ -316,13 +311,7 @@ where
         None => match source.extract(&KeyInput::new(&parts, &ctx.route, Some(&body))) {
             Ok(Some(m)) => m,
             Ok(None) if config.key_required => {
-                return Ok(ctx.problem(
-                    DecisionOutcome::Rejected,
-                    Problem::new(
-                        ProblemType::KeyMissing,
-                        "this request carries no idempotency key",
-                    ),
-                ));
+                return Ok(ctx.problem(DecisionOutcome::Rejected, wording.key_missing()));
             }
             Ok(None) => {
                 let req = Request::from_parts(parts, RequestBody::buffered(body));
@@ -400,8 +389,7 @@ where
         }
         Claim::InFlight { retry_after, .. } => Ok(ctx.problem(
             DecisionOutcome::InFlight,
-            Problem::new(ProblemType::InFlight, "a request with this Idempotency-Key is being processed; retry later")
-                .retry_after(retry_after),
+            wording.in_flight().retry_after(retry_after),
         )),
         Claim::Completed(completed) => {
             ctx.resource.clone_from(&completed.resource);
@@ -410,34 +398,32 @@ where
         Claim::Failed(failed) => {
             let mut res = ctx.problem(
                 DecisionOutcome::Replayed,
-                Problem::new(
-                    ProblemType::OperationFailed,
-                    format!("an earlier request with this Idempotency-Key failed and will not run again: {}; use a new key", failed.reason),
-                ),
+                wording.operation_failed(&failed.reason),
             );
-            res.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            res.headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
             Ok(res)
         }
-        Claim::Mismatch => Ok(ctx.problem(
-            DecisionOutcome::Mismatch,
-            Problem::new(
-                ProblemType::KeyReused,
-                "this Idempotency-Key was first used with a different request (payload, method or path)",
-            ),
-        )),
+        Claim::Mismatch => Ok(ctx.problem(DecisionOutcome::Mismatch, wording.key_reused())),
         Claim::Corrupted { detail } => {
             tracing::error!(alert = true, %detail, "idempotency record is corrupted");
             Ok(ctx.problem(
                 DecisionOutcome::Corrupted,
-                Problem::new(ProblemType::RecordCorrupted, "the idempotency record for this key is corrupted; an operator must resolve it"),
+                Problem::new(
+                    ProblemType::RecordCorrupted,
+                    "the idempotency record for this key is corrupted; an operator must resolve it",
+                ),
             ))
         }
         other => {
             tracing::error!(claim = ?other, "unexpected claim decision from the store");
             Ok(ctx.problem(
                 DecisionOutcome::StoreUnavailable,
-                Problem::new(ProblemType::StoreUnavailable, "the idempotency store gave an unexpected answer")
-                    .retry_after(Duration::from_secs(1)),
+                Problem::new(
+                    ProblemType::StoreUnavailable,
+                    "the idempotency store gave an unexpected answer",
+                )
+                .retry_after(Duration::from_secs(1)),
             ))
         }
     }

@@ -15,7 +15,10 @@ use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use idempotency_core::{FingerprintMode, MemoryStore};
-use idempotency_tower::{IdempotencyLayer, JsonFields, ParamType, PathParams};
+use idempotency_tower::{
+    HeaderKey, IdempotencyLayer, JsonFields, KeyInput, KeyMaterial, KeyRejection, ParamType,
+    PathParams,
+};
 use tower::ServiceExt;
 
 const PROBLEMS: &str = "https://idempotency.rs/problems/";
@@ -413,4 +416,242 @@ async fn aliases_share_the_fingerprint_and_other_params_still_count() {
     .await;
     assert_eq!(other_body.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(runs.get(), 1);
+}
+
+// ---- 3. the query, and answers that name the key source ---------------------
+
+const PROMOTE: &str = "/estimates/{estimate_id}/snapshots/{version}/promote";
+
+/// Answers `x-status` (default 201) after `x-delay-ms`, counting its runs.
+async fn flexible(State(runs): State<Runs>, headers: HeaderMap, body: Bytes) -> Response {
+    let n = runs.0.fetch_add(1, Ordering::SeqCst) + 1;
+    let header = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.parse().ok() };
+    if let Some(ms) = header("x-delay-ms") {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    let status = header("x-status")
+        .and_then(|s| StatusCode::from_u16(u16::try_from(s).ok()?).ok())
+        .unwrap_or(StatusCode::CREATED);
+    (
+        status,
+        format!("run {n}: {}", String::from_utf8_lossy(&body)),
+    )
+        .into_response()
+}
+
+fn flexible_app(layer: IdempotencyLayer<MemoryStore>, runs: Runs) -> Router {
+    Router::new()
+        .route("/orders", post(flexible))
+        .route(PROMOTE, post(flexible))
+        .layer(layer)
+        .with_state(runs)
+}
+
+fn promotion_layer() -> IdempotencyLayer<MemoryStore> {
+    IdempotencyLayer::new(MemoryStore::new())
+        .key_source(PathParams::new(["estimate_id", "version"]).typed("version", ParamType::U64))
+        .fingerprint(FingerprintMode::None)
+}
+
+/// The issue: with `FingerprintMode::None` ("the path is the whole request")
+/// `POST .../promote?utm=1` was refused 422, in a text naming an
+/// `Idempotency-Key` the client never sent.
+#[tokio::test]
+async fn the_query_does_not_count_where_the_path_is_the_whole_request() {
+    let runs = Runs::default();
+    let app = flexible_app(promotion_layer(), runs.clone());
+    let first = send(
+        &app,
+        post_json("/estimates/E-1/snapshots/1/promote", None, ""),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    for uri in [
+        "/estimates/E-1/snapshots/1/promote?utm=1",
+        "/estimates/E-1/snapshots/1/promote?utm=2&ref=mail",
+        "/estimates/%45-1/snapshots/01/promote?utm=1",
+    ] {
+        let r = send(&app, post_json(uri, None, "")).await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{uri}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.is_replay(), "{uri}");
+        assert_eq!(r.body, first.body);
+    }
+    // A client key with FingerprintMode::None: the same.
+    let runs_h = Runs::default();
+    let app = flexible_app(
+        IdempotencyLayer::new(MemoryStore::new()).fingerprint(FingerprintMode::None),
+        runs_h.clone(),
+    );
+    assert_eq!(
+        send(&app, post_json("/orders", Some("k"), "")).await.status,
+        201
+    );
+    assert!(
+        send(&app, post_json("/orders?utm=1", Some("k"), ""))
+            .await
+            .is_replay()
+    );
+    assert_eq!((runs.get(), runs_h.get()), (1, 1));
+}
+
+#[tokio::test]
+async fn the_query_counts_with_the_body_unless_told_otherwise() {
+    let runs = Runs::default();
+    // Default (Body): another query is another request.
+    let app = flexible_app(IdempotencyLayer::new(MemoryStore::new()), runs.clone());
+    assert_eq!(
+        send(&app, post_json("/orders?a=1", Some("k"), "{}"))
+            .await
+            .status,
+        201
+    );
+    let r = send(&app, post_json("/orders?a=2", Some("k"), "{}")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        send(&app, post_json("/orders?a=1", Some("k"), "{}"))
+            .await
+            .is_replay()
+    );
+    // Body, query switched off.
+    let app = flexible_app(
+        IdempotencyLayer::new(MemoryStore::new()).fingerprint_query(false),
+        runs.clone(),
+    );
+    assert_eq!(
+        send(&app, post_json("/orders?a=1", Some("k"), "{}"))
+            .await
+            .status,
+        201
+    );
+    assert!(
+        send(&app, post_json("/orders?a=2", Some("k"), "{}"))
+            .await
+            .is_replay()
+    );
+    let r = send(&app, post_json("/orders?a=1", Some("k"), r#"{"x":1}"#)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the body still counts"
+    );
+    // None, query switched on.
+    let app = flexible_app(promotion_layer().fingerprint_query(true), runs.clone());
+    let path = "/estimates/E-1/snapshots/1/promote";
+    assert_eq!(send(&app, post_json(path, None, "")).await.status, 201);
+    let r = send(&app, post_json(&format!("{path}?utm=1"), None, "")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(runs.get(), 3);
+}
+
+fn assert_names(r: &Reply, header: Option<&str>) {
+    let text = String::from_utf8_lossy(&r.body);
+    match header {
+        Some(h) => assert!(text.contains(h), "names {h}: {text}"),
+        None => {
+            assert!(!text.contains("Idempotency-Key"), "names no header: {text}");
+            assert!(!text.to_ascii_lowercase().contains("header"), "{text}");
+        }
+    }
+}
+
+/// 422, 409, 400 key-missing and 500 operation-failed for a derived key say
+/// "the same resource"; for a header key they name the header.
+#[tokio::test]
+async fn answers_name_the_idempotency_key_header_only_when_the_key_came_from_it() {
+    // Derived from the path.
+    let runs = Runs::default();
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .key_source(PathParams::new(["estimate_id", "version"]))
+        .max_attempts(1);
+    let app = flexible_app(layer, runs.clone());
+    let p = "/estimates/E-1/snapshots/1/promote";
+    assert_eq!(
+        send(&app, post_json(p, None, r#"{"a":1}"#)).await.status,
+        201
+    );
+    let mismatch = send(&app, post_json(p, None, r#"{"a":2}"#)).await;
+    assert_eq!(mismatch.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&mismatch, None);
+    assert!(String::from_utf8_lossy(&mismatch.body).contains("same resource"));
+
+    let slow = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let req = Request::post("/estimates/E-2/snapshots/1/promote")
+                .header("x-delay-ms", "400")
+                .body(Body::empty())
+                .unwrap();
+            send(&app, req).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let busy = send(
+        &app,
+        post_json("/estimates/E-2/snapshots/1/promote", None, ""),
+    )
+    .await;
+    assert_eq!(busy.status, StatusCode::CONFLICT);
+    assert_names(&busy, None);
+    assert_eq!(slow.await.unwrap().status, 201);
+
+    let fail = Request::post("/estimates/E-3/snapshots/1/promote")
+        .header("x-status", "500")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, fail).await.status, 500);
+    let failed = send(
+        &app,
+        post_json("/estimates/E-3/snapshots/1/promote", None, ""),
+    )
+    .await;
+    assert_eq!(failed.problem_type(), format!("{PROBLEMS}operation-failed"));
+    assert_names(&failed, None);
+
+    // Derived by a closure that finds nothing.
+    let layer = IdempotencyLayer::new(MemoryStore::new()).key_source(
+        |input: &KeyInput<'_>| -> Result<Option<KeyMaterial>, KeyRejection> {
+            Ok(input
+                .parts()
+                .headers
+                .get("x-message-id")
+                .map(|v| KeyMaterial::Derived(vec![v.as_bytes().to_vec()])))
+        },
+    );
+    let missing = send(
+        &flexible_app(layer, runs.clone()),
+        post_json("/orders", None, ""),
+    )
+    .await;
+    assert_eq!(missing.problem_type(), format!("{PROBLEMS}key-missing"));
+    assert_names(&missing, None);
+
+    // From the header: named.
+    let app = flexible_app(IdempotencyLayer::new(MemoryStore::new()), runs.clone());
+    assert_eq!(
+        send(&app, post_json("/orders", Some("k"), "{}"))
+            .await
+            .status,
+        201
+    );
+    let mismatch = send(&app, post_json("/orders", Some("k"), r#"{"a":2}"#)).await;
+    assert_eq!(mismatch.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&mismatch, Some("Idempotency-Key"));
+    assert_names(
+        &send(&app, post_json("/orders", None, "{}")).await,
+        Some("Idempotency-Key"),
+    );
+    let named = flexible_app(
+        IdempotencyLayer::new(MemoryStore::new())
+            .key_source(HeaderKey::named(http::HeaderName::from_static("x-op-key"))),
+        runs.clone(),
+    );
+    assert_names(
+        &send(&named, post_json("/orders", None, "{}")).await,
+        Some("x-op-key"),
+    );
 }
