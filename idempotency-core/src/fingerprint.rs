@@ -5,6 +5,12 @@
 //! canonicalised first (object keys sorted, no insignificant whitespace), so a
 //! client that re-serialises its payload with another key order still matches,
 //! while any change of value does not.
+//!
+//! A JSON document whose objects repeat a member name (`{"sku":"zzz","sku":"s"}`,
+//! at any depth, also when the names differ only by escapes: `"s"` and `"\u0073"`)
+//! is refused with [`FingerprintError::DuplicateKey`]: parsers disagree on which
+//! value counts (serde_json keeps the last), so such a body could otherwise
+//! share a fingerprint with a different document.
 
 use std::fmt;
 
@@ -48,6 +54,16 @@ pub enum FingerprintError {
         /// Parser message.
         reason: String,
     },
+    /// The body is JSON, but an object in it has a member name twice (names
+    /// compared after unescaping). Which of the values counts is ambiguous,
+    /// so the body has no fingerprint.
+    #[error(
+        "the JSON body has the member {pointer} more than once; which value counts is ambiguous"
+    )]
+    DuplicateKey {
+        /// JSON pointer (RFC 6901) of the repeated member, e.g. `/items/0/sku`.
+        pointer: String,
+    },
 }
 
 /// SHA-256 identity of a request's meaningful content.
@@ -68,7 +84,15 @@ impl Fingerprint {
     ///
     /// # Errors
     ///
-    /// [`FingerprintError::NotJson`] in [`FingerprintMode::Fields`] when the body is not JSON.
+    /// [`FingerprintError::NotJson`] in [`FingerprintMode::Fields`] when the body is not JSON;
+    /// [`FingerprintError::DuplicateKey`] in [`FingerprintMode::Body`] and
+    /// [`FingerprintMode::Fields`] when the body is JSON with a repeated member name.
+    ///
+    /// ```
+    /// use idempotency_core::{Fingerprint, FingerprintError, FingerprintMode};
+    /// let twice = Fingerprint::compute("POST", "/orders", br#"{"sku":"zzz","sku":"s"}"#, &FingerprintMode::Body);
+    /// assert_eq!(twice, Err(FingerprintError::DuplicateKey { pointer: "/sku".into() }));
+    /// ```
     pub fn compute(
         method: &str,
         route: &str,
@@ -82,20 +106,27 @@ impl Fingerprint {
         match mode {
             FingerprintMode::None => seg(&mut h, b"none"),
             FingerprintMode::Body => match canonical_json_of_bytes(body) {
-                Some(canonical) => {
+                Ok(canonical) => {
                     seg(&mut h, b"json");
                     seg(&mut h, &canonical);
                 }
-                None => {
+                Err(NotCanonical::NotJson(_)) => {
                     seg(&mut h, b"raw");
                     seg(&mut h, body);
                 }
+                Err(NotCanonical::DuplicateKey(pointer)) => {
+                    return Err(FingerprintError::DuplicateKey { pointer });
+                }
             },
             FingerprintMode::Fields(pointers) => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(body).map_err(|e| FingerprintError::NotJson {
+                let v = parse_json_strict(body).map_err(|e| match e {
+                    NotCanonical::NotJson(e) => FingerprintError::NotJson {
                         reason: e.to_string(),
-                    })?;
+                    },
+                    NotCanonical::DuplicateKey(pointer) => {
+                        FingerprintError::DuplicateKey { pointer }
+                    }
+                })?;
                 seg(&mut h, b"fields");
                 for p in pointers {
                     seg(&mut h, p.as_bytes());
@@ -204,37 +235,103 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
     }
 }
 
-/// The canonical JSON text of a JSON document, or `None` when `body` is not
-/// JSON. The same bytes as [`canonical_json`] of the parsed
-/// `serde_json::Value`, written while parsing, without building the tree.
-fn canonical_json_of_bytes(body: &[u8]) -> Option<Vec<u8>> {
+/// Why a body has no canonical JSON text.
+#[derive(Debug)]
+pub(crate) enum NotCanonical {
+    /// It is not JSON (the parser's error).
+    NotJson(serde_json::Error),
+    /// It is JSON with a repeated member name, at this JSON pointer.
+    DuplicateKey(String),
+}
+
+/// Parses a JSON document into a `serde_json::Value`, refusing repeated
+/// member names at any depth (where `serde_json` would keep the last).
+pub(crate) fn parse_json_strict(body: &[u8]) -> Result<serde_json::Value, NotCanonical> {
+    let canonical = canonical_json_of_bytes(body)?;
+    // The canonical text is valid JSON without repeats, and reads back as
+    // the value of the body.
+    serde_json::from_slice(&canonical).map_err(NotCanonical::NotJson)
+}
+
+/// The canonical JSON text of a JSON document. The same bytes as
+/// [`canonical_json`] of the parsed `serde_json::Value`, written while
+/// parsing, without building the tree — except that a repeated member name
+/// (which `Value` silently collapses, keeping the last) is an error.
+fn canonical_json_of_bytes(body: &[u8]) -> Result<Vec<u8>, NotCanonical> {
     let mut out = Vec::with_capacity(body.len());
-    let mut fallback = false;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = serde::de::DeserializeSeed::deserialize(
-        Canonical {
-            out: &mut out,
-            fallback: &mut fallback,
-        },
-        &mut de,
-    )
-    .and_then(|()| de.end());
+    let mut side = Side::default();
+    let parsed = canonicalise(body, &mut out, &mut side);
     match parsed {
-        Ok(()) => Some(out),
-        // An object whose first key is one of serde_json's private tokens
-        // (raw values, arbitrary-precision numbers): `Value` gives it a
-        // meaning of its own, so take the `Value` path for exactly its result.
-        Err(_) if fallback => serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .map(|v| canonical_json(&v)),
-        Err(_) => None,
+        Ok(()) => Ok(out),
+        // A repeat stops the parse where it is found: it counts only when
+        // the document is JSON to its end.
+        Err(e) => match side.duplicate {
+            Some(pointer) => match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(_) => Err(NotCanonical::DuplicateKey(pointer)),
+                Err(not_json) => Err(NotCanonical::NotJson(not_json)),
+            },
+            // An object whose first key is one of serde_json's private tokens
+            // (raw values, arbitrary-precision numbers): `Value` gives it a
+            // meaning of its own, so take the `Value` path for exactly its
+            // result, after a pass that reads every object plainly for repeats.
+            None if side.fallback => {
+                let mut plain = Side {
+                    plain: true,
+                    ..Side::default()
+                };
+                let mut scratch = Vec::with_capacity(body.len());
+                if canonicalise(body, &mut scratch, &mut plain).is_err()
+                    && let Some(pointer) = plain.duplicate
+                {
+                    return Err(NotCanonical::DuplicateKey(pointer));
+                }
+                serde_json::from_slice::<serde_json::Value>(body)
+                    .map(|v| canonical_json(&v))
+                    .map_err(NotCanonical::NotJson)
+            }
+            None => Err(NotCanonical::NotJson(e)),
+        },
     }
+}
+
+fn canonicalise(body: &[u8], out: &mut Vec<u8>, side: &mut Side) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::de::DeserializeSeed::deserialize(Canonical { out, side }, &mut de)?;
+    de.end()
+}
+
+/// What the canonicaliser tells its caller beside its error.
+#[derive(Debug, Default)]
+struct Side {
+    /// An object starts with a serde_json private token (see `canonical_json_of_bytes`).
+    fallback: bool,
+    /// Read private tokens as plain keys (the repeat check of the fallback).
+    plain: bool,
+    /// The pointer of a repeated member; built up from the innermost object
+    /// outwards as the error unwinds.
+    duplicate: Option<String>,
 }
 
 /// Writes the canonical text of one JSON value to `out` as it is parsed.
 struct Canonical<'a> {
     out: &'a mut Vec<u8>,
-    fallback: &'a mut bool,
+    side: &'a mut Side,
+}
+
+impl Canonical<'_> {
+    fn child(&mut self) -> Canonical<'_> {
+        Canonical {
+            out: &mut *self.out,
+            side: &mut *self.side,
+        }
+    }
+}
+
+/// Prepends the reference token `token` (RFC 6901: `~` as `~0`, `/` as `~1`).
+fn prepend_token(pointer: &mut String, token: &str) {
+    let escaped = token.replace('~', "~0").replace('/', "~1");
+    pointer.insert_str(0, &escaped);
+    pointer.insert(0, '/');
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Canonical<'_> {
@@ -292,61 +389,69 @@ impl<'de> serde::de::Visitor<'de> for Canonical<'_> {
         Ok(())
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         self.out.push(b'[');
-        let mut first = true;
+        let mut index = 0usize;
         loop {
             let mark = self.out.len();
-            if !first {
+            if index > 0 {
                 self.out.push(b',');
             }
-            let element = Canonical {
-                out: &mut *self.out,
-                fallback: &mut *self.fallback,
-            };
-            if seq.next_element_seed(element)?.is_none() {
-                self.out.truncate(mark);
-                break;
+            match seq.next_element_seed(self.child()) {
+                Ok(Some(())) => {}
+                Ok(None) => {
+                    self.out.truncate(mark);
+                    break;
+                }
+                Err(e) => {
+                    if let Some(pointer) = &mut self.side.duplicate {
+                        prepend_token(pointer, &index.to_string());
+                    }
+                    return Err(e);
+                }
             }
-            first = false;
+            index += 1;
         }
         self.out.push(b']');
         Ok(())
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         // The values are written after `start` in arrival order, then the
         // object is rebuilt with its keys sorted.
         let start = self.out.len();
         let mut entries: Vec<(std::borrow::Cow<'de, str>, usize, usize)> = Vec::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            if entries.is_empty() && key.starts_with("$serde_json::private::") {
-                *self.fallback = true;
+            if entries.is_empty() && !self.side.plain && key.starts_with("$serde_json::private::") {
+                self.side.fallback = true;
                 return Err(serde::de::Error::custom("serde_json private token"));
             }
             let from = self.out.len();
-            map.next_value_seed(Canonical {
-                out: &mut *self.out,
-                fallback: &mut *self.fallback,
-            })?;
+            if let Err(e) = map.next_value_seed(self.child()) {
+                if let Some(pointer) = &mut self.side.duplicate {
+                    prepend_token(pointer, &key);
+                }
+                return Err(e);
+            }
             entries.push((key, from, self.out.len()));
         }
-        // Stable: of repeated keys, the last one is kept, as `Value` does.
-        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        // Keys are compared unescaped: `"s"` and `"\u0073"` are one name.
+        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        if let Some(pair) = entries.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            let mut pointer = String::new();
+            prepend_token(&mut pointer, &pair[0].0);
+            self.side.duplicate = Some(pointer);
+            return Err(serde::de::Error::custom("repeated member name"));
+        }
         let mut object = Vec::with_capacity(self.out.len() - start + entries.len() * 8 + 2);
         object.push(b'{');
-        let mut written = 0;
         for (i, (key, from, to)) in entries.iter().enumerate() {
-            if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
-                continue;
-            }
-            if written > 0 {
+            if i > 0 {
                 object.push(b',');
             }
             write_json(&mut object, key.as_ref());
             object.push(b':');
             object.extend_from_slice(&self.out[*from..*to]);
-            written += 1;
         }
         object.push(b'}');
         self.out.truncate(start);
@@ -475,14 +580,32 @@ mod tests {
             .map(|v| canonical_json(&v))
     }
 
+    /// The streaming form, `None` when the body is not JSON; panics on a repeat.
+    fn streaming(body: &[u8]) -> Option<Vec<u8>> {
+        match canonical_json_of_bytes(body) {
+            Ok(c) => Some(c),
+            Err(NotCanonical::NotJson(_)) => None,
+            Err(NotCanonical::DuplicateKey(p)) => {
+                panic!("{p} repeated in {}", String::from_utf8_lossy(body))
+            }
+        }
+    }
+
+    fn repeated(body: &[u8]) -> Option<String> {
+        match canonical_json_of_bytes(body) {
+            Err(NotCanonical::DuplicateKey(p)) => Some(p),
+            _ => None,
+        }
+    }
+
     #[test]
     fn streaming_canonical_form_equals_the_value_form() {
         for body in [
             br#"{"sku":"SKU-1","quantity":1,"note":"bench"}"#.as_slice(),
-            br#"{"b":1,"a":2,"b":3}"#,
-            br#"{"a":{"z":[],"y":{}},"a":null}"#,
+            br#"{"b":1,"a":2,"c":3}"#,
+            br#"{"a":{"z":[],"y":{}},"b":null}"#,
             br#"[1,-1,0,-0,1.0,1e5,1E-7,-0.0,18446744073709551615,18446744073709551616,-9223372036854775808,-9223372036854775809]"#,
-            br#"{"\u0041":"\u00e9\ud83d\ude00\n\t\"\\\/","A":1}"#,
+            br#"{"\u0041":"\u00e9\ud83d\ude00\n\t\"\\\/","B":1}"#,
             "{\"é\":1,\"e\":2,\"\u{10ffff}\":3}".as_bytes(),
             br#" { } "#,
             b"[[[[[]]]]]",
@@ -503,15 +626,83 @@ mod tests {
             b"\x00\xff",
         ] {
             assert_eq!(
-                canonical_json_of_bytes(body),
+                streaming(body),
                 via_value(body),
                 "{}",
                 String::from_utf8_lossy(body)
             );
         }
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(canonical_json_of_bytes(deep.as_bytes()), None);
+        assert_eq!(streaming(deep.as_bytes()), None);
         assert_eq!(via_value(deep.as_bytes()), None);
+    }
+
+    #[test]
+    fn repeated_member_names_are_refused_at_any_depth() {
+        for (body, pointer) in [
+            (
+                br#"{"sku":"zzz","sku":"s","quantity":1}"#.as_slice(),
+                "/sku",
+            ),
+            (br#"{"b":1,"a":2,"b":3}"#, "/b"),
+            (br#"{"a":{"z":[],"y":{}},"a":null}"#, "/a"),
+            (br#"{"order":{"sku":"a","n":1,"sku":"a"}}"#, "/order/sku"),
+            (
+                br#"{"items":[{"sku":"a"},{"sku":"b","sku":"c"}]}"#,
+                "/items/1/sku",
+            ),
+            (br#"[[{"x":1}],[{},{"y":1,"y":1}]]"#, "/1/1/y"),
+            // Names compared unescaped.
+            (br#"{"s":1,"\u0073":1}"#, "/s"),
+            ("{\"\\u00e9\":1,\"é\":2}".as_bytes(), "/é"),
+            // Pointer tokens escaped (RFC 6901).
+            (br#"{"a/b~c":1,"a\/b~c":2}"#, "/a~1b~0c"),
+            (br#"{"":1,"":2}"#, "/"),
+            // Behind a private token, the plain check still sees repeats.
+            (
+                br#"{"$serde_json::private::Number":"1","x":{"k":1,"k":2}}"#,
+                "/x/k",
+            ),
+        ] {
+            assert_eq!(
+                repeated(body).as_deref(),
+                Some(pointer),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                Fingerprint::compute("POST", "/o", body, &FingerprintMode::Body),
+                Err(FingerprintError::DuplicateKey {
+                    pointer: pointer.to_owned()
+                })
+            );
+            assert!(matches!(
+                Fingerprint::compute("POST", "/o", body, &FingerprintMode::fields(["/sku"])),
+                Err(FingerprintError::DuplicateKey { .. })
+            ));
+        }
+        // A repeat in a document that is not JSON to its end: not JSON (raw bytes).
+        for body in [
+            br#"{"a":{"b":1,"b":2},"c":"#.as_slice(),
+            br#"[{"a":1,"a":2},1e400]"#,
+        ] {
+            assert_eq!(repeated(body), None);
+            assert_eq!(streaming(body), None);
+            assert!(Fingerprint::compute("POST", "/o", body, &FingerprintMode::Body).is_ok());
+        }
+        // The same name in different objects is no repeat.
+        assert!(streaming(br#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#).is_some());
+    }
+
+    #[test]
+    fn a_body_with_repeats_never_replays_another_document() {
+        // The issue: last-wins collapsed this into the fingerprint of `{"sku":"s","quantity":1}`.
+        let m = FingerprintMode::Body;
+        assert!(Fingerprint::compute("POST", "/o", br#"{"sku":"s","quantity":1}"#, &m).is_ok());
+        assert!(
+            Fingerprint::compute("POST", "/o", br#"{"sku":"zzz","sku":"s","quantity":1}"#, &m)
+                .is_err()
+        );
     }
 
     /// A JSON document written by hand: any key order, repeated keys, spacing.
@@ -528,6 +719,18 @@ mod tests {
     }
 
     impl Doc {
+        /// Whether an object in the document has a name twice.
+        fn repeats(&self) -> bool {
+            match self {
+                Doc::Arr(items) => items.iter().any(Doc::repeats),
+                Doc::Obj(entries) => {
+                    let mut seen = std::collections::HashSet::new();
+                    entries.iter().any(|(k, d)| !seen.insert(k) || d.repeats())
+                }
+                _ => false,
+            }
+        }
+
         fn write(&self, out: &mut String, space: &str) {
             match self {
                 Doc::Null => out.push_str("null"),
@@ -582,9 +785,90 @@ mod tests {
         leaf.prop_recursive(4, 48, 6, move |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Doc::Arr),
-                proptest::collection::vec((key.clone(), inner), 0..6).prop_map(Doc::Obj),
+                // Half the objects keep each name once, so both outcomes are common.
+                (
+                    proptest::collection::vec((key.clone(), inner), 0..6),
+                    any::<bool>()
+                )
+                    .prop_map(|(mut entries, unique)| {
+                        if unique {
+                            let mut seen = std::collections::HashSet::new();
+                            entries.retain(|(k, _)| seen.insert(k.clone()));
+                        }
+                        Doc::Obj(entries)
+                    }),
             ]
         })
+    }
+
+    /// Whether some object of `body` repeats a member name, by a plain
+    /// reading (names as unescaped strings, one set per object); `None`
+    /// when `body` is not JSON.
+    fn repeats_by_set(body: &[u8]) -> Option<bool> {
+        struct Check<'a>(&'a mut bool);
+        impl<'de> serde::de::DeserializeSeed<'de> for Check<'_> {
+            type Value = ();
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for Check<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_unit<E>(self) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+                while s.next_element_seed(Check(&mut *self.0))?.is_some() {}
+                Ok(())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    m.next_value_seed(Check(&mut *self.0))?;
+                    if !seen.insert(k) {
+                        *self.0 = true;
+                    }
+                }
+                Ok(())
+            }
+        }
+        via_value(body)?;
+        let mut found = false;
+        let mut de = serde_json::Deserializer::from_slice(body);
+        serde::de::DeserializeSeed::deserialize(Check(&mut found), &mut de).ok()?;
+        Some(found)
+    }
+
+    /// Streaming equals `Value` on documents without repeats, refuses those
+    /// with repeats, and calls "not JSON" exactly what `Value` does.
+    fn check_against_value(bytes: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let got = canonical_json_of_bytes(bytes);
+        match (via_value(bytes), repeats_by_set(bytes)) {
+            (None, _) => proptest::prop_assert!(matches!(got, Err(NotCanonical::NotJson(_)))),
+            (Some(_), Some(true)) => {
+                proptest::prop_assert!(matches!(got, Err(NotCanonical::DuplicateKey(_))));
+            }
+            (Some(v), _) => proptest::prop_assert_eq!(got.ok(), Some(v)),
+        }
+        Ok(())
     }
 
     proptest::proptest! {
@@ -602,16 +886,17 @@ mod tests {
             let mut text = String::new();
             d.write(&mut text, space);
             let bytes = text.into_bytes();
-            proptest::prop_assert_eq!(canonical_json_of_bytes(&bytes), via_value(&bytes));
+            proptest::prop_assert_eq!(repeats_by_set(&bytes), Some(d.repeats()));
+            check_against_value(&bytes)?;
             // Damaged documents: both refuse, or both read the same value.
             let cut = &bytes[..cut.index(bytes.len() + 1)];
-            proptest::prop_assert_eq!(canonical_json_of_bytes(cut), via_value(cut));
+            check_against_value(cut)?;
             let mut flipped = bytes.clone();
             if !flipped.is_empty() {
                 let i = flip.0.index(flipped.len());
                 flipped[i] = flip.1;
             }
-            proptest::prop_assert_eq!(canonical_json_of_bytes(&flipped), via_value(&flipped));
+            check_against_value(&flipped)?;
         }
     }
 

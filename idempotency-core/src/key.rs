@@ -44,6 +44,15 @@ pub enum KeyError {
         /// What was missing.
         reason: String,
     },
+    /// A key derived from a JSON body: an object in the body has a member
+    /// name twice (compared unescaped), so which value counts is ambiguous.
+    #[error(
+        "idempotency key could not be derived: the JSON body has the member {pointer} more than once"
+    )]
+    DuplicateKey {
+        /// JSON pointer (RFC 6901) of the repeated member.
+        pointer: String,
+    },
 }
 
 /// A validated client idempotency key.
@@ -392,15 +401,30 @@ impl KeySpec {
 /// assert_eq!(key, KeySpec::new("promotion").derived(&again).storage_key());
 /// ```
 ///
+/// A body whose objects repeat a member name, at any depth, is refused
+/// (`serde_json` alone would keep the last one, so `{"id":"a","id":"b"}`
+/// would derive the key of `{"id":"b"}`):
+///
+/// ```
+/// use idempotency_core::{derive_from_json, KeyError};
+/// let twice = derive_from_json(br#"{"estimateId":"E-9","estimateId":"E-1"}"#, &["/estimateId"]);
+/// assert_eq!(twice, Err(KeyError::DuplicateKey { pointer: "/estimateId".into() }));
+/// ```
+///
 /// # Errors
 ///
 /// [`KeyError::Underivable`] when the body is not JSON, a pointer is missing,
-/// or it points at `null`, an object or an array.
+/// or it points at `null`, an object or an array; [`KeyError::DuplicateKey`]
+/// when the body repeats a member name.
 pub fn derive_from_json(body: &[u8], pointers: &[&str]) -> Result<Vec<Vec<u8>>, KeyError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| KeyError::Underivable {
+    let value = crate::fingerprint::parse_json_strict(body).map_err(|e| match e {
+        crate::fingerprint::NotCanonical::NotJson(e) => KeyError::Underivable {
             reason: format!("body is not JSON: {e}"),
-        })?;
+        },
+        crate::fingerprint::NotCanonical::DuplicateKey(pointer) => {
+            KeyError::DuplicateKey { pointer }
+        }
+    })?;
     derive_from_value(&value, pointers)
 }
 
@@ -623,6 +647,30 @@ mod tests {
         assert_eq!(StorageKey::from_hex(&k.to_hex()), Some(k));
         assert_eq!(StorageKey::from_hex("zz"), None);
         assert_eq!(k.to_string().len(), 64);
+    }
+
+    #[test]
+    fn derived_keys_refuse_repeated_member_names() {
+        // Last-wins would derive the key of `{"id":"b"}` from this body.
+        let expected = |p: &str| Err(KeyError::DuplicateKey { pointer: p.into() });
+        assert_eq!(
+            derive_from_json(br#"{"id":"a","id":"b"}"#, &["/id"]),
+            expected("/id")
+        );
+        assert_eq!(
+            derive_from_json(br#"{"id":"a","\u0069d":"a"}"#, &["/id"]),
+            expected("/id")
+        );
+        // Anywhere in the body, not only on the way to a pointer.
+        assert_eq!(
+            derive_from_json(br#"{"id":"a","meta":{"t":1,"t":2}}"#, &["/id"]),
+            expected("/meta/t")
+        );
+        assert_eq!(
+            derive_from_json(br#"{"id":"a","l":[{"q":1},{"q":1,"q":1}]}"#, &["/id"]),
+            expected("/l/1/q")
+        );
+        assert!(derive_from_json(br#"{"id":"a","l":[{"q":1},{"q":1}]}"#, &["/id"]).is_ok());
     }
 
     #[test]

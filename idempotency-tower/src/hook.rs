@@ -152,9 +152,9 @@ impl Decision {
         self
     }
 
-    /// The value of path parameter `name`, matching the route template
-    /// (`{name}` segments) against the request path, as it appears in the
-    /// path (not percent-decoded).
+    /// The raw value of path parameter `name`, matching the route template
+    /// (`{name}` segments) against the request path: as the request spelt it,
+    /// not percent-decoded (see [`path_param_decoded`](Self::path_param_decoded)).
     ///
     /// ```
     /// use http::Method;
@@ -167,6 +167,24 @@ impl Decision {
     /// ```
     pub fn path_param(&self, name: &str) -> Option<&str> {
         crate::key::path_param(&self.route, &self.path, name)
+    }
+
+    /// The value of path parameter `name` percent-decoded, as axum's `Path`
+    /// hands it to the handler; `None` when there is no such parameter, or
+    /// its value is not valid percent-encoded UTF-8 (a request the layer
+    /// refused when its key was derived from the parameter).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use idempotency_tower::{Decision, DecisionOutcome};
+    ///
+    /// let d = Decision::new(DecisionOutcome::Replayed, Method::POST, "/estimates/{id}/promote", "req-1")
+    ///     .with_path("/estimates/%45-1/promote");
+    /// assert_eq!(d.path_param("id"), Some("%45-1"));
+    /// assert_eq!(d.path_param_decoded("id").as_deref(), Some("E-1"));
+    /// ```
+    pub fn path_param_decoded(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        crate::key::percent_decode(self.path_param(name)?).ok()
     }
 }
 

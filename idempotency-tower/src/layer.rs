@@ -86,6 +86,8 @@ pub(crate) struct Config {
     pub(crate) max_stored_response: usize,
     pub(crate) outcomes: OutcomePolicy,
     pub(crate) fingerprint: FingerprintMode,
+    /// Whether the query takes part in the fingerprint; `None`: as the mode says.
+    pub(crate) fingerprint_query: Option<bool>,
     pub(crate) replay_headers: Vec<HeaderName>,
     pub(crate) hook: Option<Arc<dyn DecisionHook>>,
     pub(crate) verify: Option<Arc<dyn VerifyResource>>,
@@ -106,6 +108,7 @@ impl Default for Config {
             max_stored_response: DEFAULT_MAX_STORED_RESPONSE,
             outcomes: OutcomePolicy::default(),
             fingerprint: FingerprintMode::Body,
+            fingerprint_query: None,
             replay_headers: DEFAULT_REPLAY_HEADERS.to_vec(),
             hook: None,
             verify: None,
@@ -149,6 +152,28 @@ impl Config {
         .storage_key()
     }
 
+    /// Whether the query string takes part in the fingerprint.
+    pub(crate) fn query_counts(&self) -> bool {
+        self.fingerprint_query
+            .unwrap_or(!matches!(self.fingerprint, FingerprintMode::None))
+    }
+
+    /// What the fingerprint hashes as the request's target: the path (in the
+    /// key source's canonical form when it has one), and the query when it counts.
+    pub(crate) fn fingerprint_target<'u>(
+        &self,
+        uri: &'u http::Uri,
+        canonical_path: Option<&str>,
+    ) -> std::borrow::Cow<'u, str> {
+        let query = uri.query().filter(|_| self.query_counts());
+        match (canonical_path, query) {
+            (None, Some(_)) => uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+            (None, None) => uri.path().into(),
+            (Some(path), Some(q)) => format!("{path}?{q}").into(),
+            (Some(path), None) => path.to_owned().into(),
+        }
+    }
+
     pub(crate) fn replays(&self, name: &HeaderName) -> bool {
         self.replay_headers.contains(name) && !NEVER_REPLAYED.contains(name)
     }
@@ -166,6 +191,7 @@ impl std::fmt::Debug for Config {
             .field("max_stored_response", &self.max_stored_response)
             .field("outcomes", &self.outcomes)
             .field("fingerprint", &self.fingerprint)
+            .field("fingerprint_query", &self.fingerprint_query)
             .field("replay_headers", &self.replay_headers)
             .finish_non_exhaustive()
     }
@@ -235,11 +261,12 @@ impl<St> IdempotencyLayer<St> {
     ///
     /// ```
     /// # use idempotency_core::MemoryStore;
-    /// use idempotency_tower::{IdempotencyLayer, JsonFields, KeyInput, KeyMaterial, KeyRejection, PathParams};
+    /// use idempotency_tower::{IdempotencyLayer, JsonFields, KeyInput, KeyMaterial, KeyRejection, ParamType, PathParams};
     ///
-    /// // The promotion of an estimate snapshot runs once per (estimate, version).
+    /// // The promotion of an estimate snapshot runs once per (estimate, version):
+    /// // `/estimates/%45-1/versions/01/...` is the same promotion as `/estimates/E-1/versions/1/...`.
     /// let by_path = IdempotencyLayer::new(MemoryStore::new())
-    ///     .key_source(PathParams::new(["estimate_id", "version"]));
+    ///     .key_source(PathParams::new(["estimate_id", "version"]).typed("version", ParamType::U64));
     /// // An upload runs once per vendor and file hash.
     /// let by_fields = IdempotencyLayer::new(MemoryStore::new())
     ///     .key_source(JsonFields::new(["/vendor_id", "/file_hash"]));
@@ -489,7 +516,8 @@ impl<St> IdempotencyLayer<St> {
     /// What makes two requests with one key "the same request" (besides
     /// method and path): the whole body as canonical JSON
     /// ([`FingerprintMode::Body`], the default), selected JSON fields, or
-    /// nothing.
+    /// nothing ([`FingerprintMode::None`]: method and path only, the query
+    /// ignored unless [`fingerprint_query`](Self::fingerprint_query) says otherwise).
     ///
     /// ```
     /// # use idempotency_core::MemoryStore;
@@ -501,6 +529,26 @@ impl<St> IdempotencyLayer<St> {
     /// ```
     pub fn fingerprint(self, mode: FingerprintMode) -> Self {
         self.edit(|c| c.fingerprint = mode)
+    }
+
+    /// Whether the query string takes part in the fingerprint, i.e. whether
+    /// `?a=1` and `?a=2` with one key are different requests (answered 422).
+    /// Default: yes with [`FingerprintMode::Body`] and
+    /// [`FingerprintMode::Fields`]; no with [`FingerprintMode::None`], where
+    /// the path is the whole request (a tracking parameter such as `?utm=1`
+    /// on a retry is the same request, and is replayed).
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// use idempotency_core::FingerprintMode;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// // The body decides; the query only carries tracking parameters.
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .fingerprint(FingerprintMode::Body)
+    ///     .fingerprint_query(false);
+    /// ```
+    pub fn fingerprint_query(self, counts: bool) -> Self {
+        self.edit(|c| c.fingerprint_query = Some(counts))
     }
 
     /// The response headers stored and replayed (default: `Content-Type`,

@@ -19,7 +19,7 @@ pub use future::ResponseFuture;
 pub use hook::{Decision, DecisionHook, DecisionOutcome};
 pub use key::{
     HeaderKey, IDEMPOTENCY_KEY, JsonFields, KeyInput, KeyMaterial, KeyRejection, KeySource,
-    PathParams, ScopeSource,
+    ParamType, PathParams, ScopeSource,
 };
 pub use layer::{
     Concurrency, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_STORED_RESPONSE, DEFAULT_REPLAY_HEADERS,

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::{HeaderName, Response, StatusCode};
 
 use crate::body::ResponseBody;
+use crate::key::{IDEMPOTENCY_KEY, KeyRejection};
 
 /// Base of every problem `type` URI the layer emits.
 pub const PROBLEM_BASE: &str = "https://idempotency.rs/problems/";
@@ -21,7 +22,7 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// |---|---|---|
 /// | `key-missing` | 400 | the key is required and the request has none |
 /// | `key-invalid` | 400 | the key is empty, over 255 characters, holds a non-printable character, is a malformed sf-string, appears twice, or cannot be derived |
-/// | `invalid-body` | 400 | the request body could not be read, or is not JSON when the fingerprint needs JSON |
+/// | `invalid-body` | 400 | the request body could not be read, is not JSON when the fingerprint or the key needs JSON, or is JSON with a member name repeated in one object (at any depth) |
 /// | `in-flight` | 409 | a request with this key is still executing (`Retry-After` says when to try again) |
 /// | `request-too-large` | 413 | the request body is over the cap; nothing was stored |
 /// | `key-reused` | 422 | the key was first used with another payload, method or path |
@@ -97,16 +98,19 @@ impl ProblemType {
         }
     }
 
-    /// The problem's `title`.
+    /// The problem's `title`: the same for every occurrence (RFC 9457), so
+    /// it names no header; the `detail` names the `Idempotency-Key` header
+    /// only when the key came from it, and speaks of "the same resource"
+    /// for a derived key.
     pub const fn title(self) -> &'static str {
         match self {
-            Self::KeyMissing => "Idempotency-Key is missing",
-            Self::KeyInvalid => "Idempotency-Key is invalid",
+            Self::KeyMissing => "Idempotency key is missing",
+            Self::KeyInvalid => "Idempotency key is invalid",
             Self::InvalidBody => "Request body cannot be used",
-            Self::InFlight => "A request with this Idempotency-Key is in flight",
+            Self::InFlight => "A request with the same idempotency key is in flight",
             Self::RequestTooLarge => "Request body is too large",
-            Self::KeyReused => "Idempotency-Key reused with a different request",
-            Self::OperationFailed => "An earlier request with this Idempotency-Key failed",
+            Self::KeyReused => "Request differs from the first one with the same idempotency key",
+            Self::OperationFailed => "An earlier request with the same idempotency key failed",
             Self::RecordCorrupted => "Idempotency record is corrupted",
             Self::StoreUnavailable => "Idempotency store is unavailable",
         }
@@ -128,6 +132,19 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
         }
+    }
+
+    /// The answer to a key the source refused: 400 `key-invalid`, or 400
+    /// `invalid-body` when the JSON body the key is derived from repeats a
+    /// member name (the body is at fault, not the key).
+    pub(crate) fn key_rejected(rejection: &KeyRejection) -> Self {
+        let kind = match rejection {
+            KeyRejection::Invalid(idempotency_core::KeyError::DuplicateKey { .. }) => {
+                ProblemType::InvalidBody
+            }
+            _ => ProblemType::KeyInvalid,
+        };
+        Self::new(kind, rejection.to_string())
     }
 
     pub(crate) fn retry_after(mut self, after: Duration) -> Self {
@@ -161,6 +178,71 @@ impl Problem {
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
         }
         res
+    }
+}
+
+/// The `detail` texts that name the key: after the header it came from, or,
+/// for a derived key, as "the same resource" (the client sent no key).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wording<'a> {
+    header: Option<&'a HeaderName>,
+}
+
+impl<'a> Wording<'a> {
+    /// Wording for a key read from `header`, or derived when `None`.
+    pub(crate) fn new(header: Option<&'a HeaderName>) -> Self {
+        Self { header }
+    }
+
+    /// The header as people write it: `Idempotency-Key` for the standard one.
+    fn header_name(&self) -> Option<&'a str> {
+        self.header.map(|h| {
+            if *h == IDEMPOTENCY_KEY {
+                "Idempotency-Key"
+            } else {
+                h.as_str()
+            }
+        })
+    }
+
+    pub(crate) fn key_missing(&self) -> Problem {
+        let detail = match self.header_name() {
+            Some(h) => format!("this request requires an {h} header"),
+            None => "this request carries nothing its idempotency key is derived from".to_owned(),
+        };
+        Problem::new(ProblemType::KeyMissing, detail)
+    }
+
+    pub(crate) fn in_flight(&self) -> Problem {
+        let detail = match self.header_name() {
+            Some(h) => format!("a request with this {h} is being processed; retry later"),
+            None => "a request for the same resource is being processed; retry later".to_owned(),
+        };
+        Problem::new(ProblemType::InFlight, detail)
+    }
+
+    pub(crate) fn key_reused(&self) -> Problem {
+        let detail = match self.header_name() {
+            Some(h) => format!(
+                "this {h} was first used with a different request (payload, method or path)"
+            ),
+            None => "an earlier request for the same resource differed from this one \
+                     (payload, query or path); this one was not run"
+                .to_owned(),
+        };
+        Problem::new(ProblemType::KeyReused, detail)
+    }
+
+    pub(crate) fn operation_failed(&self, reason: &str) -> Problem {
+        let detail = match self.header_name() {
+            Some(h) => format!(
+                "an earlier request with this {h} failed and will not run again: {reason}; use a new key"
+            ),
+            None => format!(
+                "an earlier request for the same resource failed and will not run again: {reason}"
+            ),
+        };
+        Problem::new(ProblemType::OperationFailed, detail)
     }
 }
 

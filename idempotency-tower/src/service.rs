@@ -30,7 +30,7 @@ use crate::key::KeyInput;
 use crate::layer::{Config, IdempotencyLayer, StoreFailureMode};
 use crate::metrics::{Metered, count_outcome, timed};
 use crate::policy::OutcomeAction;
-use crate::problem::{Problem, ProblemType};
+use crate::problem::{Problem, ProblemType, Wording};
 
 /// `Idempotent-Replayed`, set to `true` on every replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -280,6 +280,7 @@ where
 {
     let config = ctx.config.clone();
     let source = config.key_source.clone();
+    let wording = Wording::new(source.header());
 
     // 1. A key read from headers or the path is checked before the body is read.
     let mut material = None;
@@ -287,23 +288,14 @@ where
         match source.extract(&KeyInput::new(&parts, &ctx.route, None)) {
             Ok(Some(m)) => material = Some(m),
             Ok(None) if config.key_required => {
-                return Ok(ctx.problem(
-                    DecisionOutcome::Rejected,
-                    Problem::new(
-                        ProblemType::KeyMissing,
-                        "this request requires an Idempotency-Key header",
-                    ),
-                ));
+                return Ok(ctx.problem(DecisionOutcome::Rejected, wording.key_missing()));
             }
             Ok(None) => {
                 let req = Request::from_parts(parts, RequestBody::streaming(body));
                 return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
             }
             Err(e) => {
-                return Ok(ctx.problem(
-                    DecisionOutcome::Rejected,
-                    Problem::new(ProblemType::KeyInvalid, e.to_string()),
-                ));
+                return Ok(ctx.problem(DecisionOutcome::Rejected, Problem::key_rejected(&e)));
             }
         }
     }
@@ -337,23 +329,14 @@ where
         None => match source.extract(&KeyInput::new(&parts, &ctx.route, Some(&body))) {
             Ok(Some(m)) => m,
             Ok(None) if config.key_required => {
-                return Ok(ctx.problem(
-                    DecisionOutcome::Rejected,
-                    Problem::new(
-                        ProblemType::KeyMissing,
-                        "this request carries no idempotency key",
-                    ),
-                ));
+                return Ok(ctx.problem(DecisionOutcome::Rejected, wording.key_missing()));
             }
             Ok(None) => {
                 let req = Request::from_parts(parts, RequestBody::buffered(body));
                 return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
             }
             Err(e) => {
-                return Ok(ctx.problem(
-                    DecisionOutcome::Rejected,
-                    Problem::new(ProblemType::KeyInvalid, e.to_string()),
-                ));
+                return Ok(ctx.problem(DecisionOutcome::Rejected, Problem::key_rejected(&e)));
             }
         },
     };
@@ -370,9 +353,10 @@ where
             .record("idempotency.key_hash", key.to_hex().as_str());
     }
     ctx.key = Some(key);
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let canonical = source.canonical_path(&KeyInput::new(&parts, &ctx.route, Some(&body)));
+    let target = config.fingerprint_target(&parts.uri, canonical.as_deref());
     let fingerprint =
-        match Fingerprint::compute(parts.method.as_str(), target, &body, &config.fingerprint) {
+        match Fingerprint::compute(parts.method.as_str(), &target, &body, &config.fingerprint) {
             Ok(f) => f,
             Err(e) => {
                 return Ok(ctx.problem(
@@ -425,8 +409,7 @@ where
         }
         Claim::InFlight { retry_after, .. } => Ok(ctx.problem(
             DecisionOutcome::InFlight,
-            Problem::new(ProblemType::InFlight, "a request with this Idempotency-Key is being processed; retry later")
-                .retry_after(retry_after),
+            wording.in_flight().retry_after(retry_after),
         )),
         Claim::Completed(completed) => {
             ctx.resource.clone_from(&completed.resource);
@@ -435,34 +418,32 @@ where
         Claim::Failed(failed) => {
             let mut res = ctx.problem(
                 DecisionOutcome::Replayed,
-                Problem::new(
-                    ProblemType::OperationFailed,
-                    format!("an earlier request with this Idempotency-Key failed and will not run again: {}; use a new key", failed.reason),
-                ),
+                wording.operation_failed(&failed.reason),
             );
-            res.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            res.headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
             Ok(res)
         }
-        Claim::Mismatch => Ok(ctx.problem(
-            DecisionOutcome::Mismatch,
-            Problem::new(
-                ProblemType::KeyReused,
-                "this Idempotency-Key was first used with a different request (payload, method or path)",
-            ),
-        )),
+        Claim::Mismatch => Ok(ctx.problem(DecisionOutcome::Mismatch, wording.key_reused())),
         Claim::Corrupted { detail } => {
             tracing::error!(alert = true, %detail, "idempotency record is corrupted");
             Ok(ctx.problem(
                 DecisionOutcome::Corrupted,
-                Problem::new(ProblemType::RecordCorrupted, "the idempotency record for this key is corrupted; an operator must resolve it"),
+                Problem::new(
+                    ProblemType::RecordCorrupted,
+                    "the idempotency record for this key is corrupted; an operator must resolve it",
+                ),
             ))
         }
         other => {
             tracing::error!(claim = ?other, "unexpected claim decision from the store");
             Ok(ctx.problem(
                 DecisionOutcome::StoreUnavailable,
-                Problem::new(ProblemType::StoreUnavailable, "the idempotency store gave an unexpected answer")
-                    .retry_after(Duration::from_secs(1)),
+                Problem::new(
+                    ProblemType::StoreUnavailable,
+                    "the idempotency store gave an unexpected answer",
+                )
+                .retry_after(Duration::from_secs(1)),
             ))
         }
     }
