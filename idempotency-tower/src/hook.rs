@@ -28,7 +28,8 @@ pub enum DecisionOutcome {
     Released,
     /// The handler ran and the attempt was recorded as failed (5xx, error, panic).
     Failed,
-    /// The request was refused before execution: missing or invalid key, body over the cap.
+    /// The request was refused before execution: missing or invalid key, body
+    /// over the cap or unusable, no scope (500 `scope-missing`).
     Rejected,
     /// The store failed: 503 (fail closed), or the request ran unprotected (fail open).
     StoreUnavailable,

@@ -650,8 +650,11 @@ impl KeySource for JsonFields {
 /// Names the space a key lives in: a tenant, the authenticated principal.
 ///
 /// Runs on the request as it reaches the layer, so place the layer after
-/// authentication and read what it left in the extensions. `None` puts the
-/// request in the shared, unscoped space.
+/// authentication and read what it left in the extensions. `None` means the
+/// request has no scope: it is answered 500 `scope-missing` and does not run
+/// (unless [`allow_unscoped`](crate::IdempotencyLayer::allow_unscoped) puts it
+/// in the shared, unscoped space). Return `Some(String::new())` for requests
+/// that are meant to share that space.
 ///
 /// Closures `Fn(&http::request::Parts) -> Option<String>` implement this trait.
 pub trait ScopeSource: Send + Sync + 'static {

@@ -78,6 +78,8 @@ pub(crate) struct Config {
     pub(crate) key_source: Arc<dyn KeySource>,
     pub(crate) key_required: bool,
     pub(crate) scope: Option<Arc<dyn ScopeSource>>,
+    /// A configured scope that finds none puts the request in the shared space.
+    pub(crate) allow_unscoped: bool,
     pub(crate) route: Option<Arc<RouteFn>>,
     pub(crate) methods: Vec<Method>,
     pub(crate) policy: Policy,
@@ -100,6 +102,7 @@ impl Default for Config {
             key_source: Arc::new(HeaderKey::new()),
             key_required: true,
             scope: None,
+            allow_unscoped: false,
             route: None,
             methods: vec![Method::POST, Method::PATCH],
             policy: Policy::default(),
@@ -131,6 +134,19 @@ impl Config {
             return m.as_str().to_owned();
         }
         parts.uri.path().to_owned()
+    }
+
+    /// The request's scope: the configured source's answer; the shared,
+    /// unscoped space (`""`) when no source is configured, or when it found
+    /// none and [`allow_unscoped`](IdempotencyLayer::allow_unscoped) was
+    /// chosen; `None` when the request must not run (fail closed).
+    pub(crate) fn scope_of(&self, parts: &Parts) -> Option<String> {
+        match &self.scope {
+            None => Some(String::new()),
+            Some(source) => source
+                .scope(parts)
+                .or_else(|| self.allow_unscoped.then(String::new)),
+        }
     }
 
     /// The record's identity: namespace, scope and the key material (client
@@ -184,6 +200,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("namespace", &self.namespace)
             .field("key_required", &self.key_required)
+            .field("allow_unscoped", &self.allow_unscoped)
             .field("methods", &self.methods)
             .field("policy", &self.policy)
             .field("store_failure", &self.store_failure)
@@ -302,6 +319,16 @@ impl<St> IdempotencyLayer<St> {
     /// Names the space keys live in, from the request as it reaches the layer
     /// (after authentication): two scopes' identical keys never meet.
     ///
+    /// **Fails closed**: when the source returns `None` for a request (the
+    /// authentication layer is missing, or placed after this one), the
+    /// request is answered 500 `scope-missing` with an error log, and
+    /// nothing runs or is stored — rather than putting every such caller in
+    /// one shared key space, where one user could receive another's replay.
+    /// Requests that may go unscoped are an explicit choice:
+    /// [`allow_unscoped`](Self::allow_unscoped), or a source that returns
+    /// `Some(String::new())` for them. Without a scope source every request
+    /// is in the shared space.
+    ///
     /// ```
     /// # use idempotency_core::MemoryStore;
     /// # use idempotency_tower::IdempotencyLayer;
@@ -316,6 +343,26 @@ impl<St> IdempotencyLayer<St> {
     pub fn scope(self, scope: impl ScopeSource) -> Self {
         let scope: Arc<dyn ScopeSource> = Arc::new(scope);
         self.edit(|c| c.scope = Some(scope))
+    }
+
+    /// Lets a request for which the [scope](Self::scope) source returns
+    /// `None` run in the shared, unscoped key space (with every other such
+    /// request), instead of answering 500 `scope-missing`. For services where
+    /// anonymous callers are expected and share nothing worth protecting.
+    ///
+    /// ```
+    /// # use idempotency_core::MemoryStore;
+    /// # use idempotency_tower::IdempotencyLayer;
+    /// #[derive(Clone)]
+    /// struct Principal(String);
+    ///
+    /// // Signed-in users have their own keys; anonymous callers share one space.
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .scope(|parts: &http::request::Parts| parts.extensions.get::<Principal>().map(|p| p.0.clone()))
+    ///     .allow_unscoped();
+    /// ```
+    pub fn allow_unscoped(self) -> Self {
+        self.edit(|c| c.allow_unscoped = true)
     }
 
     /// How to name the route template of a request, when neither axum's

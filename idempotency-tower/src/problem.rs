@@ -28,6 +28,7 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// | `key-reused` | 422 | the key was first used with another payload, method or path |
 /// | `operation-failed` | 500 | an earlier attempt with this key failed and no attempts are left; the failure is replayed |
 /// | `record-corrupted` | 500 | the stored record cannot be used; an operator must resolve it |
+/// | `scope-missing` | 500 | a [scope](crate::IdempotencyLayer::scope) is configured but the request has none (the authentication layer is missing or placed after this one); nothing ran, nothing was stored |
 /// | `store-unavailable` | 503 | the idempotency store failed or timed out (`Retry-After` set) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -48,13 +49,15 @@ pub enum ProblemType {
     OperationFailed,
     /// 500: the record is corrupted.
     RecordCorrupted,
+    /// 500: the configured scope source found no scope for the request.
+    ScopeMissing,
     /// 503: the store is down or slow.
     StoreUnavailable,
 }
 
 impl ProblemType {
     /// Every problem type, in the order of the table above.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::KeyMissing,
         Self::KeyInvalid,
         Self::InvalidBody,
@@ -63,6 +66,7 @@ impl ProblemType {
         Self::KeyReused,
         Self::OperationFailed,
         Self::RecordCorrupted,
+        Self::ScopeMissing,
         Self::StoreUnavailable,
     ];
 
@@ -77,6 +81,7 @@ impl ProblemType {
             Self::KeyReused => "key-reused",
             Self::OperationFailed => "operation-failed",
             Self::RecordCorrupted => "record-corrupted",
+            Self::ScopeMissing => "scope-missing",
             Self::StoreUnavailable => "store-unavailable",
         }
     }
@@ -93,7 +98,9 @@ impl ProblemType {
             Self::InFlight => StatusCode::CONFLICT,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::OperationFailed | Self::RecordCorrupted => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::OperationFailed | Self::RecordCorrupted | Self::ScopeMissing => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -112,6 +119,7 @@ impl ProblemType {
             Self::KeyReused => "Request differs from the first one with the same idempotency key",
             Self::OperationFailed => "An earlier request with the same idempotency key failed",
             Self::RecordCorrupted => "Idempotency record is corrupted",
+            Self::ScopeMissing => "Idempotency scope is missing",
             Self::StoreUnavailable => "Idempotency store is unavailable",
         }
     }
@@ -145,6 +153,15 @@ impl Problem {
             _ => ProblemType::KeyInvalid,
         };
         Self::new(kind, rejection.to_string())
+    }
+
+    /// The answer to a request the configured scope source found no scope for.
+    pub(crate) fn scope_missing() -> Self {
+        Self::new(
+            ProblemType::ScopeMissing,
+            "the server could not tell whose request this is, so it was not run; \
+             this is a server configuration error",
+        )
     }
 
     pub(crate) fn retry_after(mut self, after: Duration) -> Self {
@@ -268,6 +285,17 @@ mod tests {
             ProblemType::KeyReused.status(),
             StatusCode::UNPROCESSABLE_ENTITY
         );
+        assert_eq!(
+            ProblemType::ScopeMissing.uri(),
+            "https://idempotency.rs/problems/scope-missing"
+        );
+        assert_eq!(
+            ProblemType::ScopeMissing.status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        for p in ProblemType::ALL {
+            assert!(!p.title().contains("Idempotency-Key"), "{p:?}");
+        }
     }
 
     #[test]

@@ -342,11 +342,14 @@ where
     };
 
     // 4. The record's identity and the request's fingerprint.
-    let scope = config
-        .scope
-        .as_ref()
-        .and_then(|s| s.scope(&parts))
-        .unwrap_or_default();
+    let Some(scope) = config.scope_of(&parts) else {
+        tracing::error!(
+            "the idempotency scope source found no scope for this request (is the layer placed \
+             after authentication?); answered 500 scope-missing, nothing ran \
+             (IdempotencyLayer::allow_unscoped lets such requests share one key space)"
+        );
+        return Ok(ctx.problem(DecisionOutcome::Rejected, Problem::scope_missing()));
+    };
     let key = config.storage_key(&parts.method, &ctx.route, &scope, &material);
     if !ctx.span.is_disabled() {
         ctx.span

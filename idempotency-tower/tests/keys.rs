@@ -655,3 +655,140 @@ async fn answers_name_the_idempotency_key_header_only_when_the_key_came_from_it(
         Some("x-op-key"),
     );
 }
+
+// ---- 4. a scope source that finds no scope ---------------------------------
+
+/// What an authentication layer leaves in the extensions.
+#[derive(Clone)]
+struct Principal(String);
+
+/// Demo authentication: `x-user` names the principal.
+async fn authenticate(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(user) = req.headers().get("x-user").and_then(|v| v.to_str().ok()) {
+        let user = Principal(user.to_owned());
+        req.extensions_mut().insert(user);
+    }
+    next.run(req).await
+}
+
+fn scoped_layer(store: MemoryStore) -> IdempotencyLayer<MemoryStore> {
+    IdempotencyLayer::new(store).scope(|parts: &http::request::Parts| {
+        parts.extensions.get::<Principal>().map(|p| p.0.clone())
+    })
+}
+
+fn as_user(user: &str, key: &str) -> Request<Body> {
+    let mut req = post_json("/orders", Some(key), "{}");
+    req.headers_mut().insert("x-user", user.parse().unwrap());
+    req
+}
+
+/// The issue: with the authentication layer missing (or placed after this
+/// one) every caller fell into one shared key space, so bob received
+/// alice's replay. Now: 500 `scope-missing`, the handler never runs, nothing
+/// is stored, an error is logged without the key.
+#[tokio::test]
+async fn a_scope_source_that_finds_no_scope_fails_closed() {
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::ERROR)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let store = MemoryStore::new();
+    let runs = Runs::default();
+    let layer = scoped_layer(store.clone());
+    // No authentication layer at all.
+    let app = app(layer.clone(), runs.clone());
+    for user in ["alice", "bob"] {
+        let r = send(&app, as_user(user, "secret-key-42")).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{user}");
+        assert!(!r.is_replay(), "{user}");
+        assert_eq!(r.problem_type(), format!("{PROBLEMS}scope-missing"));
+    }
+    assert_eq!(runs.get(), 0, "the handler never ran");
+    let key = idempotency_core::IdempotencyKey::parse(b"secret-key-42").unwrap();
+    let shared = layer.storage_key(
+        &http::Method::POST,
+        "/orders",
+        "",
+        &KeyMaterial::Client(key),
+    );
+    use idempotency_core::IdempotencyStore as _;
+    assert_eq!(store.get(&shared).await.unwrap(), None, "nothing stored");
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("ERROR"), "{log}");
+    assert!(log.contains("scope-missing"), "{log}");
+    assert!(!log.contains("secret-key-42"), "{log}");
+
+    // Misordered: authentication runs inside the layer, too late.
+    let misordered = Router::new()
+        .route("/orders", post(create))
+        .layer(axum::middleware::from_fn(authenticate))
+        .layer(scoped_layer(MemoryStore::new()))
+        .with_state(runs.clone());
+    let r = send(&misordered, as_user("alice", "k")).await;
+    assert_eq!(r.problem_type(), format!("{PROBLEMS}scope-missing"));
+    assert_eq!(runs.get(), 0);
+
+    // In the right order, each user has a key space of their own.
+    let ordered = Router::new()
+        .route("/orders", post(create))
+        .layer(scoped_layer(MemoryStore::new()))
+        .layer(axum::middleware::from_fn(authenticate))
+        .with_state(runs.clone());
+    assert_eq!(send(&ordered, as_user("alice", "k")).await.status, 201);
+    let bob = send(&ordered, as_user("bob", "k")).await;
+    assert_eq!(bob.status, 201);
+    assert!(!bob.is_replay());
+    assert_eq!(runs.get(), 2);
+}
+
+/// The explicit opt-in keeps the shared space for requests without a scope.
+#[tokio::test]
+async fn allow_unscoped_shares_one_key_space_by_choice() {
+    let runs = Runs::default();
+    let app = self::app(
+        scoped_layer(MemoryStore::new()).allow_unscoped(),
+        runs.clone(),
+    );
+    assert_eq!(send(&app, as_user("alice", "k")).await.status, 201);
+    let r = send(&app, as_user("bob", "k")).await;
+    assert_eq!(r.status, 201);
+    assert!(r.is_replay(), "the shared space: bob gets alice's replay");
+    assert_eq!(runs.get(), 1);
+    // So does a source that says `Some("")` for them.
+    let runs = Runs::default();
+    let layer = IdempotencyLayer::new(MemoryStore::new()).scope(|parts: &http::request::Parts| {
+        Some(
+            parts
+                .extensions
+                .get::<Principal>()
+                .map_or_else(String::new, |p| p.0.clone()),
+        )
+    });
+    let app = self::app(layer, runs.clone());
+    assert_eq!(send(&app, as_user("alice", "k")).await.status, 201);
+    assert!(send(&app, as_user("bob", "k")).await.is_replay());
+    // And no scope source at all.
+    let app = self::app(IdempotencyLayer::new(MemoryStore::new()), runs.clone());
+    assert_eq!(send(&app, as_user("alice", "k")).await.status, 201);
+    assert!(send(&app, as_user("bob", "k")).await.is_replay());
+    assert_eq!(runs.get(), 2);
+}
+
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

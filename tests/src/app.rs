@@ -101,7 +101,8 @@ impl Answer {
 
 impl TestApp {
     /// Builds the app over `store`, letting `configure` adjust the layer
-    /// (the scope is already set to the `x-user` header).
+    /// (the scope is already set to the `x-user` header; requests without
+    /// one are unscoped).
     pub fn new<S>(
         store: S,
         configure: impl FnOnce(IdempotencyLayer<S>) -> IdempotencyLayer<S>,
@@ -110,15 +111,20 @@ impl TestApp {
         S: IdempotencyStore + Clone + Send + Sync + 'static,
     {
         let counters = Arc::new(Counters::default());
-        let layer = configure(IdempotencyLayer::new(store).namespace("http-suite").scope(
-            |parts: &http::request::Parts| {
-                parts
-                    .headers
-                    .get("x-user")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            },
-        ));
+        // Requests without `x-user` share the unscoped space (by choice: a
+        // scope that finds none otherwise fails closed with 500 scope-missing).
+        let layer = configure(
+            IdempotencyLayer::new(store)
+                .namespace("http-suite")
+                .scope(|parts: &http::request::Parts| {
+                    parts
+                        .headers
+                        .get("x-user")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .allow_unscoped(),
+        );
         let counting = counters.clone();
         let router = Router::new()
             .route("/orders", post(handler).patch(handler).get(list))

@@ -34,7 +34,9 @@ pub mod estimates;
 pub mod problem;
 pub mod promote;
 
-pub use promote::{ATTEMPTED, AttemptOutcome, PROMOTE_ROUTE, RESOLVED, SOURCE, subject};
+pub use promote::{
+    ATTEMPTED, AttemptOutcome, PROMOTE_ROUTE, RESOLVED, SOURCE, canonical_version, subject,
+};
 
 use problem::ApiError;
 
@@ -215,8 +217,17 @@ impl Service {
         let verify_pool = pool.clone();
         let layer = IdempotencyLayer::new(store.clone())
             .namespace(NAMESPACE)
-            .key_source(PathParams::new(["estimate_id", "snapshot_version"]))
-            // The path is the whole request: no body to compare.
+            // Decoded and canonical, as the handler reads them: the estimate id
+            // case-sensitive text, the version a number (`/estimates/%45-1/snapshots/01/`
+            // and `/estimates/E-1/snapshots/+1/` are promotion E-1/1, one record).
+            .key_source(
+                PathParams::new(["estimate_id", "snapshot_version"])
+                    .normalise("snapshot_version", |v: &str| {
+                        Ok(promote::canonical_version(v))
+                    }),
+            )
+            // The path is the whole request: no body to compare, and the query
+            // (`?utm=1`) does not count.
             .fingerprint(FingerprintMode::None)
             .lease(config.lease)
             .retention(RETENTION)
@@ -325,10 +336,12 @@ impl Service {
     }
 }
 
+/// The record of a promotion: `estimate_id` as the handler reads it
+/// (decoded), `version` in any spelling.
 fn promotion_key(state: &AppState, estimate_id: &str, version: &str) -> StorageKey {
     let material = KeyMaterial::Derived(vec![
         estimate_id.as_bytes().to_vec(),
-        version.as_bytes().to_vec(),
+        promote::canonical_version(version).into_bytes(),
     ]);
     state
         .keys
@@ -503,6 +516,8 @@ async fn resolve(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
+    // The spelling the promotion's key and audit chain use.
+    let version = promote::canonical_version(&version);
     let reason = if body.is_empty() {
         "resolved by an operator".to_owned()
     } else {

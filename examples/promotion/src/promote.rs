@@ -93,6 +93,20 @@ pub fn subject(estimate_id: &str, snapshot_version: &str) -> String {
     format!("{estimate_id}/{snapshot_version}")
 }
 
+/// A snapshot version as the promotion reads it: an `i32` of at least 1, in
+/// any spelling `str::parse` accepts (`1`, `01`, `+1`).
+pub(crate) fn parse_version(text: &str) -> Option<i32> {
+    text.parse::<i32>().ok().filter(|v| *v >= 1)
+}
+
+/// The one spelling of a snapshot version in keys, audit subjects and
+/// chains: the canonical decimal of a version the promotion reads (`01`,
+/// `+1` → `1`); any other text as it is (it names no snapshot: the promotion
+/// answers 404 and its key is released).
+pub fn canonical_version(text: &str) -> String {
+    parse_version(text).map_or_else(|| text.to_owned(), |v| v.to_string())
+}
+
 /// A snapshot version as the audit trail holds it: a number when it is one.
 fn version_value(version: &str) -> serde_json::Value {
     version
@@ -158,9 +172,11 @@ async fn run(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let correlation = correlation_id(headers);
-    let Some(version) = version_text.parse::<i32>().ok().filter(|v| *v >= 1) else {
+    let Some(version) = parse_version(version_text) else {
         return Err(ApiError::snapshot_not_found(estimate_id, version_text));
     };
+    // `01` and `+1` are snapshot 1: one audit subject, one chain.
+    let version_text = &version.to_string();
     let snapshot = sqlx::query(
         "SELECT s.status, s.lines, s.total_cents, e.customer_id \
          FROM promotion.estimates e \
@@ -355,12 +371,19 @@ pub(crate) struct PromotionHook {
 
 impl DecisionHook for PromotionHook {
     fn on_decision(&self, d: &Decision) {
-        let (Some(estimate_id), Some(version)) = (
-            d.path_param("estimate_id"),
-            d.path_param("snapshot_version"),
-        ) else {
+        // As the handler and the key read them: decoded, the version canonical
+        // (`/estimates/%45-1/snapshots/01/...` is promotion `E-1/1`); a value
+        // that does not decode (the layer refused it) is audited as sent.
+        let param = |name| {
+            d.path_param_decoded(name)
+                .or_else(|| d.path_param(name).map(std::borrow::Cow::Borrowed))
+        };
+        let (Some(estimate_id), Some(version)) = (param("estimate_id"), param("snapshot_version"))
+        else {
             return;
         };
+        let estimate_id = estimate_id.as_ref();
+        let version = &canonical_version(&version);
         let success = d.status.is_some_and(|s| s.is_success());
         let outcome = match d.outcome {
             // The handler completed the record and wrote its event in its transaction.

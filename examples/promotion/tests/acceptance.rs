@@ -136,6 +136,128 @@ async fn ac2_second_promotion_returns_the_existing_work_order() {
     }
 }
 
+/// One snapshot, four spellings (`/snapshots/1/`, `/01/`, `/+1/`, and the
+/// estimate id percent-encoded, `/%45-…/`; plus a `?utm=1`): axum hands the
+/// handler the same estimate and version for each. They used to be four
+/// records, four handler runs and four audit chains each claiming the first
+/// attempt (only the UNIQUE constraint stopped a second work order). Now: one
+/// record, one run, one work order, one chain, and the others replay it.
+#[tokio::test]
+async fn every_spelling_of_a_snapshot_is_one_promotion() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let e = app.finalized_estimate().await;
+    let encoded = format!("%45{}", e.strip_prefix('E').unwrap());
+    let paths = [
+        format!("/estimates/{e}/snapshots/1/promote"),
+        format!("/estimates/{e}/snapshots/01/promote"),
+        format!("/estimates/{e}/snapshots/+1/promote"),
+        format!("/estimates/{encoded}/snapshots/1/promote"),
+        format!("/estimates/{encoded}/snapshots/+01/promote?utm=1"),
+    ];
+    let ids: Vec<String> = (0..paths.len())
+        .map(|i| format!("{e}-spelling-{i}"))
+        .collect();
+    let mut replies = Vec::new();
+    for (path, id) in paths.iter().zip(&ids) {
+        replies.push(
+            app.call(http::Method::POST, path, None, &[("x-request-id", id)])
+                .await,
+        );
+    }
+    assert_eq!(replies[0].status, StatusCode::CREATED, "{:?}", replies[0]);
+    for (path, r) in paths.iter().zip(&replies).skip(1) {
+        assert_eq!(r.status, StatusCode::OK, "{path}: {r:?}");
+        assert!(r.is_replay(), "{path}");
+        assert_eq!(r.body, replies[0].body, "{path}");
+    }
+    let wo = replies[0].workorder_id();
+
+    // The rows: one work order, one promotion row, one record of one attempt.
+    let all_work_orders: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM promotion.work_orders WHERE estimate_id = $1")
+            .bind(&e)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(all_work_orders, [wo.as_str()], "of any version");
+    let promotion_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM promotion.promotions WHERE estimate_id = $1")
+            .bind(&e)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(promotion_rows, 1);
+    assert_eq!(app.record(&e, 1).await.unwrap().attempts, 1);
+
+    // The trail: every request's event in the one chain of the snapshot,
+    // one CREATED (the one run, the first attempt), the others RETRIEVED.
+    app.service.flush_audit().await.unwrap();
+    let streams: Vec<String> = sqlx::query_scalar(
+        // Only the promotion's chains: the table is shared with other tests.
+        "WITH promotion AS MATERIALIZED \
+           (SELECT stream, content FROM audit.events WHERE stream LIKE 'promotion/%') \
+         SELECT DISTINCT stream FROM promotion WHERE content::jsonb->>'correlation_id' = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(streams, [format!("promotion/{e}/1")]);
+    let events = summary(&app.audit(&e, 1).await);
+    assert_eq!(
+        events.len(),
+        paths.len(),
+        "one event per request: {events:?}"
+    );
+    assert_eq!(
+        events[0],
+        (
+            "promotion.attempted".into(),
+            "CREATED".into(),
+            true,
+            Some(wo.clone())
+        )
+    );
+    for ev in &events[1..] {
+        assert_eq!(
+            ev,
+            &(
+                "promotion.attempted".into(),
+                "RETRIEVED".into(),
+                false,
+                Some(wo.clone())
+            )
+        );
+    }
+    let chain_heads: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit.events WHERE stream LIKE $1 OR stream LIKE $2",
+    )
+    .bind(format!("promotion/{e}/%"))
+    .bind(format!("promotion/{encoded}/%"))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        chain_heads,
+        i64::try_from(paths.len()).unwrap(),
+        "no other chain"
+    );
+
+    // A spelling that decodes to no text is refused before anything runs.
+    let bad = app
+        .post(&format!("/estimates/{e}%FF/snapshots/1/promote"), None)
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{bad:?}");
+    assert_eq!(bad.problem_type(), format!("{P}key-invalid"));
+    assert_eq!(
+        work_orders(&app.pool, &e, 1).await,
+        [wo.as_str()],
+        "still the one work order"
+    );
+}
+
 /// AC3 (FAILED variant; the PENDING variant, a crashed process, is in
 /// `processes.rs`): an attempt whose transaction failed leaves the record
 /// FAILED with no work order; the next promotion creates the work order and
