@@ -22,7 +22,7 @@ pub use canonical::canonical_json;
 pub use chain::{
     BreakKind, ChainBreak, ChainReport, ChainRow, ChainVerifier, GENESIS_HASH, chain_hash,
 };
-pub use error::{AuditError, BatchError, BoxError};
+pub use error::{AuditError, BatchError, BoxError, RefusedEvent};
 pub use event::{
     Actor, ActorKind, AuditEvent, AuditEventBuilder, MAX_CORRELATION_ID_LEN, Outcome,
     SCHEMA_VERSION,

@@ -24,16 +24,21 @@ pub enum DropReason {
     Full,
     /// The inner sink failed to write it.
     SinkError,
+    /// The inner sink refused this event on its own (an invalid stream
+    /// name, a field too long, a duplicate id, ...) while writing the rest
+    /// of its batch.
+    Refused,
     /// The buffer was shut down (or its worker stopped) before the event arrived.
     Closed,
 }
 
 impl DropReason {
-    /// The metric label value: `full`, `sink_error` or `closed`.
+    /// The metric label value: `full`, `sink_error`, `refused` or `closed`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Full => "full",
             Self::SinkError => "sink_error",
+            Self::Refused => "refused",
             Self::Closed => "closed",
         }
     }
@@ -90,6 +95,7 @@ struct Stats {
     written: AtomicU64,
     full: AtomicU64,
     sink_error: AtomicU64,
+    refused: AtomicU64,
     closed: AtomicU64,
     started: Instant,
     /// Milliseconds after `started` (plus one) of the last warn line; 0 = never.
@@ -101,6 +107,7 @@ impl Stats {
         match reason {
             DropReason::Full => &self.full,
             DropReason::SinkError => &self.sink_error,
+            DropReason::Refused => &self.refused,
             DropReason::Closed => &self.closed,
         }
     }
@@ -108,6 +115,7 @@ impl Stats {
     fn dropped(&self) -> u64 {
         self.full.load(Ordering::Relaxed)
             + self.sink_error.load(Ordering::Relaxed)
+            + self.refused.load(Ordering::Relaxed)
             + self.closed.load(Ordering::Relaxed)
     }
 
@@ -163,7 +171,9 @@ impl Stats {
 /// An event that cannot be delivered is dropped and counted, never
 /// retried: when the queue is full ([`DropReason::Full`]), when the inner
 /// sink fails ([`DropReason::SinkError`], every event of the failed batch
-/// that was not written) or after [`shutdown`](Self::shutdown)
+/// that was not written), when the inner sink refuses that one event while
+/// writing the rest of its batch ([`DropReason::Refused`], see
+/// [`BatchError::refused`]) or after [`shutdown`](Self::shutdown)
 /// ([`DropReason::Closed`]); an inner sink that panics counts as failing.
 /// Each drop increments the `metrics` counter
 /// `audit_events_dropped_total{reason}` and an atomic counter read by
@@ -223,6 +233,7 @@ impl BufferedSink {
             written: AtomicU64::new(0),
             full: AtomicU64::new(0),
             sink_error: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             started: Instant::now(),
             last_warn: AtomicU64::new(0),
@@ -368,23 +379,38 @@ async fn write<S: AuditSink>(inner: &S, events: &mut Vec<AuditEvent>, stats: &St
         .catch_unwind()
         .await
         .unwrap_or_else(|_| {
-            Err(BatchError {
-                written: 0,
-                source: AuditError::backend("the inner audit sink panicked"),
-            })
+            Err(BatchError::new(
+                0,
+                AuditError::backend("the inner audit sink panicked"),
+            ))
         });
     match result {
         Ok(()) => {
             stats.written.fetch_add(total as u64, Ordering::Relaxed);
         }
-        Err(BatchError { written, source }) => {
-            let written = written.min(total);
+        Err(e) => {
+            let written = e.written.min(total);
             stats.written.fetch_add(written as u64, Ordering::Relaxed);
+            if let Some(first) = e.refused.first() {
+                stats.drop_events(
+                    DropReason::Refused,
+                    e.refused.len() as u64,
+                    events.get(first.index),
+                    Some(&first.source),
+                );
+            }
+            // Without refusals the written events are the first `written`.
+            let unwritten = e.unwritten(total);
+            let first_unwritten = if e.refused.is_empty() {
+                events.get(written)
+            } else {
+                None
+            };
             stats.drop_events(
                 DropReason::SinkError,
-                (total - written) as u64,
-                events.get(written),
-                Some(&source),
+                unwritten as u64,
+                first_unwritten,
+                Some(&e.source),
             );
         }
     }
@@ -600,6 +626,7 @@ mod tests {
             written: AtomicU64::new(0),
             full: AtomicU64::new(0),
             sink_error: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             started: Instant::now(),
             last_warn: AtomicU64::new(0),
