@@ -29,7 +29,7 @@ pub use event::{
 };
 pub use modes::{AuditModes, Auditor, Mode, Recorded, TransactionalSink};
 pub use redact::{PointerRedactor, REDACTED, RedactError, Redacting, Redactor};
-pub use sink::buffered::{BufferConfig, BufferedSink, DROPPED_METRIC, DropReason};
+pub use sink::buffered::{BufferConfig, BufferedSink, DROPPED_METRIC, DropReason, ShutdownReport};
 pub use sink::fanout::FanOut;
 pub use sink::memory::MemorySink;
 pub use sink::tracing::TracingSink;

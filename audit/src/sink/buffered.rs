@@ -3,10 +3,10 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{AuditError, BatchError};
 use crate::event::AuditEvent;
@@ -30,17 +30,34 @@ pub enum DropReason {
     Refused,
     /// The buffer was shut down (or its worker stopped) before the event arrived.
     Closed,
+    /// The event was queued, or being written, when the deadline of
+    /// [`BufferedSink::shutdown`] passed.
+    Abandoned,
 }
 
 impl DropReason {
-    /// The metric label value: `full`, `sink_error`, `refused` or `closed`.
+    const ALL: [Self; 5] = [
+        Self::Full,
+        Self::SinkError,
+        Self::Refused,
+        Self::Closed,
+        Self::Abandoned,
+    ];
+
+    /// The metric label value: `full`, `sink_error`, `refused`, `closed` or
+    /// `abandoned`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Full => "full",
             Self::SinkError => "sink_error",
             Self::Refused => "refused",
             Self::Closed => "closed",
+            Self::Abandoned => "abandoned",
         }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -53,6 +70,9 @@ pub struct BufferConfig {
     /// How many queued events the worker hands the inner sink at once, with
     /// [`AuditSink::append_batch`] (at least 1). Default 64.
     pub batch_size: usize,
+    /// How long [`BufferedSink::shutdown`] waits for the worker to write
+    /// what is queued before abandoning the rest. Default 10 s.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for BufferConfig {
@@ -60,6 +80,7 @@ impl Default for BufferConfig {
         Self {
             capacity: 10_000,
             batch_size: 64,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -78,6 +99,13 @@ impl BufferConfig {
         self.batch_size = batch_size;
         self
     }
+
+    /// Sets the deadline of [`BufferedSink::shutdown`].
+    #[must_use]
+    pub const fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
 }
 
 #[allow(
@@ -87,36 +115,54 @@ impl BufferConfig {
 enum Msg {
     Event(AuditEvent),
     Flush(oneshot::Sender<()>),
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Event(_) => "Event",
+            Self::Flush(_) => "Flush",
+        })
+    }
+}
+
+/// What the handles ask of the worker; each step only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Control {
+    /// Write what arrives.
+    Run,
+    /// Refuse new events, write what is queued, then stop.
     Close,
+    /// Stop now; count what is not written as abandoned.
+    Abandon,
 }
 
 #[derive(Debug)]
 struct Stats {
     written: AtomicU64,
-    full: AtomicU64,
-    sink_error: AtomicU64,
-    refused: AtomicU64,
-    closed: AtomicU64,
+    /// Dropped events, indexed by [`DropReason::index`].
+    dropped: [AtomicU64; DropReason::ALL.len()],
     started: Instant,
     /// Milliseconds after `started` (plus one) of the last warn line; 0 = never.
     last_warn: AtomicU64,
 }
 
 impl Stats {
-    fn counter(&self, reason: DropReason) -> &AtomicU64 {
-        match reason {
-            DropReason::Full => &self.full,
-            DropReason::SinkError => &self.sink_error,
-            DropReason::Refused => &self.refused,
-            DropReason::Closed => &self.closed,
+    fn new() -> Self {
+        Self {
+            written: AtomicU64::new(0),
+            dropped: Default::default(),
+            started: Instant::now(),
+            last_warn: AtomicU64::new(0),
         }
     }
 
+    fn counter(&self, reason: DropReason) -> &AtomicU64 {
+        &self.dropped[reason.index()]
+    }
+
     fn dropped(&self) -> u64 {
-        self.full.load(Ordering::Relaxed)
-            + self.sink_error.load(Ordering::Relaxed)
-            + self.refused.load(Ordering::Relaxed)
-            + self.closed.load(Ordering::Relaxed)
+        self.dropped.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// Counts `n` dropped events; logs a warn line at most once a second.
@@ -164,6 +210,33 @@ impl Stats {
     }
 }
 
+/// What the handles and the worker share.
+#[derive(Debug)]
+struct Shared {
+    stats: Stats,
+    control: watch::Sender<Control>,
+    /// Its sender is held by the worker: `changed()` fails once the worker
+    /// has finished (or its task was dropped).
+    done: watch::Receiver<()>,
+    shutdown_timeout: Duration,
+}
+
+/// What [`BufferedSink::shutdown`] found when it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Whether the worker wrote everything queued before the deadline.
+    pub completed: bool,
+    /// Events abandoned at the deadline (queued, or handed to the inner
+    /// sink whose write was cut), counted as [`DropReason::Abandoned`]. A
+    /// write cut mid-way may have stored part of its batch.
+    pub abandoned: u64,
+    /// Events written by the inner sink over the buffer's life.
+    pub written: u64,
+    /// Events dropped over the buffer's life, for any reason (abandoned included).
+    pub dropped: u64,
+}
+
 /// Puts events on a bounded queue that a background task drains into an
 /// inner sink, so [`append`](AuditSink::append) never waits for the inner
 /// sink and never fails.
@@ -173,8 +246,10 @@ impl Stats {
 /// sink fails ([`DropReason::SinkError`], every event of the failed batch
 /// that was not written), when the inner sink refuses that one event while
 /// writing the rest of its batch ([`DropReason::Refused`], see
-/// [`BatchError::refused`]) or after [`shutdown`](Self::shutdown)
-/// ([`DropReason::Closed`]); an inner sink that panics counts as failing.
+/// [`BatchError::refused`]), after [`shutdown`](Self::shutdown)
+/// ([`DropReason::Closed`]) or when the shutdown deadline passes before it
+/// is written ([`DropReason::Abandoned`]); an inner sink that panics counts
+/// as failing.
 /// Each drop increments the `metrics` counter
 /// `audit_events_dropped_total{reason}` and an atomic counter read by
 /// [`dropped`](Self::dropped) / [`dropped_by`](Self::dropped_by); a warn
@@ -186,30 +261,22 @@ impl Stats {
 ///
 /// ```
 /// use idempotency_audit::{AuditEvent, AuditSink, BufferedSink, MemorySink};
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let memory = MemorySink::new();
 /// let buffer = BufferedSink::new(memory.clone(), 1_000);
 /// buffer.append(&AuditEvent::builder("promotion.attempted", "/promotions").build()).await?;
 /// buffer.flush().await?;
 /// assert_eq!(memory.len(), 1);
-/// assert_eq!(buffer.dropped(), 0);
+/// let report = buffer.shutdown().await;
+/// assert!(report.completed);
+/// assert_eq!((report.written, report.dropped), (1, 0));
 /// # Ok::<_, idempotency_audit::AuditError>(())
 /// # }).unwrap();
 /// ```
 #[derive(Debug, Clone)]
 pub struct BufferedSink {
     tx: mpsc::Sender<Msg>,
-    stats: Arc<Stats>,
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Event(_) => "Event",
-            Self::Flush(_) => "Flush",
-            Self::Close => "Close",
-        })
-    }
+    shared: Arc<Shared>,
 }
 
 impl BufferedSink {
@@ -229,22 +296,22 @@ impl BufferedSink {
     /// Outside a Tokio runtime (the worker is spawned on the current one).
     pub fn with_config<S: AuditSink + 'static>(inner: S, config: BufferConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
-        let stats = Arc::new(Stats {
-            written: AtomicU64::new(0),
-            full: AtomicU64::new(0),
-            sink_error: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
-            started: Instant::now(),
-            last_warn: AtomicU64::new(0),
+        let (control, control_rx) = watch::channel(Control::Run);
+        let (done_tx, done) = watch::channel(());
+        let shared = Arc::new(Shared {
+            stats: Stats::new(),
+            control,
+            done,
+            shutdown_timeout: config.shutdown_timeout,
         });
-        tokio::spawn(drain(
-            inner,
+        let worker = Worker {
             rx,
-            Arc::clone(&stats),
-            config.batch_size.max(1),
-        ));
-        Self { tx, stats }
+            control: control_rx,
+            shared: Arc::clone(&shared),
+            _done: done_tx,
+        };
+        tokio::spawn(worker.run(inner, config.batch_size.max(1)));
+        Self { tx, shared }
     }
 
     /// Queues an event without waiting; returns whether it was queued. A
@@ -266,9 +333,9 @@ impl BufferedSink {
     fn refused(&self, reason: DropReason, msg: &Msg) {
         let event = match msg {
             Msg::Event(e) => Some(e),
-            _ => None,
+            Msg::Flush(_) => None,
         };
-        self.stats.drop_events(reason, 1, event, None);
+        self.shared.stats.drop_events(reason, 1, event, None);
     }
 
     /// Waits until every event queued before this call was handed to the
@@ -290,33 +357,80 @@ impl BufferedSink {
         wait.await.map_err(|_| AuditError::Closed)
     }
 
-    /// Stops accepting events, writes what is queued, and waits for the worker
-    /// to stop. Later appends are dropped with [`DropReason::Closed`].
-    /// Calling it again, from any clone, just waits for the worker.
+    /// Stops accepting events, writes what is queued and waits until the
+    /// worker has finished its last write, for at most the configured
+    /// [`shutdown_timeout`](BufferConfig::shutdown_timeout) (default 10 s);
+    /// see [`shutdown_within`](Self::shutdown_within).
+    ///
+    /// # Panics
+    ///
+    /// On a Tokio runtime without the time driver.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: once the close request is queued the worker finishes on
-    /// its own whether or not this future is awaited.
-    pub async fn shutdown(&self) {
-        // An error means the worker is already gone.
-        let _ = self.tx.send(Msg::Close).await;
-        self.tx.closed().await;
+    /// As [`shutdown_within`](Self::shutdown_within).
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.shutdown_within(self.shared.shutdown_timeout).await
+    }
+
+    /// Stops accepting events (later ones are dropped with
+    /// [`DropReason::Closed`]), writes what is queued, and waits until the
+    /// worker has finished its last write, for at most `deadline`. When the
+    /// deadline passes first, the worker stops at once: the write in
+    /// progress is cut (dropped) and every event not written is counted as
+    /// [`DropReason::Abandoned`] and reported in one warn line. Calling it
+    /// again, from any clone, waits for the same worker.
+    ///
+    /// # Panics
+    ///
+    /// On a Tokio runtime without the time driver.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: once called, the worker writes the queue and stops
+    /// whether or not this future is awaited; only the deadline is lost.
+    pub async fn shutdown_within(&self, deadline: Duration) -> ShutdownReport {
+        let advance = |to: Control| {
+            self.shared.control.send_if_modified(|c| {
+                let later = *c < to;
+                if later {
+                    *c = to;
+                }
+                later
+            });
+        };
+        advance(Control::Close);
+        let mut done = self.shared.done.clone();
+        // `changed` fails only once the worker has finished.
+        let in_time = tokio::time::timeout(deadline, done.changed()).await.is_ok();
+        if !in_time {
+            advance(Control::Abandon);
+            // The worker stops at its next poll, counting what it abandons.
+            let _ = done.changed().await;
+        }
+        let abandoned = self.dropped_by(DropReason::Abandoned);
+        ShutdownReport {
+            // Also when the worker finished just as the deadline passed.
+            completed: in_time || abandoned == 0,
+            abandoned,
+            written: self.written(),
+            dropped: self.dropped(),
+        }
     }
 
     /// Events written by the inner sink so far.
     pub fn written(&self) -> u64 {
-        self.stats.written.load(Ordering::Relaxed)
+        self.shared.stats.written.load(Ordering::Relaxed)
     }
 
     /// Events dropped so far, for any reason.
     pub fn dropped(&self) -> u64 {
-        self.stats.dropped()
+        self.shared.stats.dropped()
     }
 
     /// Events dropped so far for `reason`.
     pub fn dropped_by(&self, reason: DropReason) -> u64 {
-        self.stats.counter(reason).load(Ordering::Relaxed)
+        self.shared.stats.counter(reason).load(Ordering::Relaxed)
     }
 
     /// Events (and flush markers) waiting in the queue now.
@@ -345,27 +459,93 @@ impl AuditSink for BufferedSink {
     }
 }
 
-async fn drain<S: AuditSink>(
-    inner: S,
-    mut rx: mpsc::Receiver<Msg>,
-    stats: Arc<Stats>,
-    batch_size: usize,
-) {
-    let mut msgs = Vec::with_capacity(batch_size);
-    let mut events = Vec::with_capacity(batch_size);
-    while rx.recv_many(&mut msgs, batch_size).await > 0 {
-        for msg in msgs.drain(..) {
-            match msg {
-                Msg::Event(e) => events.push(e),
-                Msg::Flush(done) => {
-                    write(&inner, &mut events, &stats).await;
-                    let _ = done.send(());
+/// The background task draining the queue into the inner sink.
+struct Worker {
+    rx: mpsc::Receiver<Msg>,
+    control: watch::Receiver<Control>,
+    shared: Arc<Shared>,
+    /// Dropped when the worker ends, however it ends: what
+    /// [`BufferedSink::shutdown`] waits for.
+    _done: watch::Sender<()>,
+}
+
+/// Resolves once the control has moved past `seen`, with the new value.
+async fn control_past(control: &mut watch::Receiver<Control>, seen: Control) -> Control {
+    let next = control.wait_for(|c| *c > seen).await.map(|c| *c);
+    match next {
+        Ok(c) => c,
+        // No handle is left to ask for anything.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+impl Worker {
+    async fn run<S: AuditSink>(mut self, inner: S, batch_size: usize) {
+        let stats = &self.shared.stats;
+        // Messages received and not yet handled, in reverse order (popped
+        // from the end), so that a cut write leaves them countable.
+        let mut msgs = Vec::with_capacity(batch_size);
+        let mut events = Vec::with_capacity(batch_size);
+        let mut seen = Control::Run;
+        loop {
+            let received = tokio::select! {
+                biased;
+                c = control_past(&mut self.control, seen) => {
+                    seen = c;
+                    if c == Control::Abandon {
+                        break;
+                    }
+                    // What is already queued is still received and written.
+                    self.rx.close();
+                    continue;
                 }
-                // What is already queued is still received and written.
-                Msg::Close => rx.close(),
+                n = self.rx.recv_many(&mut msgs, batch_size) => n,
+            };
+            if received == 0 {
+                // Closed and drained: everything was handed over.
+                return;
+            }
+            msgs.reverse();
+            let handled = async {
+                while let Some(msg) = msgs.pop() {
+                    match msg {
+                        Msg::Event(e) => events.push(e),
+                        Msg::Flush(done) => {
+                            write(&inner, &mut events, stats).await;
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                write(&inner, &mut events, stats).await;
+            };
+            let abandoned = tokio::select! {
+                biased;
+                _ = control_past(&mut self.control, Control::Close) => true,
+                () = handled => false,
+            };
+            if abandoned {
+                break;
             }
         }
-        write(&inner, &mut events, &stats).await;
+        // The shutdown deadline passed: count what is not written.
+        self.rx.close();
+        let mut abandoned = events.len();
+        abandoned += msgs.iter().filter(|m| matches!(m, Msg::Event(_))).count();
+        while let Ok(msg) = self.rx.try_recv() {
+            abandoned += usize::from(matches!(msg, Msg::Event(_)));
+        }
+        let abandoned = abandoned as u64;
+        stats
+            .counter(DropReason::Abandoned)
+            .fetch_add(abandoned, Ordering::Relaxed);
+        metrics::counter!(DROPPED_METRIC, "reason" => DropReason::Abandoned.as_str())
+            .increment(abandoned);
+        tracing::warn!(
+            target: "audit",
+            abandoned,
+            written = stats.written.load(Ordering::Relaxed),
+            "audit buffer shutdown deadline passed: events not yet written were abandoned"
+        );
     }
 }
 
@@ -602,6 +782,112 @@ mod tests {
         other.shutdown().await;
     }
 
+    /// Writes each batch after a delay: a write that really awaits.
+    struct Slow {
+        mem: MemorySink,
+        delay: Duration,
+    }
+
+    impl AuditSink for Slow {
+        async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
+            self.append_batch(std::slice::from_ref(event))
+                .await
+                .map_err(|e| e.source)
+        }
+
+        async fn append_batch(&self, events: &[AuditEvent]) -> Result<(), BatchError> {
+            tokio::time::sleep(self.delay).await;
+            self.mem.append_batch(events).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_returns_only_after_the_last_write() {
+        let mem = MemorySink::new();
+        let slow = Slow {
+            mem: mem.clone(),
+            delay: Duration::from_millis(100),
+        };
+        let buffer = BufferedSink::with_config(slow, BufferConfig::default().batch_size(4));
+        for n in 0..10 {
+            assert!(buffer.enqueue(event(n)));
+        }
+        let started = tokio::time::Instant::now();
+        let report = buffer.shutdown().await;
+        assert_eq!(
+            mem.len(),
+            10,
+            "every event is written when shutdown returns"
+        );
+        assert_eq!(
+            report,
+            ShutdownReport {
+                completed: true,
+                abandoned: 0,
+                written: 10,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(300),
+            "three batches"
+        );
+        // Again, from a clone: the worker is gone, nothing changes.
+        assert_eq!(buffer.clone().shutdown().await, report);
+        assert!(!buffer.enqueue(event(10)));
+        assert_eq!(buffer.dropped_by(DropReason::Closed), 1);
+    }
+
+    #[test]
+    fn a_passed_shutdown_deadline_abandons_and_counts_what_is_not_written() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                // A sink that never finishes a write.
+                let gated = Gated::closed();
+                let buffer = BufferedSink::with_config(
+                    gated.clone(),
+                    BufferConfig::default()
+                        .batch_size(4)
+                        .shutdown_timeout(Duration::from_secs(2)),
+                );
+                for n in 0..10 {
+                    assert!(buffer.enqueue(event(n)));
+                }
+                let started = tokio::time::Instant::now();
+                let report = buffer.shutdown().await;
+                assert_eq!(started.elapsed(), Duration::from_secs(2), "the deadline");
+                assert_eq!(
+                    report,
+                    ShutdownReport {
+                        completed: false,
+                        abandoned: 10,
+                        written: 0,
+                        dropped: 10
+                    }
+                );
+                assert_eq!(buffer.dropped_by(DropReason::Abandoned), 10);
+                assert!(gated.inner.is_empty());
+                // The worker has stopped: nothing more is accepted.
+                assert!(!buffer.enqueue(event(10)));
+                assert_eq!(buffer.dropped_by(DropReason::Closed), 1);
+                assert!(matches!(buffer.flush().await, Err(AuditError::Closed)));
+            });
+        });
+        assert!(
+            handle
+                .render()
+                .contains(r#"audit_events_dropped_total{reason="abandoned"} 10"#)
+        );
+    }
+
     #[tokio::test]
     async fn dropping_every_handle_still_writes_the_queue() {
         let gated = Gated::closed();
@@ -622,15 +908,7 @@ mod tests {
 
     #[test]
     fn warn_lines_are_rate_limited() {
-        let stats = Stats {
-            written: AtomicU64::new(0),
-            full: AtomicU64::new(0),
-            sink_error: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
-            started: Instant::now(),
-            last_warn: AtomicU64::new(0),
-        };
+        let stats = Stats::new();
         assert!(stats.may_warn_at(5));
         assert!(!stats.may_warn_at(5));
         assert!(!stats.may_warn_at(1_004));
