@@ -2,10 +2,11 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{AuditError, BatchError};
@@ -22,6 +23,9 @@ pub const DROPPED_METRIC: &str = "audit_events_dropped_total";
 pub enum DropReason {
     /// The queue was full when the event arrived.
     Full,
+    /// The queued events' approximate size would have gone over the byte
+    /// budget ([`BufferConfig::max_bytes`]).
+    FullBytes,
     /// The inner sink failed to write it.
     SinkError,
     /// The inner sink refused this event on its own (an invalid stream
@@ -36,19 +40,21 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Full,
+        Self::FullBytes,
         Self::SinkError,
         Self::Refused,
         Self::Closed,
         Self::Abandoned,
     ];
 
-    /// The metric label value: `full`, `sink_error`, `refused`, `closed` or
-    /// `abandoned`.
+    /// The metric label value: `full`, `full_bytes`, `sink_error`,
+    /// `refused`, `closed` or `abandoned`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Full => "full",
+            Self::FullBytes => "full_bytes",
             Self::SinkError => "sink_error",
             Self::Refused => "refused",
             Self::Closed => "closed",
@@ -67,6 +73,11 @@ impl DropReason {
 pub struct BufferConfig {
     /// How many events the queue holds (at least 1). Default 10,000.
     pub capacity: usize,
+    /// How many bytes the queued events may take, by their approximate
+    /// encoded size (the length of their JSON form, estimated without
+    /// encoding them). Default 16 MiB. An event larger than the whole
+    /// budget is always dropped.
+    pub max_bytes: usize,
     /// How many queued events the worker hands the inner sink at once, with
     /// [`AuditSink::append_batch`] (at least 1). Default 64.
     pub batch_size: usize,
@@ -79,6 +90,7 @@ impl Default for BufferConfig {
     fn default() -> Self {
         Self {
             capacity: 10_000,
+            max_bytes: 16 * 1024 * 1024,
             batch_size: 64,
             shutdown_timeout: Duration::from_secs(10),
         }
@@ -90,6 +102,13 @@ impl BufferConfig {
     #[must_use]
     pub const fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// Sets the byte budget.
+    #[must_use]
+    pub const fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
         self
     }
 
@@ -113,14 +132,15 @@ impl BufferConfig {
     reason = "nearly every message is an event; boxing would allocate once per event"
 )]
 enum Msg {
-    Event(AuditEvent),
+    /// An event and its approximate size, counted in the byte budget while queued.
+    Event(AuditEvent, usize),
     Flush(oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::Event(_) => "Event",
+            Self::Event(..) => "Event",
             Self::Flush(_) => "Flush",
         })
     }
@@ -140,6 +160,8 @@ enum Control {
 #[derive(Debug)]
 struct Stats {
     written: AtomicU64,
+    /// Approximate bytes of the events in the queue.
+    queued_bytes: AtomicUsize,
     /// Dropped events, indexed by [`DropReason::index`].
     dropped: [AtomicU64; DropReason::ALL.len()],
     started: Instant,
@@ -151,6 +173,7 @@ impl Stats {
     fn new() -> Self {
         Self {
             written: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
             dropped: Default::default(),
             started: Instant::now(),
             last_warn: AtomicU64::new(0),
@@ -163,6 +186,20 @@ impl Stats {
 
     fn dropped(&self) -> u64 {
         self.dropped.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Takes `bytes` of the budget `max`, unless that would go over it.
+    fn reserve(&self, bytes: usize, max: usize) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                q.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+
+    /// Gives `bytes` of the budget back.
+    fn release(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Counts `n` dropped events; logs a warn line at most once a second.
@@ -219,6 +256,7 @@ struct Shared {
     /// has finished (or its task was dropped).
     done: watch::Receiver<()>,
     shutdown_timeout: Duration,
+    max_bytes: usize,
 }
 
 /// What [`BufferedSink::shutdown`] found when it returned.
@@ -241,8 +279,14 @@ pub struct ShutdownReport {
 /// inner sink, so [`append`](AuditSink::append) never waits for the inner
 /// sink and never fails.
 ///
+/// The queue is bounded twice: by its event count
+/// ([`capacity`](BufferConfig::capacity)) and by the approximate encoded
+/// size of the queued events ([`max_bytes`](BufferConfig::max_bytes),
+/// default 16 MiB), so a burst of large events cannot exhaust memory.
+///
 /// An event that cannot be delivered is dropped and counted, never
-/// retried: when the queue is full ([`DropReason::Full`]), when the inner
+/// retried: when the queue is full ([`DropReason::Full`], or
+/// [`DropReason::FullBytes`] for the byte budget), when the inner
 /// sink fails ([`DropReason::SinkError`], every event of the failed batch
 /// that was not written), when the inner sink refuses that one event while
 /// writing the rest of its batch ([`DropReason::Refused`], see
@@ -303,6 +347,7 @@ impl BufferedSink {
             control,
             done,
             shutdown_timeout: config.shutdown_timeout,
+            max_bytes: config.max_bytes,
         });
         let worker = Worker {
             rx,
@@ -317,25 +362,24 @@ impl BufferedSink {
     /// Queues an event without waiting; returns whether it was queued. A
     /// refused event is counted as dropped.
     pub fn enqueue(&self, event: AuditEvent) -> bool {
-        match self.tx.try_send(Msg::Event(event)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                self.refused(DropReason::Full, &msg);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(msg)) => {
-                self.refused(DropReason::Closed, &msg);
-                false
-            }
+        let stats = &self.shared.stats;
+        let bytes = approx_size(&event);
+        if !stats.reserve(bytes, self.shared.max_bytes) {
+            stats.drop_events(DropReason::FullBytes, 1, Some(&event), None);
+            return false;
         }
-    }
-
-    fn refused(&self, reason: DropReason, msg: &Msg) {
-        let event = match msg {
-            Msg::Event(e) => Some(e),
+        let (reason, msg) = match self.tx.try_send(Msg::Event(event, bytes)) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Full(msg)) => (DropReason::Full, msg),
+            Err(mpsc::error::TrySendError::Closed(msg)) => (DropReason::Closed, msg),
+        };
+        stats.release(bytes);
+        let event = match &msg {
+            Msg::Event(e, _) => Some(e),
             Msg::Flush(_) => None,
         };
-        self.shared.stats.drop_events(reason, 1, event, None);
+        stats.drop_events(reason, 1, event, None);
+        false
     }
 
     /// Waits until every event queued before this call was handed to the
@@ -433,6 +477,12 @@ impl BufferedSink {
         self.shared.stats.counter(reason).load(Ordering::Relaxed)
     }
 
+    /// Approximate bytes of the events waiting in the queue now (see
+    /// [`BufferConfig::max_bytes`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.stats.queued_bytes.load(Ordering::Relaxed)
+    }
+
     /// Events (and flush markers) waiting in the queue now.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
@@ -509,7 +559,10 @@ impl Worker {
             let handled = async {
                 while let Some(msg) = msgs.pop() {
                     match msg {
-                        Msg::Event(e) => events.push(e),
+                        Msg::Event(e, bytes) => {
+                            stats.release(bytes);
+                            events.push(e);
+                        }
                         Msg::Flush(done) => {
                             write(&inner, &mut events, stats).await;
                             let _ = done.send(());
@@ -530,9 +583,14 @@ impl Worker {
         // The shutdown deadline passed: count what is not written.
         self.rx.close();
         let mut abandoned = events.len();
-        abandoned += msgs.iter().filter(|m| matches!(m, Msg::Event(_))).count();
-        while let Ok(msg) = self.rx.try_recv() {
-            abandoned += usize::from(matches!(msg, Msg::Event(_)));
+        let queued = msgs
+            .drain(..)
+            .chain(std::iter::from_fn(|| self.rx.try_recv().ok()));
+        for msg in queued {
+            if let Msg::Event(_, bytes) = msg {
+                stats.release(bytes);
+                abandoned += 1;
+            }
         }
         let abandoned = abandoned as u64;
         stats
@@ -547,6 +605,60 @@ impl Worker {
             "audit buffer shutdown deadline passed: events not yet written were abandoned"
         );
     }
+}
+
+/// The approximate length of the event's JSON form, computed without
+/// encoding it: its strings and JSON values plus a fixed allowance for the
+/// id, the time, the field names and the punctuation.
+fn approx_size(e: &AuditEvent) -> usize {
+    /// `id`, `time`, `schema_version` and the names of the fields.
+    const FIXED: usize = 160;
+    let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + 20);
+    let actor = e
+        .actor
+        .as_ref()
+        .map_or(0, |a| 40 + a.id.len() + text(&a.role) + text(&a.tenant));
+    let json = |v: &Option<Value>| v.as_ref().map_or(0, json_size);
+    FIXED
+        + e.event_type.len()
+        + e.source.len()
+        + text(&e.subject)
+        + actor
+        + e.outcome.as_ref().map_or(0, |o| o.as_str().len() + 12)
+        + text(&e.reason)
+        + text(&e.correlation_id)
+        + text(&e.trace_id)
+        + text(&e.span_id)
+        + text(&e.key_hash)
+        + e.attributes
+            .iter()
+            .map(|(k, v)| k.len() + 4 + json_size(v))
+            .sum::<usize>()
+        + json(&e.before)
+        + json(&e.after)
+}
+
+/// The approximate length of a JSON value's text (walked with a stack, not
+/// recursion, whatever the depth).
+fn json_size(v: &Value) -> usize {
+    let mut size = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        size += match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 20,
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => {
+                stack.extend(a);
+                2 + a.len()
+            }
+            Value::Object(m) => {
+                stack.extend(m.values());
+                2 + m.keys().map(|k| k.len() + 4).sum::<usize>()
+            }
+        };
+    }
+    size
 }
 
 async fn write<S: AuditSink>(inner: &S, events: &mut Vec<AuditEvent>, stats: &Stats) {
@@ -668,6 +780,68 @@ mod tests {
         let text = handle.render();
         assert!(
             text.contains(r#"audit_events_dropped_total{reason="full"} 6"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_byte_budget_bounds_the_queue_and_counts_what_it_drops() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let big = |n: usize| {
+                    AuditEvent::builder("t", "/s")
+                        .attribute("n", n)
+                        .attribute("blob", "x".repeat(10_000))
+                        .build()
+                };
+                let one = approx_size(&big(0));
+                let json = big(0).canonical_json().len();
+                assert!(
+                    (json..json + 200).contains(&one),
+                    "approximates the JSON: {one} for {json}"
+                );
+                let gated = Gated::closed();
+                let buffer = BufferedSink::with_config(
+                    gated.clone(),
+                    BufferConfig::default()
+                        .capacity(1_000)
+                        .max_bytes(50_000)
+                        .batch_size(1),
+                );
+                // The worker has not run yet (current-thread runtime, no
+                // await): the budget takes four 10 kB events, not six.
+                let accepted = (0..6).filter(|&n| buffer.enqueue(big(n))).count();
+                assert_eq!(accepted, 4);
+                assert_eq!(buffer.dropped_by(DropReason::FullBytes), 2);
+                assert_eq!(buffer.dropped_by(DropReason::Full), 0);
+                assert_eq!(buffer.queued(), 4);
+                assert_eq!(buffer.queued_bytes(), 4 * one);
+                // A small event still fits the rest of the budget.
+                assert!(buffer.enqueue(event(6)));
+                // An event larger than the whole budget never does.
+                let huge = AuditEvent::builder("t", "/s")
+                    .after(serde_json::json!({"blob": "x".repeat(60_000)}))
+                    .build();
+                assert!(!buffer.enqueue(huge));
+                assert_eq!(buffer.dropped_by(DropReason::FullBytes), 3);
+
+                gated.gate.add_permits(100);
+                buffer.flush().await.unwrap();
+                assert_eq!(buffer.written(), 5);
+                assert_eq!(buffer.queued_bytes(), 0, "written events free the budget");
+                assert_eq!((0..4).filter(|&n| buffer.enqueue(big(n))).count(), 4);
+                buffer.flush().await.unwrap();
+                assert_eq!(gated.inner.len(), 9);
+            });
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(r#"audit_events_dropped_total{reason="full_bytes"} 3"#),
             "{text}"
         );
     }
