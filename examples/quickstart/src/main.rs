@@ -114,19 +114,46 @@ async fn main() -> ExitCode {
     let store_name = env("IDEMPOTENCY_STORE").unwrap_or_else(|| "memory".to_owned());
     tracing::info!(store = %store_name, audit = trail_kind, "listening on http://{addr}");
     let service = app::app(store, &settings, metrics, trail.clone());
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    // On SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish...
     if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(shutdown_signal())
         .await
     {
         eprintln!("error: server failed: {e}");
         return ExitCode::FAILURE;
     }
-    // Write what is still queued before exiting.
-    trail.shutdown().await;
+    // ...then wait until the audit buffer has written what they queued.
+    let report = trail.shutdown().await;
+    tracing::info!(
+        written = report.written,
+        dropped = report.dropped,
+        abandoned = report.abandoned,
+        "stopped"
+    );
     ExitCode::SUCCESS
+}
+
+/// Ctrl-C or SIGTERM (what `docker stop`, systemd and Kubernetes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 #[cfg(test)]
