@@ -323,9 +323,10 @@ impl Service {
         self.state.buffer.dropped()
     }
 
-    /// Writes what is still queued and stops the audit buffer.
-    pub async fn shutdown(&self) {
-        self.state.buffer.shutdown().await;
+    /// Stops the audit buffer once it has written what is queued (at most
+    /// 10 s; what is left then is counted as abandoned), and says how it went.
+    pub async fn shutdown(&self) -> idempotency_audit::ShutdownReport {
+        self.state.buffer.shutdown().await
     }
 }
 

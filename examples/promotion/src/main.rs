@@ -176,11 +176,19 @@ async fn main() -> ExitCode {
         eprintln!("error: server failed: {e}");
         return ExitCode::FAILURE;
     }
-    service.shutdown().await;
+    // The server has stopped and its in-flight requests have answered:
+    // wait until the audit buffer has written what they queued.
+    let report = service.shutdown().await;
+    tracing::info!(
+        written = report.written,
+        dropped = report.dropped,
+        abandoned = report.abandoned,
+        "stopped"
+    );
     ExitCode::SUCCESS
 }
 
-/// Ctrl-C or SIGTERM.
+/// Ctrl-C or SIGTERM (what `docker stop`, systemd and Kubernetes send).
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -253,6 +253,60 @@ async fn a_corrupted_record_alerts_logs_and_counts() {
     assert_eq!(r.status, StatusCode::CREATED);
 }
 
+/// 400 audited promotion attempts (8 snapshots × 50, at most 32 at a
+/// time), then SIGTERM right after the last answer: the process exits 0
+/// after writing every fire-and-forget event: exactly 400 rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_writes_every_audit_event_before_exiting() {
+    let Some((_, pool)) = reader().await else {
+        return;
+    };
+    let mut s = spawn(&[]).await;
+    let http = client();
+    let mut estimates = Vec::new();
+    for _ in 0..8 {
+        estimates.push(finalized_estimate_on(&http, &s).await);
+    }
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let tasks: Vec<_> = (0..400)
+        .map(|i| {
+            let url = s.url(&format!(
+                "/estimates/{}/snapshots/1/promote",
+                estimates[i % 8]
+            ));
+            let (http, limit) = (http.clone(), limit.clone());
+            tokio::spawn(async move {
+                let _permit = limit.acquire().await.unwrap();
+                send(&http, Method::POST, &url, None).await.unwrap().status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let replayed = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!((created, replayed), (8, 392), "{statuses:?}");
+
+    s.terminate();
+    let status = s.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+    let streams: Vec<String> = estimates
+        .iter()
+        .map(|e| format!("promotion/{e}/1"))
+        .collect();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE stream = ANY($1)")
+        .bind(&streams)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 400, "one audit row per attempt: {}", s.log_text());
+}
+
 #[test]
 fn startup_failures_are_one_clear_line() {
     let run = |env: &[(&str, &str)]| {
