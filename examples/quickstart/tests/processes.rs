@@ -268,3 +268,61 @@ async fn sigterm_finishes_in_flight_requests_and_writes_every_audit_event() {
         server.log_text()
     );
 }
+
+/// Runs the binary with `env` until it exits; a process still running
+/// after 10 s (it started serving) is killed, and its output returned.
+fn run_to_exit(env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-quickstart"));
+    cmd.env_remove("IDEMPOTENCY_STORE")
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start example-quickstart");
+    let pid = child.id().to_string();
+    let (exited, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(10)).is_err() {
+            let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = exited.send(());
+    let _ = watchdog.join();
+    out
+}
+
+/// A nonsense setting is refused at start with one stderr line naming the
+/// variable and exit status 2, before binding (the port is taken) or
+/// connecting (the database is closed): either would fail otherwise.
+#[test]
+fn nonsense_settings_exit_2_with_one_line_before_binding_or_connecting() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bind = taken.local_addr().unwrap().to_string();
+    let closed = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    for (name, value) in [
+        ("IDEMPOTENCY_LEASE_SECS", "0"),
+        ("IDEMPOTENCY_WAIT_SECS", "18446744073709551615"),
+        ("IDEMPOTENCY_LEASE_SECS", "abc"),
+        ("IDEMPOTENCY_RETENTION_SECS", "0"),
+        ("IDEMPOTENCY_STORE", "mongo"),
+    ] {
+        let out = run_to_exit(&[
+            (name, value.to_owned()),
+            ("BIND_ADDR", bind.clone()),
+            ("DATABASE_URL", closed.clone()),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}={value}: {err}");
+        assert!(err.contains(name), "{name}={value}: {err}");
+    }
+    let out = run_to_exit(&[("IDEMPOTENCY_LEASE_SECS", "0".to_owned())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("from 1 to 3600"), "the accepted range: {err}");
+    drop(taken);
+}
