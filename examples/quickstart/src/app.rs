@@ -162,6 +162,9 @@ struct Simulate {
 
 const MAX_DELAY_MS: u64 = 60_000;
 
+/// Longest `sku`, in characters: every input the service keeps is bounded.
+const MAX_SKU_CHARS: usize = 100;
+
 async fn create_order(
     State(state): State<AppState>,
     Extension(User(user)): Extension<User>,
@@ -179,6 +182,12 @@ async fn create_order(
     let sku = order.sku.trim();
     if sku.is_empty() {
         return problem(StatusCode::UNPROCESSABLE_ENTITY, "sku must not be empty");
+    }
+    if sku.chars().count() > MAX_SKU_CHARS {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("sku must be at most {MAX_SKU_CHARS} characters"),
+        );
     }
     let Ok(quantity) = u64::try_from(order.quantity) else {
         return problem(
@@ -444,7 +453,9 @@ mod tests {
     #[tokio::test]
     async fn invalid_orders_are_422_and_release_the_key() {
         let app = service();
+        let long_sku = format!(r#"{{"sku":"{}","quantity":1}}"#, "s".repeat(101));
         for bad in [
+            long_sku.as_str(),
             "not json",
             r#"{"sku":"","quantity":1}"#,
             r#"{"sku":"a","quantity":0}"#,
