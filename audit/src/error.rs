@@ -35,6 +35,24 @@ pub enum AuditError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A field of the event is longer than the sink can store (e.g. a
+    /// PostgreSQL index entry holds at most about 2.7 kB).
+    #[error("audit event field {field} is longer than {max} bytes")]
+    FieldTooLong {
+        /// The field's JSON name (`type`, `subject`, `correlation_id`).
+        field: &'static str,
+        /// The longest accepted value, in bytes.
+        max: usize,
+    },
+    /// Some events of a batch were refused on their own (see
+    /// [`BatchError::refused`]); the batch's other events were written.
+    #[error("{refused} of {total} audit events of the batch were refused")]
+    Refused {
+        /// How many events were refused.
+        refused: usize,
+        /// How many events the batch had.
+        total: usize,
+    },
     /// A database schema name is not a plain lowercase identifier.
     #[error(
         "invalid schema name {name:?}: use 1 to 63 of [a-z0-9_], not starting with a digit or pg_"
@@ -79,15 +97,78 @@ impl AuditError {
     }
 }
 
-/// A batch append failed part way.
+/// A batch append did not write every event.
 ///
-/// `events[..written]` were written; the rest were not.
+/// Of a batch of `total` events, `written` were written, the events in
+/// [`refused`](Self::refused) were refused one by one (the batch went on
+/// past them), and the remaining `total - written - refused.len()` were not
+/// written because of [`source`](Self::source), which stopped the batch.
+/// Without refusals the written events are the first `written` ones (what
+/// the default [`AuditSink::append_batch`](crate::AuditSink::append_batch) does).
+///
+/// ```
+/// use idempotency_audit::{AuditError, BatchError};
+/// let e = BatchError::new(2, AuditError::Closed);
+/// assert_eq!((e.written, e.unwritten(5)), (2, 3));
+/// ```
 #[derive(Debug, thiserror::Error)]
-#[error("audit batch failed after {written} events")]
+#[error("audit batch: {written} events written, {} refused", refused.len())]
+#[non_exhaustive]
 pub struct BatchError {
-    /// How many events, from the start of the batch, were written.
+    /// How many events of the batch were written.
     pub written: usize,
-    /// Why the rest were not.
+    /// The events refused on their own, in batch order.
+    pub refused: Vec<RefusedEvent>,
+    /// Why the batch stopped; [`AuditError::Refused`] when nothing stopped
+    /// it and only [`refused`](Self::refused) events are missing.
     #[source]
     pub source: AuditError,
+}
+
+impl BatchError {
+    /// The batch stopped after writing `written` events, because of `source`.
+    pub fn new(written: usize, source: AuditError) -> Self {
+        Self {
+            written,
+            refused: Vec::new(),
+            source,
+        }
+    }
+
+    /// `written` events were written and `refused` refused one by one; nothing
+    /// stopped the batch.
+    pub fn with_refusals(written: usize, refused: Vec<RefusedEvent>) -> Self {
+        let source = AuditError::Refused {
+            refused: refused.len(),
+            total: written + refused.len(),
+        };
+        Self {
+            written,
+            refused,
+            source,
+        }
+    }
+
+    /// Events of a batch of `total` that were neither written nor refused:
+    /// those the stopping error left unwritten.
+    pub fn unwritten(&self, total: usize) -> usize {
+        total.saturating_sub(self.written + self.refused.len())
+    }
+}
+
+/// One event of a batch that a sink refused on its own.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RefusedEvent {
+    /// Its position in the batch.
+    pub index: usize,
+    /// Why it was refused.
+    pub source: AuditError,
+}
+
+impl RefusedEvent {
+    /// The event at `index` was refused because of `source`.
+    pub fn new(index: usize, source: AuditError) -> Self {
+        Self { index, source }
+    }
 }

@@ -14,6 +14,24 @@ use crate::time::EventTime;
 /// as `schema_version`.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Longest correlation id an event built with [`AuditEvent::builder`]
+/// keeps, in bytes: [`AuditEventBuilder::correlation_id`] truncates a longer
+/// one, so an unbounded request header can never make an event that a sink
+/// refuses. (An `x-request-id` is at most 128 visible ASCII characters.)
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// One audited fact: who did what to which thing, when, and how it ended.
 ///
 /// The first five fields are the CloudEvents context attributes (`id`,
@@ -61,7 +79,8 @@ pub struct AuditEvent {
     /// Why it ended that way, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The request or business correlation id (e.g. `x-request-id`).
+    /// The request or business correlation id (e.g. `x-request-id`); at
+    /// most [`MAX_CORRELATION_ID_LEN`] bytes when set by the builder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
     /// W3C trace id of the surrounding trace.
@@ -184,9 +203,16 @@ impl AuditEventBuilder {
         self
     }
 
-    /// Sets the correlation id.
+    /// Sets the correlation id, truncated to its first
+    /// [`MAX_CORRELATION_ID_LEN`] (128) bytes, at a character boundary.
+    ///
+    /// ```
+    /// use idempotency_audit::{AuditEvent, MAX_CORRELATION_ID_LEN};
+    /// let e = AuditEvent::builder("t", "/s").correlation_id("r".repeat(1000)).build();
+    /// assert_eq!(e.correlation_id.unwrap().len(), MAX_CORRELATION_ID_LEN);
+    /// ```
     pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
-        self.event.correlation_id = Some(id.into());
+        self.event.correlation_id = Some(truncated(id.into(), MAX_CORRELATION_ID_LEN));
         self
     }
 
@@ -532,6 +558,24 @@ mod tests {
         let back: AuditEvent = serde_json::from_str(&text).unwrap();
         assert_eq!(back, e);
         assert_eq!(back.canonical_json(), text);
+    }
+
+    #[test]
+    fn correlation_ids_are_bounded_at_a_character_boundary() {
+        let id = |s: String| {
+            AuditEvent::builder("t", "/s")
+                .correlation_id(s)
+                .build()
+                .correlation_id
+                .unwrap()
+        };
+        assert_eq!(id("r".repeat(128)), "r".repeat(128));
+        assert_eq!(id("r".repeat(129)), "r".repeat(128));
+        assert_eq!(id("r".repeat(100_000)).len(), MAX_CORRELATION_ID_LEN);
+        // 'é' is two bytes: 64 of them fit, the 65th would end at byte 130.
+        assert_eq!(id("é".repeat(100)), "é".repeat(64));
+        assert_eq!(id(format!("{}é", "r".repeat(127))), "r".repeat(127));
+        assert_eq!(id("req-1".into()), "req-1");
     }
 
     #[test]

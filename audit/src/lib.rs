@@ -22,11 +22,14 @@ pub use canonical::canonical_json;
 pub use chain::{
     BreakKind, ChainBreak, ChainReport, ChainRow, ChainVerifier, GENESIS_HASH, chain_hash,
 };
-pub use error::{AuditError, BatchError, BoxError};
-pub use event::{Actor, ActorKind, AuditEvent, AuditEventBuilder, Outcome, SCHEMA_VERSION};
+pub use error::{AuditError, BatchError, BoxError, RefusedEvent};
+pub use event::{
+    Actor, ActorKind, AuditEvent, AuditEventBuilder, MAX_CORRELATION_ID_LEN, Outcome,
+    SCHEMA_VERSION,
+};
 pub use modes::{AuditModes, Auditor, Mode, Recorded, TransactionalSink};
 pub use redact::{PointerRedactor, REDACTED, RedactError, Redacting, Redactor};
-pub use sink::buffered::{BufferConfig, BufferedSink, DROPPED_METRIC, DropReason};
+pub use sink::buffered::{BufferConfig, BufferedSink, DROPPED_METRIC, DropReason, ShutdownReport};
 pub use sink::fanout::FanOut;
 pub use sink::memory::MemorySink;
 pub use sink::tracing::TracingSink;

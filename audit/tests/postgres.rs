@@ -600,14 +600,14 @@ async fn fire_and_forget_mode_never_fails_the_operation_and_counts_drops() {
 }
 
 #[tokio::test]
-async fn a_batch_is_all_or_nothing_and_duplicates_are_refused() {
+async fn a_duplicate_in_a_batch_is_refused_alone() {
     let sink = sink!();
     let stream = common::stream("batch");
     let sink = sink.with_stream(StreamBy::Fixed(stream.clone()));
     let events: Vec<_> = (1..=3).map(|n| event("/b", n)).collect();
     sink.append_batch(&events).await.unwrap();
 
-    // The same id again: refused as a duplicate, and the whole batch with it.
+    // The same id again: refused as a duplicate, alone.
     let dup = sink.append(&events[1]).await.unwrap_err();
     assert!(
         matches!(dup, AuditError::Duplicate { id } if id == events[1].id),
@@ -615,12 +615,25 @@ async fn a_batch_is_all_or_nothing_and_duplicates_are_refused() {
     );
     let batch = vec![event("/b", 4), events[0].clone(), event("/b", 5)];
     let err = sink.append_batch(&batch).await.unwrap_err();
-    assert_eq!(err.written, 0);
-    assert!(matches!(err.source, AuditError::Duplicate { .. }));
+    assert_eq!(err.written, 2);
+    assert_eq!(err.refused.len(), 1);
+    assert_eq!(err.refused[0].index, 1);
+    assert!(matches!(
+        err.refused[0].source,
+        AuditError::Duplicate { .. }
+    ));
+    assert!(matches!(
+        err.source,
+        AuditError::Refused {
+            refused: 1,
+            total: 3
+        }
+    ));
+    assert_eq!(err.unwritten(batch.len()), 0);
 
     let report = sink.verify(&stream).await.unwrap();
     assert!(report.is_intact(), "{report}");
-    assert_eq!(report.events, 3);
+    assert_eq!(report.events, 5);
 
     let e = event("/b", 6);
     let mut conn = sink.pool().acquire().await.unwrap();
@@ -631,7 +644,102 @@ async fn a_batch_is_all_or_nothing_and_duplicates_are_refused() {
         Err(AuditError::InvalidStream { .. })
     ));
     let appended = sink.append_to_stream(&mut conn, &stream, &e).await.unwrap();
-    assert_eq!(appended.seq, 4);
+    assert_eq!(appended.seq, 6);
+}
+
+/// Streams named by the event's attribute `stream`, as a service naming
+/// streams from request input would.
+fn stream_from_attribute(sink: PostgresSink) -> PostgresSink {
+    sink.with_stream(StreamBy::Custom(std::sync::Arc::new(|e: &AuditEvent| {
+        e.attributes["stream"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    })))
+}
+
+fn event_on(stream: &str, n: u64) -> AuditEvent {
+    AuditEvent::builder("test.appended", "/batch")
+        .attribute("stream", stream)
+        .attribute("n", n)
+        .build()
+}
+
+async fn rows(sink: &PostgresSink, stream: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE stream = $1")
+        .bind(stream)
+        .fetch_one(sink.pool())
+        .await
+        .unwrap()
+}
+
+/// One bad event among 60 good ones costs only itself: refused up front
+/// (a 250-byte stream name, a 6 kB correlation id set behind the builder's
+/// back) or by the database (a duplicate id, found when the batch
+/// transaction fails and the events are written again one by one).
+#[tokio::test]
+async fn one_bad_event_never_drops_the_rest_of_its_batch() {
+    let sink = stream_from_attribute(sink!());
+    let stream = common::stream("one-bad");
+    let long = format!("{stream}/{}", "x".repeat(250));
+    let stored = event_on(&stream, 0);
+    sink.append(&stored).await.unwrap();
+    let mut too_long = event_on(&stream, 0);
+    too_long.correlation_id = Some(
+        (0..200)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect(),
+    );
+    let bad = [event_on(&long, 0), too_long, stored.clone()];
+    let mut total_refused = 0;
+    for (which, bad) in bad.into_iter().enumerate() {
+        let before = rows(&sink, &stream).await;
+        let refused_before = sink.refused();
+        let mut batch: Vec<_> = (1..=60).map(|n| event_on(&stream, n)).collect();
+        batch.insert(17, bad);
+        let err = sink.append_batch(&batch).await.unwrap_err();
+        assert_eq!(err.written, 60, "case {which}: {err:?}");
+        assert_eq!(err.refused.len(), 1, "case {which}");
+        assert_eq!(err.refused[0].index, 17);
+        assert_eq!(err.unwritten(batch.len()), 0);
+        let expected = match which {
+            0 => matches!(err.refused[0].source, AuditError::InvalidStream { .. }),
+            1 => matches!(
+                err.refused[0].source,
+                AuditError::FieldTooLong {
+                    field: "correlation_id",
+                    max: 128
+                }
+            ),
+            _ => matches!(err.refused[0].source, AuditError::Duplicate { id } if id == stored.id),
+        };
+        assert!(expected, "case {which}: {:?}", err.refused[0].source);
+        assert_eq!(rows(&sink, &stream).await, before + 60, "case {which}");
+        assert_eq!(sink.refused(), refused_before + 1);
+        total_refused += 1;
+    }
+    assert_eq!(rows(&sink, &long).await, 0);
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(report.is_intact() && report.events == 181, "{report}");
+    assert!(sink.refused() >= total_refused);
+}
+
+/// The same through the buffer that services put in front of the sink:
+/// 60 events written, the bad one dropped and counted as refused.
+#[tokio::test]
+async fn a_buffer_over_postgres_writes_every_valid_event_of_a_batch() {
+    let sink = stream_from_attribute(sink!());
+    let stream = common::stream("buffered-one-bad");
+    let buffer = BufferedSink::new(sink.clone(), 1_000);
+    let mut batch: Vec<_> = (1..=60).map(|n| event_on(&stream, n)).collect();
+    batch.insert(30, event_on(&"y".repeat(250), 0));
+    // Queued at once, so the worker takes them as one batch of 61.
+    buffer.append_batch(&batch).await.unwrap();
+    buffer.flush().await.unwrap();
+    assert_eq!(buffer.written(), 60);
+    assert_eq!(buffer.dropped_by(DropReason::Refused), 1);
+    assert_eq!(buffer.dropped(), 1);
+    assert_eq!(rows(&sink, &stream).await, 60);
 }
 
 #[tokio::test]

@@ -7,11 +7,12 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row, Transaction};
 
-use crate::error::{AuditError, BatchError};
-use crate::event::AuditEvent;
+use crate::error::{AuditError, BatchError, RefusedEvent};
+use crate::event::{AuditEvent, MAX_CORRELATION_ID_LEN};
 use crate::modes::TransactionalSink;
 use crate::sink::AuditSink;
 
@@ -27,6 +28,17 @@ pub const DEFAULT_SCHEMA: &str = "audit";
 
 /// Longest accepted stream name, in bytes.
 pub const MAX_STREAM_LEN: usize = 200;
+
+/// Longest accepted event `type`, in bytes (an indexed column).
+pub const MAX_TYPE_LEN: usize = 255;
+
+/// Longest accepted event `subject`, in bytes (an indexed column).
+pub const MAX_SUBJECT_LEN: usize = 1024;
+
+/// Name of the counter of events the sink refused on their own in a batch,
+/// labelled `reason` (`invalid_stream`, `field_too_long`, `duplicate`,
+/// `database`).
+pub const REFUSED_METRIC: &str = "audit_events_refused_total";
 
 /// SQLSTATE raised by the triggers when something tries to update, delete
 /// or truncate the audit tables.
@@ -168,6 +180,61 @@ pub fn validate_stream(stream: &str) -> Result<(), AuditError> {
     Err(AuditError::InvalidStream { reason })
 }
 
+/// Checks the event's indexed text columns against what the table can hold
+/// (a B-tree index entry is at most about 2.7 kB): `type` at most
+/// [`MAX_TYPE_LEN`] bytes, `subject` at most [`MAX_SUBJECT_LEN`],
+/// `correlation_id` at most [`MAX_CORRELATION_ID_LEN`] (what the builder keeps).
+///
+/// # Errors
+///
+/// [`AuditError::FieldTooLong`] naming the first field over its bound.
+pub fn validate_event(event: &AuditEvent) -> Result<(), AuditError> {
+    let fields = [
+        ("type", Some(event.event_type.as_str()), MAX_TYPE_LEN),
+        ("subject", event.subject.as_deref(), MAX_SUBJECT_LEN),
+        (
+            "correlation_id",
+            event.correlation_id.as_deref(),
+            MAX_CORRELATION_ID_LEN,
+        ),
+    ];
+    for (field, value, max) in fields {
+        if value.is_some_and(|v| v.len() > max) {
+            return Err(AuditError::FieldTooLong { field, max });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a write error is the event's own fault (its stream, a field, a
+/// duplicate id, or a database error of SQLSTATE class 22 data exception,
+/// 23 integrity constraint violation or 54 program limit exceeded, such as
+/// an index entry too large), rather than the sink's (a missing table, a
+/// privilege, a timeout, a serialization failure, a lost connection).
+fn event_fault(e: &AuditError) -> bool {
+    match e {
+        AuditError::InvalidStream { .. }
+        | AuditError::FieldTooLong { .. }
+        | AuditError::Duplicate { .. } => true,
+        AuditError::Backend { source } => source
+            .downcast_ref::<sqlx::Error>()
+            .and_then(sqlx::Error::as_database_error)
+            .and_then(|d| d.code())
+            .is_some_and(|c| ["22", "23", "54"].iter().any(|class| c.starts_with(class))),
+        _ => false,
+    }
+}
+
+/// The `reason` label of a refused event.
+fn refusal_reason(e: &AuditError) -> &'static str {
+    match e {
+        AuditError::InvalidStream { .. } => "invalid_stream",
+        AuditError::FieldTooLong { .. } => "field_too_long",
+        AuditError::Duplicate { .. } => "duplicate",
+        _ => "database",
+    }
+}
+
 /// PostgreSQL text cannot hold NUL: queryable columns store U+FFFD instead
 /// (the hashed content keeps the exact value, JSON-escaped).
 pub(crate) fn pg_text(s: &str) -> Cow<'_, str> {
@@ -215,7 +282,21 @@ fn hash32(bytes: &[u8]) -> Result<[u8; 32], AuditError> {
 /// fork or gap a chain. Which stream an event goes to is decided by
 /// [`StreamBy`] (default: the event's source).
 ///
-/// Cheap to clone.
+/// A batch ([`AuditSink::append_batch`]) is written in one transaction, but
+/// one bad event never costs the others: an event whose stream name or
+/// bounded fields are invalid ([`validate_stream`], [`validate_event`]) is
+/// refused before anything is sent, and when the database refuses the batch
+/// because of one of its events (a duplicate id, or any error of SQLSTATE
+/// class 22 data exception, 23 integrity constraint violation or 54
+/// program limit exceeded), the events are written again one by one (a
+/// savepoint each) so that only the events the database refuses are left
+/// out. A failure of the sink itself (unreachable, a missing table or
+/// privilege, a timeout) leaves the batch unwritten. Each refused event is
+/// counted ([`refused`](Self::refused) and the `metrics` counter
+/// `audit_events_refused_total{reason}`), logged at warn level (target
+/// `audit`) with its reason, and reported in [`BatchError::refused`].
+///
+/// Cheap to clone; clones share the refusal counter.
 #[derive(Clone)]
 pub struct PostgresSink {
     pool: PgPool,
@@ -223,6 +304,7 @@ pub struct PostgresSink {
     sql: Arc<Sql>,
     stream: StreamBy,
     verify_batch: usize,
+    refused: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for PostgresSink {
@@ -230,6 +312,7 @@ impl fmt::Debug for PostgresSink {
         f.debug_struct("PostgresSink")
             .field("schema", &self.schema.name())
             .field("stream", &self.stream)
+            .field("refused", &self.refused())
             .finish_non_exhaustive()
     }
 }
@@ -244,6 +327,7 @@ impl PostgresSink {
             schema,
             stream: StreamBy::Source,
             verify_batch: 1_000,
+            refused: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -288,6 +372,12 @@ impl PostgresSink {
         self.stream.stream_for(event)
     }
 
+    /// Events refused on their own by [`append_batch`](AuditSink::append_batch)
+    /// so far, by this sink and its clones.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Creates or upgrades the schema: safe to call at every start, from
     /// several processes at once.
     ///
@@ -318,8 +408,9 @@ impl PostgresSink {
     ///
     /// # Errors
     ///
-    /// [`AuditError::InvalidStream`] (nothing sent), [`AuditError::Duplicate`]
-    /// when the event id is already stored, [`AuditError::Unavailable`] or
+    /// [`AuditError::InvalidStream`] or [`AuditError::FieldTooLong`] (nothing
+    /// sent), [`AuditError::Duplicate`] when the event id is already stored,
+    /// [`AuditError::Unavailable`] or
     /// [`AuditError::Backend`]. After a database error the transaction is
     /// aborted: roll it back.
     ///
@@ -352,6 +443,7 @@ impl PostgresSink {
         event: &AuditEvent,
     ) -> Result<Appended, AuditError> {
         validate_stream(stream)?;
+        validate_event(event)?;
         let content = event.canonical_json();
         let opt = |s: &Option<String>| s.as_deref().map(|s| pg_text(s).into_owned());
         let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.insert)))
@@ -385,6 +477,84 @@ impl PostgresSink {
     }
 }
 
+impl PostgresSink {
+    /// Counts and logs an event refused on its own.
+    fn refuse(&self, index: usize, event: &AuditEvent, source: AuditError) -> RefusedEvent {
+        let reason = refusal_reason(&source);
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(REFUSED_METRIC, "reason" => reason).increment(1);
+        tracing::warn!(
+            target: "audit",
+            reason,
+            event_type = %crate::event::truncated(event.event_type.clone(), MAX_TYPE_LEN),
+            event_id = %event.id,
+            index,
+            error = &source as &(dyn std::error::Error + 'static),
+            "audit event refused; the rest of its batch is still written"
+        );
+        RefusedEvent::new(index, source)
+    }
+
+    /// Writes `events[i]` to `stream` for each `(i, stream)` in one transaction.
+    async fn write_together(
+        &self,
+        events: &[AuditEvent],
+        valid: &[(usize, String)],
+    ) -> Result<(), AuditError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for (i, stream) in valid {
+            self.append_to_stream(&mut tx, stream, &events[*i]).await?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    /// Writes `events[i]` to `stream` for each `(i, stream)` in one
+    /// transaction, each behind a savepoint: an event the database refuses
+    /// for its own fault ([`event_fault`]) is rolled back alone and added to
+    /// `refused`. Returns how many were written; an error (any other error,
+    /// or the commit failing) means none was.
+    async fn write_one_by_one(
+        &self,
+        events: &[AuditEvent],
+        valid: &[(usize, String)],
+        refused: &mut Vec<RefusedEvent>,
+    ) -> Result<usize, AuditError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut written = 0;
+        let mut refusals = Vec::new();
+        for (i, stream) in valid {
+            let event = &events[*i];
+            sqlx::query("SAVEPOINT audit_event")
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            match self.append_to_stream(&mut tx, stream, event).await {
+                Ok(_) => {
+                    sqlx::query("RELEASE SAVEPOINT audit_event")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    written += 1;
+                }
+                Err(e) if !event_fault(&e) => return Err(e),
+                Err(e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT audit_event")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    refusals.push((*i, e));
+                }
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        // Counted only once the others are committed.
+        for (i, e) in refusals {
+            refused.push(self.refuse(i, &events[i], e));
+        }
+        Ok(written)
+    }
+}
+
 impl AuditSink for PostgresSink {
     /// Appends in a transaction of its own.
     async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
@@ -392,14 +562,51 @@ impl AuditSink for PostgresSink {
         self.append_in(&mut conn, event).await.map(|_| ())
     }
 
-    /// Appends the whole batch in one transaction: all or nothing.
+    /// Appends the batch in one transaction; a bad event is refused on its
+    /// own (see [`PostgresSink`]): validated first, and when the database
+    /// refuses the batch because of an event, the events are written again
+    /// one by one, so every event the database accepts is written.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError`] listing the refused events (with
+    /// [`AuditError::Refused`] when nothing else went wrong), or, when the
+    /// database cannot be reached or a commit fails, the error that left
+    /// the batch unwritten.
     async fn append_batch(&self, events: &[AuditEvent]) -> Result<(), BatchError> {
-        let fail = |source| BatchError { written: 0, source };
-        let mut tx = self.pool.begin().await.map_err(|e| fail(map_err(e)))?;
-        for event in events {
-            self.append_in(&mut tx, event).await.map_err(fail)?;
+        let mut refused = Vec::new();
+        let mut valid = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let stream = self.stream_for(event);
+            match validate_stream(&stream).and_then(|()| validate_event(event)) {
+                Ok(()) => valid.push((i, stream)),
+                Err(e) => refused.push(self.refuse(i, event, e)),
+            }
         }
-        tx.commit().await.map_err(|e| fail(map_err(e)))
+        let written = if valid.is_empty() {
+            Ok(0)
+        } else {
+            match self.write_together(events, &valid).await {
+                Ok(()) => Ok(valid.len()),
+                // One event broke the batch: write them one by one.
+                Err(e) if event_fault(&e) => {
+                    self.write_one_by_one(events, &valid, &mut refused).await
+                }
+                // The sink itself failed (unreachable, no table, a timeout):
+                // one by one would fail too.
+                Err(e) => Err(e),
+            }
+        };
+        refused.sort_by_key(|r| r.index);
+        match written {
+            Ok(_) if refused.is_empty() => Ok(()),
+            Ok(written) => Err(BatchError::with_refusals(written, refused)),
+            Err(source) => {
+                let mut e = BatchError::new(0, source);
+                e.refused = refused;
+                Err(e)
+            }
+        }
     }
 }
 

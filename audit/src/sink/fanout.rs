@@ -68,7 +68,8 @@ impl AuditSink for FanOut {
     }
 
     /// Gives the batch to every sink; on failure, `written` is the least any
-    /// failing sink wrote.
+    /// failing sink wrote (and no event is reported as refused: what one
+    /// sink refused another may have written).
     async fn append_batch(&self, events: &[AuditEvent]) -> Result<(), BatchError> {
         let results = join_all(self.sinks.iter().map(|s| s.append_batch(events))).await;
         let total = results.len();
@@ -79,14 +80,14 @@ impl AuditSink for FanOut {
         let written = errors.iter().map(|e| e.written).min().unwrap_or(0);
         let failed = errors.len();
         let first = errors.swap_remove(0);
-        Err(BatchError {
+        Err(BatchError::new(
             written,
-            source: AuditError::FanOut {
+            AuditError::FanOut {
                 failed,
                 total,
                 source: Box::new(first.source),
             },
-        })
+        ))
     }
 }
 

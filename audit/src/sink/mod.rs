@@ -49,11 +49,13 @@ pub trait AuditSink: Send + Sync {
     ///
     /// The default appends them one by one and stops at the first failure.
     /// Sinks that can do better override it (the PostgreSQL sink writes a
-    /// batch in one transaction: all or nothing).
+    /// batch in one transaction, and refuses a bad event on its own so that
+    /// the others are still written).
     ///
     /// # Errors
     ///
-    /// [`BatchError`] saying how many events, from the start, were written.
+    /// [`BatchError`] saying how many events were written, which were
+    /// refused on their own, and why the rest were not written.
     ///
     /// # Cancel safety
     ///
@@ -65,7 +67,7 @@ pub trait AuditSink: Send + Sync {
         async move {
             for (written, event) in events.iter().enumerate() {
                 if let Err(source) = self.append(event).await {
-                    return Err(BatchError { written, source });
+                    return Err(BatchError::new(written, source));
                 }
             }
             Ok(())

@@ -1,6 +1,6 @@
 //! Estimates and their snapshot versions: create, read, finalize, revise.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::AppState;
+use crate::ids::EstimateId;
 use crate::problem::ApiError;
 
 /// Most lines one snapshot may hold.
@@ -200,7 +201,7 @@ pub(crate) async fn create(State(app): State<AppState>, body: Bytes) -> Result<R
 /// `GET /estimates/{estimate_id}`: the estimate and every snapshot.
 pub(crate) async fn get(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    EstimateId(id): EstimateId,
 ) -> Result<Response, ApiError> {
     let Some(row) =
         sqlx::query("SELECT customer_id, current_version FROM promotion.estimates WHERE id = $1")
@@ -240,7 +241,7 @@ pub(crate) async fn get(
 /// FINALIZED. Finalizing a finalized snapshot changes nothing and answers the same.
 pub(crate) async fn finalize(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    EstimateId(id): EstimateId,
 ) -> Result<Response, ApiError> {
     let mut tx = app.pool.begin().await?;
     let version = lock_estimate(&mut tx, &id).await?;
@@ -279,7 +280,7 @@ pub(crate) async fn finalize(
 /// A DRAFT current snapshot is superseded; a FINALIZED one stays promotable.
 pub(crate) async fn revise(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    EstimateId(id): EstimateId,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let new_lines = if body.is_empty() {

@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 
 pub mod db;
 pub mod estimates;
+pub mod ids;
 pub mod problem;
 pub mod promote;
 
@@ -256,9 +257,12 @@ impl Service {
             metrics,
             admin_token: config.admin_token.map(Arc::from),
         };
+        // A path naming no snapshot is answered before the layer: nothing is
+        // claimed, stored or audited for it (see `ids`).
         let promotion = Router::new()
             .route(PROMOTE_ROUTE, post(promote::promote))
-            .route_layer(layer);
+            .route_layer(layer)
+            .route_layer(axum::middleware::from_fn(ids::bounded_snapshot_path));
         let router = Router::new()
             .route("/estimates", post(estimates::create))
             .route("/estimates/{estimate_id}", get(estimates::get))
@@ -330,9 +334,10 @@ impl Service {
         self.state.buffer.dropped()
     }
 
-    /// Writes what is still queued and stops the audit buffer.
-    pub async fn shutdown(&self) {
-        self.state.buffer.shutdown().await;
+    /// Stops the audit buffer once it has written what is queued (at most
+    /// 10 s; what is left then is counted as abandoned), and says how it went.
+    pub async fn shutdown(&self) -> idempotency_audit::ShutdownReport {
+        self.state.buffer.shutdown().await
     }
 }
 
@@ -348,23 +353,12 @@ fn promotion_key(state: &AppState, estimate_id: &str, version: &str) -> StorageK
         .storage_key(&http::Method::POST, PROMOTE_ROUTE, "", &material)
 }
 
-/// Gives every request an `x-request-id` (the client's, or a new UUIDv7)
-/// and echoes it on the response: the correlation id of logs and audit events.
+/// Gives every request an `x-request-id` (the client's when it is 1 to 128
+/// visible ASCII characters, else a new UUIDv7) and echoes it on the
+/// response: the correlation id of logs and audit events.
 async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let id = match req
-        .headers()
-        .get(idempotency_tower::X_REQUEST_ID)
-        .filter(|v| !v.is_empty())
-    {
-        Some(v) => v.clone(),
-        None => {
-            let v = http::HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
-            req.headers_mut()
-                .insert(idempotency_tower::X_REQUEST_ID, v.clone());
-            v
-        }
-    };
+    // The layer's own rule, so the service and the layer agree on every id.
+    let id = idempotency_tower::ensure_request_id(req.headers_mut());
     let mut res = next.run(req).await;
     res.headers_mut()
         .insert(idempotency_tower::X_REQUEST_ID, id);
@@ -376,6 +370,9 @@ async fn work_order(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if !ids::is_work_order_id(&id) {
+        return Err(ApiError::not_a_work_order_id());
+    }
     let Some(row) = sqlx::query(
         "SELECT id, estimate_id, snapshot_version, customer_id, lines, total_cents, status, \
                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at \
@@ -432,6 +429,9 @@ async fn list_promotions(
     let Some(estimate_id) = q.estimate_id.filter(|e| !e.is_empty()) else {
         return Err(ApiError::missing_parameter("estimate_id"));
     };
+    if !ids::is_estimate_id(&estimate_id) {
+        return Err(ApiError::not_an_estimate_id());
+    }
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM promotion.estimates WHERE id = $1)")
             .bind(&estimate_id)
@@ -511,13 +511,16 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 /// Body (optional): `{"reason": "..."}`.
 async fn resolve(
     State(app): State<AppState>,
-    Path((estimate_id, version)): Path<(String, String)>,
+    path: Result<ids::SnapshotPath, ApiError>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    // The spelling the promotion's key and audit chain use.
-    let version = promote::canonical_version(&version);
+    let ids::SnapshotPath {
+        estimate_id,
+        version: version_num,
+    } = path?;
+    let version = version_num.to_string();
     let reason = if body.is_empty() {
         "resolved by an operator".to_owned()
     } else {
@@ -546,9 +549,6 @@ async fn resolve(
         .get(idempotency_tower::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-    let version_num: i32 = version
-        .parse()
-        .map_err(|_| ApiError::promotion_not_found(&estimate_id, &version))?;
     let before_link: Option<Option<String>> = sqlx::query_scalar(
         "UPDATE promotion.promotions p SET workorder_id = NULL, updated_at = now() \
          FROM (SELECT id, workorder_id FROM promotion.promotions \

@@ -81,6 +81,31 @@ impl ApiError {
         )
     }
 
+    /// 404: the path names no estimate: estimate ids are `E-` and 1 to 19
+    /// digits (the offending value is not echoed: it is unbounded).
+    pub fn not_an_estimate_id() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "estimate-not-found",
+            "Estimate not found",
+            "this is not an estimate id: estimate ids are E- and 1 to 19 digits".into(),
+        )
+    }
+
+    /// 404: the path names no snapshot version of `id`: versions are whole
+    /// numbers from 1 to 2147483647 without sign or leading zeros.
+    pub fn not_a_snapshot_version(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "snapshot-not-found",
+            "Estimate snapshot not found",
+            format!(
+                "estimate {id} has no such snapshot version: versions are whole numbers \
+                 from 1 to 2147483647, without sign or leading zeros"
+            ),
+        )
+    }
+
     /// 404: the estimate has no such snapshot version.
     pub fn snapshot_not_found(id: &str, version: &str) -> Self {
         Self::new(
@@ -110,6 +135,16 @@ impl ApiError {
             "snapshot-not-draft",
             "Estimate snapshot is not a draft",
             format!("snapshot {version} of estimate {id} is {status}"),
+        )
+    }
+
+    /// 404: the path names no work order: ids are `WO-` and 1 to 19 digits.
+    pub fn not_a_work_order_id() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "work-order-not-found",
+            "Work order not found",
+            "this is not a work order id: work order ids are WO- and 1 to 19 digits".into(),
         )
     }
 

@@ -918,3 +918,118 @@ async fn request_ids_are_propagated_to_answers_and_audit() {
         .collect();
     assert_eq!(ids, ["req-first", "req-again"]);
 }
+
+/// One request naming a 250-character estimate id among 60 concurrent
+/// promotions of one snapshot (one of them with a 300-character
+/// `x-request-id`): the bad one gets a clear 404 problem before the
+/// idempotency layer — no record, no audit event, nothing dropped — and
+/// every one of the 60 attempts has its audit event in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_over_long_estimate_id_among_sixty_promotions_costs_no_audit_event() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let app = std::sync::Arc::new(app);
+    let e = app.finalized_estimate().await;
+    let bad = format!("E-{}", "9".repeat(248));
+    assert_eq!(bad.len(), 250);
+    let long_request_id = "r".repeat(300);
+    let mut tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let (app, e, rid) = (app.clone(), e.clone(), long_request_id.clone());
+            tokio::spawn(async move {
+                let path = format!("/estimates/{e}/snapshots/1/promote");
+                let headers: &[(&str, &str)] = if i == 30 {
+                    &[("x-request-id", &rid)]
+                } else {
+                    &[]
+                };
+                app.call(http::Method::POST, &path, None, headers).await
+            })
+        })
+        .collect();
+    let bad_task = {
+        let (app, bad) = (app.clone(), bad.clone());
+        tokio::spawn(async move { app.promote(&bad, 1).await })
+    };
+    tasks.rotate_left(20);
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    let refused = bad_task.await.unwrap();
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{refused:?}");
+    assert!(
+        refused
+            .problem_type()
+            .ends_with("/promotion/estimate-not-found")
+    );
+    let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("E- and 1 to 19 digits") && !detail.contains(&bad),
+        "a bounded answer: {detail}"
+    );
+    assert!(app.record(&bad, 1).await.is_none(), "nothing claimed");
+
+    check_race(&app, &e, &replies).await; // 60 events of 60 attempts
+    let events = app.audit(&e, 1).await;
+    assert_eq!(events.len(), 60);
+    assert_eq!(
+        app.service.audit_dropped(),
+        0,
+        "no event refused or dropped"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|ev| ev["correlation_id"].as_str().unwrap().len() <= 128)
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.headers["x-request-id"].len() <= 128),
+        "an over-long x-request-id is replaced"
+    );
+}
+
+/// Path parameters of another shape than the service's ids are refused
+/// with 404 problems that do not echo them, on every route.
+#[tokio::test]
+async fn ids_of_another_shape_are_404_without_echo() {
+    let Some(app) = app(config()).await else {
+        return;
+    };
+    let long = "x".repeat(300);
+    for (uri, slug) in [
+        (format!("/estimates/{long}"), "estimate-not-found"),
+        (format!("/work-orders/{long}"), "work-order-not-found"),
+        (
+            format!("/promotions?estimate_id={long}"),
+            "estimate-not-found",
+        ),
+    ] {
+        let r = app.get(&uri).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}");
+        assert!(r.problem_type().ends_with(slug), "{uri}");
+        assert!(!String::from_utf8_lossy(&r.body).contains(&long));
+    }
+    for uri in [
+        format!("/estimates/{long}/finalize"),
+        format!("/estimates/{long}/revise"),
+        format!("/estimates/{long}/snapshots/1/promote"),
+    ] {
+        let r = app.post(&uri, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}");
+        assert!(r.problem_type().ends_with("/estimate-not-found"), "{uri}");
+    }
+    let e = app.finalized_estimate().await;
+    for v in ["0", "-1", &"9".repeat(300)] {
+        let r = app
+            .post(&format!("/estimates/{e}/snapshots/{v}/promote"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "version {v}");
+        assert!(r.problem_type().ends_with("/snapshot-not-found"));
+    }
+    assert!(app.record(&e, 1).await.is_none(), "nothing was claimed");
+    assert!(app.audit(&e, 1).await.is_empty(), "nothing was audited");
+}

@@ -253,6 +253,60 @@ async fn a_corrupted_record_alerts_logs_and_counts() {
     assert_eq!(r.status, StatusCode::CREATED);
 }
 
+/// 400 audited promotion attempts (8 snapshots × 50, at most 32 at a
+/// time), then SIGTERM right after the last answer: the process exits 0
+/// after writing every fire-and-forget event: exactly 400 rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_writes_every_audit_event_before_exiting() {
+    let Some((_, pool)) = reader().await else {
+        return;
+    };
+    let mut s = spawn(&[]).await;
+    let http = client();
+    let mut estimates = Vec::new();
+    for _ in 0..8 {
+        estimates.push(finalized_estimate_on(&http, &s).await);
+    }
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let tasks: Vec<_> = (0..400)
+        .map(|i| {
+            let url = s.url(&format!(
+                "/estimates/{}/snapshots/1/promote",
+                estimates[i % 8]
+            ));
+            let (http, limit) = (http.clone(), limit.clone());
+            tokio::spawn(async move {
+                let _permit = limit.acquire().await.unwrap();
+                send(&http, Method::POST, &url, None).await.unwrap().status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let replayed = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!((created, replayed), (8, 392), "{statuses:?}");
+
+    s.terminate();
+    let status = s.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+    let streams: Vec<String> = estimates
+        .iter()
+        .map(|e| format!("promotion/{e}/1"))
+        .collect();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE stream = ANY($1)")
+        .bind(&streams)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 400, "one audit row per attempt: {}", s.log_text());
+}
+
 #[test]
 fn startup_failures_are_one_clear_line() {
     let run = |env: &[(&str, &str)]| {
@@ -291,4 +345,70 @@ fn startup_failures_are_one_clear_line() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PROMOTION_LEASE_MS"));
+}
+
+/// Runs the binary with `env` until it exits; a process still running
+/// after 10 s (it started serving) is killed, and its output returned.
+fn run_to_exit(env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-promotion"));
+    cmd.env("RUST_LOG", "warn")
+        .env_remove("PROMOTION_FAULT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start example-promotion");
+    let pid = child.id().to_string();
+    let (exited, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(10)).is_err() {
+            let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = exited.send(());
+    let _ = watchdog.join();
+    out
+}
+
+/// A nonsense setting is refused at start with one stderr line naming the
+/// variable and exit status 2, before binding (the port is taken) or
+/// connecting (the database is closed): either would fail otherwise.
+#[test]
+fn nonsense_settings_exit_2_with_one_line_before_binding_or_connecting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bind = taken.local_addr().unwrap().to_string();
+    let closed = format!("postgres://postgres@127.0.0.1:{}/test", common::free_port());
+    for (name, value) in [
+        ("PROMOTION_LEASE_MS", "0"),
+        ("PROMOTION_WAIT_MS", "18446744073709551615"),
+        ("PROMOTION_LEASE_MS", "abc"),
+        ("PROMOTION_ADMIN_TOKEN", "short"),
+        ("BIND_ADDR", "nope"),
+        ("RUST_LOG", "a=b=c"),
+    ] {
+        let mut env = vec![
+            ("BIND_ADDR", bind.clone()),
+            ("DATABASE_URL", closed.clone()),
+        ];
+        env.retain(|(k, _)| *k != name);
+        env.push((name, value.to_owned()));
+        let out = run_to_exit(&env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}={value}: {err}");
+        assert!(err.contains(name), "{name}={value}: {err}");
+    }
+    let out = run_to_exit(&[
+        ("PROMOTION_LEASE_MS", "0".to_owned()),
+        ("DATABASE_URL", closed),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("from 1000 to 3600000"),
+        "the accepted range: {err}"
+    );
+    drop(taken);
 }

@@ -17,7 +17,7 @@ use idempotency_tower::{Concurrency, DecisionHook, IdempotencyLayer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
-/// Idempotency settings read from the environment.
+/// Idempotency settings, read and checked by [`Settings`](crate::settings::Settings).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct IdempotencySettings {
     /// `IDEMPOTENCY_LEASE_SECS`.
@@ -29,24 +29,6 @@ pub(crate) struct IdempotencySettings {
 }
 
 impl IdempotencySettings {
-    pub(crate) fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let secs = |name: &str| -> Result<Option<Duration>, String> {
-            match var(name) {
-                None => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .map(|s| Some(Duration::from_secs(s)))
-                    .map_err(|_| format!("{name}={v:?} is not a whole number of seconds")),
-            }
-        };
-        Ok(Self {
-            lease: secs("IDEMPOTENCY_LEASE_SECS")?,
-            retention: secs("IDEMPOTENCY_RETENTION_SECS")?,
-            wait: secs("IDEMPOTENCY_WAIT_SECS")?,
-        })
-    }
-
     fn policy(&self) -> Policy {
         let mut p = Policy::default();
         if let Some(l) = self.lease {
@@ -180,6 +162,9 @@ struct Simulate {
 
 const MAX_DELAY_MS: u64 = 60_000;
 
+/// Longest `sku`, in characters: every input the service keeps is bounded.
+const MAX_SKU_CHARS: usize = 100;
+
 async fn create_order(
     State(state): State<AppState>,
     Extension(User(user)): Extension<User>,
@@ -197,6 +182,12 @@ async fn create_order(
     let sku = order.sku.trim();
     if sku.is_empty() {
         return problem(StatusCode::UNPROCESSABLE_ENTITY, "sku must not be empty");
+    }
+    if sku.chars().count() > MAX_SKU_CHARS {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("sku must be at most {MAX_SKU_CHARS} characters"),
+        );
     }
     let Ok(quantity) = u64::try_from(order.quantity) else {
         return problem(
@@ -462,7 +453,9 @@ mod tests {
     #[tokio::test]
     async fn invalid_orders_are_422_and_release_the_key() {
         let app = service();
+        let long_sku = format!(r#"{{"sku":"{}","quantity":1}}"#, "s".repeat(101));
         for bad in [
+            long_sku.as_str(),
             "not json",
             r#"{"sku":"","quantity":1}"#,
             r#"{"sku":"a","quantity":0}"#,
@@ -548,18 +541,13 @@ mod tests {
     }
 
     #[test]
-    fn settings_from_env() {
-        let var = |k: &str| match k {
-            "IDEMPOTENCY_LEASE_SECS" => Some("5".to_owned()),
-            "IDEMPOTENCY_RETENTION_SECS" => Some("60".to_owned()),
-            _ => None,
+    fn settings_make_the_policy() {
+        let s = IdempotencySettings {
+            lease: Some(Duration::from_secs(5)),
+            retention: Some(Duration::from_secs(60)),
+            wait: None,
         };
-        let s = IdempotencySettings::from_env(var).unwrap();
-        assert_eq!(s.lease, Some(Duration::from_secs(5)));
-        assert_eq!(s.retention, Some(Duration::from_secs(60)));
-        assert_eq!(s.wait, None);
         assert_eq!(s.policy().lease_duration(), Duration::from_secs(5));
-        let bad = |k: &str| (k == "IDEMPOTENCY_WAIT_SECS").then(|| "soon".to_owned());
-        assert!(IdempotencySettings::from_env(bad).is_err());
+        assert_eq!(s.policy().retention_duration(), Duration::from_secs(60));
     }
 }

@@ -15,21 +15,21 @@ use idempotency_core::BoxError;
 /// Events the buffer holds before it starts dropping (and counting) them.
 const CAPACITY: usize = 10_000;
 
-/// The trail chosen by the environment, and a name for the start-up log.
+/// The trail for `database_url` (`DATABASE_URL`), and a name for the start-up log.
 ///
 /// # Errors
 ///
 /// `DATABASE_URL` is set but the database cannot be reached or migrated.
-pub(crate) async fn from_env(
-    var: impl Fn(&str) -> Option<String>,
+pub(crate) async fn from_url(
+    database_url: Option<&str>,
 ) -> Result<(BufferedSink, &'static str), BoxError> {
-    let Some(url) = var("DATABASE_URL") else {
+    let Some(url) = database_url else {
         return Ok((BufferedSink::new(TracingSink::new(), CAPACITY), "tracing"));
     };
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(std::time::Duration::from_secs(3))
-        .connect(&url)
+        .connect(url)
         .await
         .map_err(|e| format!("audit trail: PostgreSQL at DATABASE_URL unreachable: {e}"))?;
     let sink = PostgresSink::new(pool);
@@ -43,7 +43,7 @@ mod tests {
 
     #[tokio::test]
     async fn tracing_without_a_database() {
-        let (_, kind) = from_env(|_| None).await.unwrap();
+        let (_, kind) = from_url(None).await.unwrap();
         assert_eq!(kind, "tracing");
     }
 
@@ -54,8 +54,7 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("postgres://postgres@127.0.0.1:{port}/test");
-        let var = |k: &str| (k == "DATABASE_URL").then(|| url.clone());
-        let err = from_env(var).await.unwrap_err();
+        let err = from_url(Some(&url)).await.unwrap_err();
         assert!(err.to_string().contains("audit trail"), "{err}");
     }
 }

@@ -11,79 +11,66 @@
 //!
 //! See `examples/quickstart/README.md` for the whole session.
 //!
-//! | setting | default | meaning |
-//! |---|---|---|
-//! | `--bind ADDR` / `BIND_ADDR` | `127.0.0.1:3000` | listen address |
-//! | `IDEMPOTENCY_STORE` | `memory` | `memory`, `postgres` (`DATABASE_URL`) or `redis` (`REDIS_URL`) |
-//! | `IDEMPOTENCY_LEASE_SECS` | 10 | lease of an executing request |
-//! | `IDEMPOTENCY_RETENTION_SECS` | 86400 | how long responses are replayed |
-//! | `IDEMPOTENCY_WAIT_SECS` | unset | duplicates wait this long for the first response instead of getting 409 |
-//! | `RUST_LOG` | `info` | log filter |
+//! | setting | default | accepted | meaning |
+//! |---|---|---|---|
+//! | `--bind ADDR` / `BIND_ADDR` | `127.0.0.1:3000` | a socket address | listen address |
+//! | `IDEMPOTENCY_STORE` | `memory` | `memory`, `postgres`, `redis` | the store (`postgres` needs `DATABASE_URL`; `redis` uses `REDIS_URL`) |
+//! | `DATABASE_URL` | unset | a `postgres://` URL | the PostgreSQL audit trail (and store) |
+//! | `REDIS_URL` | `redis://127.0.0.1:6379` | a `redis://`, `rediss://` or `unix://` URL | the Redis store |
+//! | `IDEMPOTENCY_LEASE_SECS` | 10 | 1 to 3600 | lease of an executing request |
+//! | `IDEMPOTENCY_RETENTION_SECS` | 86400 | 1 to 31536000 | how long responses are replayed |
+//! | `IDEMPOTENCY_WAIT_SECS` | unset | 1 to 300 | duplicates wait this long for the first response instead of getting 409 |
+//! | `RUST_LOG` | `info` | a `tracing` filter | log filter |
+//!
+//! A value outside its range is one line on stderr naming the variable and
+//! what it accepts, and exit status 2, before anything is bound or connected.
+//! SIGTERM and Ctrl-C stop it gracefully: in-flight requests finish, the
+//! audit buffer writes what they queued, exit status 0.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 mod app;
 mod audit;
+mod settings;
 mod store;
-
-const DEFAULT_BIND: &str = "127.0.0.1:3000";
 
 const USAGE: &str = "usage: example-quickstart [--bind ADDR]
 
-Environment: BIND_ADDR, IDEMPOTENCY_STORE (memory|postgres|redis), DATABASE_URL, REDIS_URL,
-IDEMPOTENCY_LEASE_SECS, IDEMPOTENCY_RETENTION_SECS, IDEMPOTENCY_WAIT_SECS, RUST_LOG";
-
-/// The listen address: `--bind ADDR` / `--bind=ADDR`, else `BIND_ADDR`, else the default.
-fn bind_addr(args: &[String], env: Option<String>) -> Result<SocketAddr, String> {
-    let mut from_args = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        if arg == "--bind" {
-            from_args = Some(it.next().ok_or("--bind needs an address")?.clone());
-        } else if let Some(v) = arg.strip_prefix("--bind=") {
-            from_args = Some(v.to_owned());
-        } else {
-            return Err(format!("unknown argument {arg:?}"));
-        }
-    }
-    let raw = from_args.or(env).unwrap_or_else(|| DEFAULT_BIND.to_owned());
-    raw.parse()
-        .map_err(|_| format!("{raw:?} is not a socket address such as {DEFAULT_BIND}"))
-}
+Environment (see README.md for the accepted ranges): BIND_ADDR, IDEMPOTENCY_STORE
+(memory|postgres|redis), DATABASE_URL, REDIS_URL, IDEMPOTENCY_LEASE_SECS (1..=3600),
+IDEMPOTENCY_RETENTION_SECS (1..=31536000), IDEMPOTENCY_WAIT_SECS (1..=300), RUST_LOG";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    let env = |name: &str| std::env::var(name).ok();
-    let addr = match bind_addr(&args, env("BIND_ADDR")) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    // Every setting is checked before anything is bound or connected; a
+    // nonsense value is one line on stderr and exit status 2.
+    let filter = match std::env::var("RUST_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+        Ok(v) => match tracing_subscriber::EnvFilter::try_new(&v) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: RUST_LOG={v:?} is not a log filter such as info or warn ({e})");
+                return ExitCode::from(2);
+            }
+        },
     };
-    let settings = match app::IdempotencySettings::from_env(env) {
+    let settings = match settings::Settings::from_env(&args, |name| std::env::var(name).ok()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let store = match store::from_env(env).await {
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let store = match store::from_settings(&settings).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -97,6 +84,7 @@ async fn main() -> ExitCode {
             None
         }
     };
+    let addr = settings.bind;
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -104,59 +92,57 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (trail, trail_kind) = match audit::from_env(env).await {
+    let (trail, trail_kind) = match audit::from_url(settings.database_url.as_deref()).await {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let store_name = env("IDEMPOTENCY_STORE").unwrap_or_else(|| "memory".to_owned());
-    tracing::info!(store = %store_name, audit = trail_kind, "listening on http://{addr}");
-    let service = app::app(store, &settings, metrics, trail.clone());
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    tracing::info!(
+        store = settings.store.as_str(),
+        audit = trail_kind,
+        "listening on http://{addr}"
+    );
+    let service = app::app(store, &settings.idempotency, metrics, trail.clone());
+    // On SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish...
     if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(shutdown_signal())
         .await
     {
         eprintln!("error: server failed: {e}");
         return ExitCode::FAILURE;
     }
-    // Write what is still queued before exiting.
-    trail.shutdown().await;
+    // ...then wait until the audit buffer has written what they queued.
+    let report = trail.shutdown().await;
+    tracing::info!(
+        written = report.written,
+        dropped = report.dropped,
+        abandoned = report.abandoned,
+        "stopped"
+    );
     ExitCode::SUCCESS
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
+/// Ctrl-C or SIGTERM (what `docker stop`, systemd and Kubernetes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
-
-    #[test]
-    fn bind_address_precedence() {
-        assert_eq!(bind_addr(&[], None).unwrap().to_string(), DEFAULT_BIND);
-        assert_eq!(
-            bind_addr(&[], Some("0.0.0.0:8080".into())).unwrap().port(),
-            8080
-        );
-        let a = args(&["--bind", "127.0.0.1:4000"]);
-        assert_eq!(
-            bind_addr(&a, Some("0.0.0.0:8080".into())).unwrap().port(),
-            4000
-        );
-        let a = args(&["--bind=127.0.0.1:4001"]);
-        assert_eq!(bind_addr(&a, None).unwrap().port(), 4001);
-    }
-
-    #[test]
-    fn bad_arguments_are_errors() {
-        assert!(bind_addr(&args(&["--bind"]), None).is_err());
-        assert!(bind_addr(&args(&["--bind", "nope"]), None).is_err());
-        assert!(bind_addr(&args(&["--port", "1"]), None).is_err());
-    }
+    tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -318,6 +318,32 @@ impl Server {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends SIGTERM with the `kill` command.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; kills it (SIGKILL) if it has not
+    /// within `within`, so a hung process fails the test instead of hanging it.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let (exited, watch) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if watch.recv_timeout(within).is_err() {
+                let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
+            }
+        });
+        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait");
+        let _ = exited.send(());
+        let _ = watchdog.join();
+        status
+    }
 }
 
 /// Starts the binary with `env` on a free port and waits for `/readyz`.
