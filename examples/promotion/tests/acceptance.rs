@@ -245,12 +245,16 @@ async fn every_spelling_of_a_snapshot_is_one_promotion() {
         "no other chain"
     );
 
-    // A spelling that decodes to no text is refused before anything runs.
+    // A spelling that decodes to no text names no estimate: refused before
+    // the idempotency layer, so nothing runs.
     let bad = app
         .post(&format!("/estimates/{e}%FF/snapshots/1/promote"), None)
         .await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{bad:?}");
-    assert_eq!(bad.problem_type(), format!("{P}key-invalid"));
+    assert_eq!(bad.status, StatusCode::NOT_FOUND, "{bad:?}");
+    assert_eq!(
+        bad.problem_type(),
+        format!("{P}promotion/estimate-not-found")
+    );
     assert_eq!(
         work_orders(&app.pool, &e, 1).await,
         [wo.as_str()],
