@@ -4,9 +4,13 @@
 //! any store) generates random sequences of claim / complete / fail /
 //! release / renew / corrupt / resolve / get / advance-time over three keys
 //! and two fingerprints. Each sequence is applied in lockstep to the real
-//! store, and every answer (decision kind, fence, attempt, lease errors,
-//! state read back) must match the model. Failing sequences are shrunk to a
-//! minimal reproduction.
+//! store, and every answer (decision kind, attempt, lease errors, state read
+//! back) must match the model. Fences are the store's to choose, so the model
+//! tracks which claim a record's fence belongs to, and the runner checks the
+//! store's numbers against that: a record reads back with the fence of its
+//! latest claim, and every claim of a key gets a fence greater than any
+//! earlier claim of that key. Failing sequences are shrunk to a minimal
+//! reproduction.
 //!
 //! Time moves in steps of at least 10 s against a 60 s lease and 600 s
 //! retention, so the real time that passes while a sequence runs (well under
@@ -87,7 +91,8 @@ pub enum MState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MRecord {
     fp: u8,
-    fence: u64,
+    /// Index of the claim (lease) whose fence the record holds.
+    fenced_by: usize,
     attempts: u32,
     expires_at: u64,
     state: MState,
@@ -108,15 +113,16 @@ impl MRecord {
 pub struct Model {
     now: u64,
     records: [Option<MRecord>; KEYS],
-    /// (key index, fence) of every lease handed out, in order.
-    leases: Vec<(usize, u64)>,
+    /// The key index of every lease handed out, in order.
+    leases: Vec<usize>,
 }
 
 /// What the model predicts for a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
+    /// A claim acquired: the n-th lease handed out.
     Acquired {
-        fence: u64,
+        lease: usize,
         attempt: u32,
         kind: ClaimKind,
     },
@@ -131,7 +137,8 @@ enum Expect {
     LeaseLost,
     NotFound,
     InvalidState,
-    Record(Option<(&'static str, u64, u32)>),
+    /// A record read back: state, the lease whose fence it holds, attempts.
+    Record(Option<(&'static str, usize, u32)>),
     Nothing,
 }
 
@@ -141,10 +148,10 @@ impl Model {
     }
 
     fn owned(&self, lease: usize) -> Option<usize> {
-        let (k, fence) = *self.leases.get(lease)?;
+        let k = *self.leases.get(lease)?;
         let r = self.live(k)?;
         match r.state {
-            MState::Pending { lease: l, .. } if l == lease && r.fence == fence => Some(k),
+            MState::Pending { lease: l, .. } if l == lease && r.fenced_by == lease => Some(k),
             _ => None,
         }
     }
@@ -159,19 +166,20 @@ impl Model {
             }
             Step::Claim { key, fp } => {
                 let Some(rec) = self.live(key).cloned() else {
-                    self.leases.push((key, 1));
+                    self.leases.push(key);
+                    let lease = self.leases.len() - 1;
                     self.records[key] = Some(MRecord {
                         fp,
-                        fence: 1,
+                        fenced_by: lease,
                         attempts: 1,
                         expires_at: now + RETENTION_S,
                         state: MState::Pending {
-                            lease: self.leases.len() - 1,
+                            lease,
                             deadline: now + LEASE_S,
                         },
                     });
                     return Expect::Acquired {
-                        fence: 1,
+                        lease,
                         attempt: 1,
                         kind: ClaimKind::New,
                     };
@@ -202,18 +210,18 @@ impl Model {
                     MState::Failed { .. } => return Expect::Failed,
                     MState::Corrupted => unreachable!(),
                 };
-                let fence = rec.fence + 1;
-                self.leases.push((key, fence));
+                self.leases.push(key);
+                let lease = self.leases.len() - 1;
                 let r = self.records[key].as_mut().expect("live");
-                r.fence = fence;
+                r.fenced_by = lease;
                 r.attempts += 1;
                 r.state = MState::Pending {
-                    lease: self.leases.len() - 1,
+                    lease,
                     deadline: now + LEASE_S,
                 };
                 r.expires_at = r.expires_at.max(now + LEASE_S);
                 Expect::Acquired {
-                    fence,
+                    lease,
                     attempt: r.attempts,
                     kind,
                 }
@@ -275,7 +283,7 @@ impl Model {
                     MState::Failed { .. } => "FAILED",
                     MState::Corrupted => "CORRUPTED",
                 };
-                (name, r.fence, r.attempts)
+                (name, r.fenced_by, r.attempts)
             })),
         }
     }
@@ -356,6 +364,8 @@ where
         .collect();
     let mut model = Model::default();
     let mut leases: Vec<Lease> = Vec::new();
+    // Per key: the greatest fence handed out in the record's current life.
+    let mut life_fence: [Option<u64>; KEYS] = [None; KEYS];
     for (i, step) in steps.iter().enumerate() {
         let expect = model.step(step);
         let ctx = || format!("step {i} {step:?}");
@@ -374,8 +384,20 @@ where
                 };
                 match store.claim(&req).await {
                     Ok(Claim::Acquired { lease, kind }) => {
+                        let floor = match kind {
+                            ClaimKind::New => None,
+                            _ => life_fence[key],
+                        };
+                        prop_assert!(
+                            floor.is_none_or(|f| lease.fence > f) && lease.fence >= 1,
+                            "{}: fence {} does not increase on {:?}",
+                            ctx(),
+                            lease.fence,
+                            floor
+                        );
+                        life_fence[key] = Some(lease.fence);
                         let e = Expect::Acquired {
-                            fence: lease.fence,
+                            lease: leases.len(),
                             attempt: lease.attempt,
                             kind,
                         };
@@ -429,7 +451,17 @@ where
                 }
             }
             Step::Get(k) => match store.get(&keys[k]).await {
-                Ok(r) => Expect::Record(r.map(|r| (r.state.name(), r.fence, r.attempts))),
+                Ok(r) => {
+                    // Name the fence by the lease that carries it (the model's terms).
+                    let read = r.map(|r| {
+                        let by = leases
+                            .iter()
+                            .rposition(|l| l.key == keys[k] && l.fence == r.fence)
+                            .unwrap_or(usize::MAX);
+                        (r.state.name(), by, r.attempts)
+                    });
+                    Expect::Record(read)
+                }
                 Err(e) => return Err(TestCaseError::fail(format!("{}: {e:?}", ctx()))),
             },
         };
@@ -486,7 +518,7 @@ mod tests {
         assert_eq!(
             m.step(&Step::Claim { key: 0, fp: 0 }),
             Expect::Acquired {
-                fence: 1,
+                lease: 0,
                 attempt: 1,
                 kind: ClaimKind::New
             }
@@ -500,7 +532,7 @@ mod tests {
         assert_eq!(
             m.step(&Step::Claim { key: 0, fp: 0 }),
             Expect::Acquired {
-                fence: 2,
+                lease: 1,
                 attempt: 2,
                 kind: ClaimKind::Takeover
             }
@@ -510,13 +542,21 @@ mod tests {
         assert_eq!(
             m.step(&Step::Claim { key: 0, fp: 0 }),
             Expect::Acquired {
-                fence: 3,
+                lease: 2,
                 attempt: 3,
                 kind: ClaimKind::Retry
             }
         );
+        assert_eq!(
+            m.step(&Step::Get(0)),
+            Expect::Record(Some(("PENDING", 2, 3)))
+        );
         m.step(&Step::Advance(70));
         assert_eq!(m.step(&Step::Claim { key: 0, fp: 0 }), Expect::Failed);
+        assert_eq!(
+            m.step(&Step::Get(0)),
+            Expect::Record(Some(("FAILED", 2, 3)))
+        );
         m.step(&Step::Advance(700));
         assert_eq!(m.step(&Step::Get(0)), Expect::Record(None));
     }
