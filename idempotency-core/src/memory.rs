@@ -32,6 +32,10 @@ const MIN_SWEEP_LEN: usize = 1024;
 /// - **Waiters**: [`IdempotencyStore::wait_for_change`] parks on a per-key
 ///   notification that completion, failure, release and resolution fire, and
 ///   wakes by itself when the lease runs out.
+/// - **Fencing**: fences come from one counter for the whole store, so a
+///   key's fence strictly increases with every claim for as long as the
+///   store lives, across release, expiry and operator resolution (a record
+///   created after its predecessor is gone still gets a greater fence).
 /// - **Scope**: one process. Several processes need a shared store
 ///   (PostgreSQL or Redis).
 ///
@@ -44,6 +48,8 @@ pub struct MemoryStore {
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
     offset_ms: AtomicU64,
+    /// The last fence handed out, by any record.
+    fences: AtomicU64,
 }
 
 impl Default for Inner {
@@ -58,6 +64,7 @@ impl Inner {
         Self {
             shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
             offset_ms: AtomicU64::new(0),
+            fences: AtomicU64::new(0),
         }
     }
 }
@@ -170,6 +177,13 @@ impl MemoryStore {
         lock(&self.inner.shards[idx])
     }
 
+    /// The next fence. Called with the key's shard locked, so a later claim
+    /// of a key always draws a greater number than an earlier one (the lock
+    /// orders the two draws; one atomic's draws are totally ordered).
+    fn next_fence(&self) -> u64 {
+        self.inner.fences.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn claim_sync(&self, req: &ClaimRequest) -> Claim {
         let now = self.now();
         let mut shard = self.shard(&req.key);
@@ -199,11 +213,11 @@ impl MemoryStore {
         }
         let existing = shard.live(&req.key, now).cloned();
         let Some(mut rec) = existing else {
-            let lease = new_lease(1, 1);
+            let lease = new_lease(self.next_fence(), 1);
             let record = Record {
                 key: req.key,
                 fingerprint: req.fingerprint,
-                fence: 1,
+                fence: lease.fence,
                 attempts: 1,
                 created_at: now,
                 expires_at: now.saturating_add(req.retention),
@@ -255,7 +269,7 @@ impl MemoryStore {
             RecordState::Failed(f) => return Claim::Failed(f.clone()),
             RecordState::Corrupted(_) => unreachable!("handled above"),
         };
-        rec.fence += 1;
+        rec.fence = self.next_fence();
         rec.attempts += 1;
         let lease = new_lease(rec.fence, rec.attempts);
         rec.state = pending(&lease);

@@ -147,18 +147,22 @@ async fn a_fenced_runner_does_not_record_its_result() {
     let k = key(2);
     let fp = Fingerprint::of_bytes("t", b"");
     let taker = store.clone();
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let taken_by = taken.clone();
     let result = runner
-        .run(k, fp, |_| async move {
+        .run(k, fp, |attempt| async move {
             // While this attempt runs, its lease expires and another worker takes over.
             taker.advance(Duration::from_secs(11));
             let claim = taker.claim(&policy.claim_request(k, fp)).await.unwrap();
-            assert!(matches!(
-                claim,
-                Claim::Acquired {
-                    kind: ClaimKind::Takeover,
-                    ..
-                }
-            ));
+            let Claim::Acquired {
+                kind: ClaimKind::Takeover,
+                lease,
+            } = claim
+            else {
+                panic!("expected a takeover, got {claim:?}");
+            };
+            assert!(lease.fence > attempt.fence());
+            *taken_by.lock().unwrap() = Some(lease.fence);
             Ok::<_, std::io::Error>(String::from("stale"))
         })
         .await;
@@ -166,7 +170,7 @@ async fn a_fenced_runner_does_not_record_its_result() {
     // The new owner's pending record is untouched.
     let rec = store.get(&k).await.unwrap().unwrap();
     assert!(matches!(rec.state, RecordState::Pending(_)));
-    assert_eq!(rec.fence, 2);
+    assert_eq!(Some(rec.fence), *taken.lock().unwrap());
 }
 
 #[tokio::test]
