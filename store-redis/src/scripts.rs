@@ -66,6 +66,22 @@ impl Eval {
         Self { script, cmd }
     }
 
+    /// `EVALSHA <sha> 2 <key> <floor>`: a script that also keeps the
+    /// record's fence floor (a key in the record's hash slot).
+    pub(crate) fn with_floor(
+        script: &'static Script,
+        key: impl ToRedisArgs,
+        floor: impl ToRedisArgs,
+    ) -> Self {
+        let mut cmd = Cmd::with_capacity(13, 320);
+        cmd.arg("EVALSHA")
+            .arg(script.get_hash())
+            .arg(2)
+            .arg(key)
+            .arg(floor);
+        Self { script, cmd }
+    }
+
     /// Appends the next `ARGV` value.
     pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
         self.cmd.arg(arg);

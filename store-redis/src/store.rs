@@ -60,11 +60,15 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// `<prefix>:{<64-hex storage key>}` as one command argument.
+/// `<prefix>:{<64-hex storage key>}<suffix>` as one command argument.
 struct RecordKey<'a> {
     prefix: &'a str,
     key: &'a StorageKey,
+    suffix: &'static str,
 }
+
+/// The fence floor's suffix: `<prefix>:{<64-hex storage key>}:fence`.
+const FLOOR_SUFFIX: &str = ":fence";
 
 impl ToRedisArgs for RecordKey<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
@@ -80,6 +84,7 @@ impl ToRedisArgs for RecordKey<'_> {
         // Writing into the command buffer cannot fail.
         let _ = std::io::Write::write_all(&mut arg, self.prefix.as_bytes());
         let _ = std::io::Write::write_all(&mut arg, &tagged);
+        let _ = std::io::Write::write_all(&mut arg, self.suffix.as_bytes());
     }
 }
 
@@ -138,13 +143,37 @@ impl RedisStore {
         format!("{}:{{{}}}", self.inner.config.prefix, key.to_hex())
     }
 
+    /// The Redis key of a record's fence floor:
+    /// `<prefix>:{<64-hex storage key>}:fence`, in the record's hash slot.
+    /// It holds the record's fence and outlives the record by an hour, so a
+    /// claim after a release, an expiry or an operator's deletion still
+    /// draws a greater fence (see the crate documentation, "Guarantees").
+    pub fn fence_key(&self, key: &StorageKey) -> String {
+        format!("{}{FLOOR_SUFFIX}", self.record_key(key))
+    }
+
     /// [`RedisStore::record_key`] as a command argument, written into the
     /// command buffer without an intermediate string.
     fn key_arg<'a>(&'a self, key: &'a StorageKey) -> RecordKey<'a> {
         RecordKey {
             prefix: &self.inner.config.prefix,
             key,
+            suffix: "",
         }
+    }
+
+    /// [`RedisStore::fence_key`] as a command argument.
+    fn floor_arg<'a>(&'a self, key: &'a StorageKey) -> RecordKey<'a> {
+        RecordKey {
+            prefix: &self.inner.config.prefix,
+            key,
+            suffix: FLOOR_SUFFIX,
+        }
+    }
+
+    /// A script run on a record and its fence floor.
+    fn eval_with_floor(&self, script: &'static redis::Script, key: &StorageKey) -> Eval {
+        Eval::with_floor(script, self.key_arg(key), self.floor_arg(key))
     }
 
     /// The pub/sub channel on which record changes are announced.
@@ -306,7 +335,7 @@ impl RedisStore {
         lease: &Lease,
         extra: impl FnOnce(&mut Eval),
     ) -> Result<Value, StoreError> {
-        let mut inv = Eval::new(script, self.key_arg(&lease.key));
+        let mut inv = self.eval_with_floor(script, &lease.key);
         inv.arg(self.offset())
             .arg(lease.token.as_uuid().as_bytes().as_slice())
             .arg(lease.fence);
@@ -428,7 +457,7 @@ impl IdempotencyStore for RedisStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
         for _ in 0..MAX_RETRIES {
             let token = LeaseToken::new();
-            let mut inv = Eval::new(&scripts::CLAIM, self.key_arg(&req.key));
+            let mut inv = self.eval_with_floor(&scripts::CLAIM, &req.key);
             inv.arg(self.offset())
                 .arg(req.fingerprint.as_bytes().as_slice())
                 .arg(ms(req.lease))
@@ -560,7 +589,7 @@ impl IdempotencyStore for RedisStore {
             Resolution::Fail(f) => ("F", f.reason, f.retryable),
             _ => return Err(protocol("unknown resolution")),
         };
-        let mut inv = Eval::new(&scripts::RESOLVE, self.key_arg(key));
+        let mut inv = self.eval_with_floor(&scripts::RESOLVE, key);
         inv.arg(self.offset())
             .arg(mode)
             .arg(reason)
@@ -693,7 +722,22 @@ mod tests {
     }
 
     #[test]
-    fn every_script_touches_only_its_one_key() {
+    fn the_fence_floor_shares_the_records_slot() {
+        let store = store("idem");
+        for i in 0..256u32 {
+            let key = StorageKey::from_segments(&[i.to_be_bytes()]);
+            let floor = store.fence_key(&key);
+            assert_eq!(floor, format!("{}:fence", store.record_key(&key)));
+            assert_eq!(slot(&floor), slot(&store.record_key(&key)));
+            assert_eq!(
+                store.floor_arg(&key).to_redis_args(),
+                vec![floor.into_bytes()]
+            );
+        }
+    }
+
+    #[test]
+    fn every_script_touches_only_its_records_slot() {
         let sources = [
             include_str!("../lua/common.lua"),
             include_str!("../lua/claim_replay.lua"),
@@ -712,9 +756,11 @@ mod tests {
                 .filter(|l| !l.trim_start().starts_with("--"))
                 .collect::<Vec<_>>()
                 .join("\n");
+            // KEYS[1] is the record, KEYS[2] its fence floor (same slot,
+            // see `the_fence_floor_shares_the_records_slot`); nothing else.
             for (i, _) in code.match_indices("KEYS[") {
                 assert!(
-                    code[i..].starts_with("KEYS[1]"),
+                    code[i..].starts_with("KEYS[1]") || code[i..].starts_with("KEYS[2]"),
                     "a script uses another key"
                 );
             }

@@ -75,7 +75,7 @@ async fn operation(store: &RedisStore, fixtures: &[Fixture], choice: u32, pick: 
             let fp = Fingerprint::of_bytes("fresh", key.as_bytes());
             match store.claim(&request(key, fp)).await.unwrap() {
                 Claim::Acquired { lease, kind } => {
-                    assert_eq!((kind, lease.fence), (ClaimKind::New, 1));
+                    assert_eq!((kind, lease.attempt), (ClaimKind::New, 1));
                     let body = Bytes::from(key.to_hex());
                     store
                         .complete(&lease, Completion::new(Outcome::Value(body.clone())))
