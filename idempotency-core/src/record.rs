@@ -96,8 +96,10 @@ pub struct Lease {
     pub key: StorageKey,
     /// The claim's token.
     pub token: LeaseToken,
-    /// Fencing number: strictly increases with every claim of the record.
-    /// Pass it to downstream systems that can reject stale writers.
+    /// Fencing number: strictly increases with every claim of the key, for
+    /// the key's whole life (across release, expiry and operator
+    /// resolution, not only within one record). Pass it to downstream
+    /// systems that can reject stale writers.
     pub fence: u64,
     /// Attempt number of this claim (1 for the first execution).
     pub attempt: u32,

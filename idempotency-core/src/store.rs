@@ -6,11 +6,11 @@
 //!
 //! | operation | from | to |
 //! |---|---|---|
-//! | [`claim`](IdempotencyStore::claim) | absent or expired | `Pending` (fence 1, attempt 1) → [`Claim::Acquired`] |
+//! | [`claim`](IdempotencyStore::claim) | absent or expired | `Pending` (new fence, attempt 1) → [`Claim::Acquired`] |
 //! | `claim` | `Pending`, lease live | unchanged → [`Claim::InFlight`] |
-//! | `claim` | `Pending`, lease expired, attempts left | `Pending` (fence +1, attempt +1) → [`Claim::Acquired`] ([`ClaimKind::Takeover`]) |
+//! | `claim` | `Pending`, lease expired, attempts left | `Pending` (new fence, attempt +1) → [`Claim::Acquired`] ([`ClaimKind::Takeover`]) |
 //! | `claim` | `Pending`, lease expired, no attempts left | `Failed` terminal → [`Claim::Failed`] |
-//! | `claim` | `Failed` retryable, attempts left | `Pending` (fence +1, attempt +1) → [`Claim::Acquired`] ([`ClaimKind::Retry`]) |
+//! | `claim` | `Failed` retryable, attempts left | `Pending` (new fence, attempt +1) → [`Claim::Acquired`] ([`ClaimKind::Retry`]) |
 //! | `claim` | `Completed` | unchanged → [`Claim::Completed`] |
 //! | `claim` | `Failed` terminal or out of attempts | unchanged → [`Claim::Failed`] |
 //! | `claim` | `Pending` / `Completed` / `Failed`, other fingerprint | unchanged → [`Claim::Mismatch`] |
@@ -20,6 +20,12 @@
 //! | [`renew`](IdempotencyStore::renew) | `Pending` with the lease's token and fence | `Pending`, deadline = now + lease |
 //! | [`mark_corrupted`](IdempotencyStore::mark_corrupted) | any | `Corrupted` |
 //! | [`resolve`](IdempotencyStore::resolve) | `Corrupted` / `Pending` | absent or `Failed` |
+//!
+//! A "new fence" is greater than every fence the store ever handed out for
+//! the key: fences strictly increase per storage key for the key's whole
+//! life, across release, expiry, [`resolve`](IdempotencyStore::resolve) and
+//! re-claim, not only within one record. They need not be dense or start at
+//! 1. Attempts count the executions of one record and restart at 1.
 //!
 //! A lease operation whose token or fence does not match the stored record
 //! (or whose record is gone or expired) fails with [`StoreError::LeaseLost`] and changes

@@ -472,7 +472,7 @@ async fn decisions_carry_hash_fence_and_request_id_never_the_key() {
     );
     let first = &seen[0];
     assert_eq!(first.correlation_id, "req-1");
-    assert_eq!(first.fence, Some(1));
+    assert!(first.fence.is_some_and(|f| f >= 1), "{:?}", first.fence);
     assert_eq!(first.attempt, Some(1));
     assert_eq!(first.route, "/things");
     assert_eq!(first.status, Some(StatusCode::CREATED));

@@ -125,6 +125,7 @@ async fn three_node_cluster() {
         expired_lease_without_attempts_left_fails,
         terminal_failure_replays,
         release_frees_the_key,
+        fence_increases_across_release_expiry_and_resolve,
         retention_expiry,
         expiry_by_stored_timestamp,
         corrupted_blocks_until_resolved,

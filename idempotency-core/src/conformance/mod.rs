@@ -400,6 +400,73 @@ pub async fn release_frees_the_key<S: ConformanceStore>(store: &S) {
     assert_eq!((kind, lease.attempt), (ClaimKind::New, 1));
 }
 
+/// A key's fence strictly increases with every claim for the key's whole
+/// life, not only within one record: after a release, after retention
+/// expiry, after an operator's `resolve(Delete)` of a corrupted record, and
+/// on takeover and retry. Attempts restart at 1 for every new record.
+pub async fn fence_increases_across_release_expiry_and_resolve<S: ConformanceStore>(store: &S) {
+    let key = random_key();
+    let r = req(key, fp(1));
+    let mut fences = Vec::new();
+    let mut claim = async |r: &ClaimRequest, expect: ClaimKind, attempt: u32, what: &str| {
+        let (lease, kind) = acquire(store, r).await;
+        assert_eq!((kind, lease.attempt), (expect, attempt), "{what}");
+        if let Some(last) = fences.last() {
+            assert!(
+                lease.fence > *last,
+                "{what}: fence {} after {last} (all so far: {fences:?})",
+                lease.fence
+            );
+        }
+        fences.push(lease.fence);
+        lease
+    };
+
+    // claim → release → claim (even with another fingerprint).
+    let first = claim(&r, ClaimKind::New, 1, "first claim").await;
+    store.release(&first).await.unwrap();
+    let released = claim(&req(key, fp(2)), ClaimKind::New, 1, "after release").await;
+    store.release(&released).await.unwrap();
+
+    // claim → complete → retention expires → claim.
+    let done = claim(&r, ClaimKind::New, 1, "claim to complete").await;
+    store.complete(&done, value("v")).await.unwrap();
+    store.advance(RETENTION + Duration::from_secs(1));
+    claim(&r, ClaimKind::New, 1, "after expiry").await;
+
+    // An abandoned lease expiring with its record: a fresh claim.
+    store.advance(RETENTION + LEASE + Duration::from_secs(1));
+    let abandoned = claim(&r, ClaimKind::New, 1, "after an abandoned lease").await;
+
+    // corrupted → resolve(Delete) → claim.
+    store.complete(&abandoned, value("v")).await.unwrap();
+    store
+        .mark_corrupted(&key, "resource vanished")
+        .await
+        .unwrap();
+    store.resolve(&key, Resolution::Delete).await.unwrap();
+    let resolved = claim(&r, ClaimKind::New, 1, "after resolve(Delete)").await;
+
+    // Within a record: takeover and retry.
+    store.advance(LEASE + Duration::from_secs(1));
+    let taken = claim(&r, ClaimKind::Takeover, 2, "takeover").await;
+    assert_lease_lost(
+        store.complete(&resolved, value("stale")).await,
+        "complete by the fenced owner",
+    );
+    store
+        .fail(&taken, Failure::retryable("flaky"))
+        .await
+        .unwrap();
+    let retried = claim(&r, ClaimKind::Retry, 3, "retry").await;
+    let rec = store.get(&key).await.unwrap().expect("record");
+    assert_eq!((rec.fence, rec.attempts), (retried.fence, 3));
+
+    // A pending record resolved away by an operator.
+    store.resolve(&key, Resolution::Delete).await.unwrap();
+    claim(&r, ClaimKind::New, 1, "after resolving a pending record").await;
+}
+
 /// A finished record is replayed until its retention runs out, counted from
 /// completion; afterwards the key executes afresh.
 pub async fn retention_expiry<S: ConformanceStore>(store: &S) {
@@ -916,6 +983,7 @@ macro_rules! store_conformance_tests {
             expired_lease_without_attempts_left_fails,
             terminal_failure_replays,
             release_frees_the_key,
+            fence_increases_across_release_expiry_and_resolve,
             retention_expiry,
             expiry_by_stored_timestamp,
             corrupted_blocks_until_resolved,

@@ -9,7 +9,8 @@
 //! tracks which claim a record's fence belongs to, and the runner checks the
 //! store's numbers against that: a record reads back with the fence of its
 //! latest claim, and every claim of a key gets a fence greater than any
-//! earlier claim of that key. Failing sequences are shrunk to a minimal
+//! earlier claim of that key, in any earlier record life (across release,
+//! expiry and resolve). Failing sequences are shrunk to a minimal
 //! reproduction.
 //!
 //! Time moves in steps of at least 10 s against a 60 s lease and 600 s
@@ -364,8 +365,8 @@ where
         .collect();
     let mut model = Model::default();
     let mut leases: Vec<Lease> = Vec::new();
-    // Per key: the greatest fence handed out in the record's current life.
-    let mut life_fence: [Option<u64>; KEYS] = [None; KEYS];
+    // Per key: the greatest fence handed out so far, in any record life.
+    let mut last_fence: [Option<u64>; KEYS] = [None; KEYS];
     for (i, step) in steps.iter().enumerate() {
         let expect = model.step(step);
         let ctx = || format!("step {i} {step:?}");
@@ -384,10 +385,7 @@ where
                 };
                 match store.claim(&req).await {
                     Ok(Claim::Acquired { lease, kind }) => {
-                        let floor = match kind {
-                            ClaimKind::New => None,
-                            _ => life_fence[key],
-                        };
+                        let floor = last_fence[key];
                         prop_assert!(
                             floor.is_none_or(|f| lease.fence > f) && lease.fence >= 1,
                             "{}: fence {} does not increase on {:?}",
@@ -395,7 +393,7 @@ where
                             lease.fence,
                             floor
                         );
-                        life_fence[key] = Some(lease.fence);
+                        last_fence[key] = Some(lease.fence);
                         let e = Expect::Acquired {
                             lease: leases.len(),
                             attempt: lease.attempt,
