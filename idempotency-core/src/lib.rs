@@ -26,7 +26,7 @@ pub use record::{
 };
 pub use store::{
     BoxError, Claim, ClaimKind, ClaimRequest, ClockControl, Completion, DynStore, ErasedStore,
-    Failure, IdempotencyStore, PurgeExpired, Resolution, StoreError,
+    Failure, IdempotencyStore, Observed, PurgeExpired, Resolution, StateKind, StoreError,
 };
 
 /// The repository README's examples, compiled and run as doctests.

@@ -327,6 +327,7 @@ impl IdempotencyStore for MemoryStore {
             outcome: completion.outcome,
             resource: completion.resource,
             completed_at: self.now(),
+            fence: lease.fence,
         });
         let out = self.finish(lease, state);
         async move { out }

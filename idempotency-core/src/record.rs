@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
+use crate::store::StateKind;
 
 /// Milliseconds since the Unix epoch, as measured by the store's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -273,6 +274,10 @@ pub struct Completed {
     pub resource: Option<String>,
     /// When it completed.
     pub completed_at: Timestamp,
+    /// The fence of the claim that completed it (the record's fence). A
+    /// caller that finds the replay unusable marks exactly this version
+    /// corrupted with [`Observed::completed`](crate::Observed::completed).
+    pub fence: u64,
 }
 
 /// Executed and failed.
@@ -309,6 +314,16 @@ pub enum RecordState {
 }
 
 impl RecordState {
+    /// Which state this is, without its data.
+    pub const fn kind(&self) -> StateKind {
+        match self {
+            Self::Pending(_) => StateKind::Pending,
+            Self::Completed(_) => StateKind::Completed,
+            Self::Failed(_) => StateKind::Failed,
+            Self::Corrupted(_) => StateKind::Corrupted,
+        }
+    }
+
     /// `PENDING`, `COMPLETED`, `FAILED` or `CORRUPTED`.
     pub const fn name(&self) -> &'static str {
         match self {
@@ -427,7 +442,9 @@ mod tests {
             outcome: Outcome::Value(Bytes::new()),
             resource: None,
             completed_at: now,
+            fence: 1,
         });
+        assert_eq!(r.state.kind(), StateKind::Completed);
         assert!(r.is_expired(now));
         r.state = RecordState::Corrupted(Corrupted {
             detail: String::new(),

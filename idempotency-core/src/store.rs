@@ -115,6 +115,63 @@ impl StoreError {
     }
 }
 
+/// A record's state, without its data: what a caller saw, for
+/// compare-and-set operations such as
+/// [`mark_corrupted`](IdempotencyStore::mark_corrupted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StateKind {
+    /// Someone is executing.
+    Pending,
+    /// Done; replayed.
+    Completed,
+    /// Executed and failed.
+    Failed,
+    /// Blocked until an operator resolves it.
+    Corrupted,
+}
+
+impl StateKind {
+    /// `PENDING`, `COMPLETED`, `FAILED` or `CORRUPTED` (as
+    /// [`RecordState::name`](crate::RecordState::name)).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Corrupted => "CORRUPTED",
+        }
+    }
+}
+
+/// What a caller observed of a record: its state and fence. A
+/// compare-and-set operation writes only if the record still is this version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Observed {
+    /// The state seen.
+    pub state: StateKind,
+    /// The record's fence seen ([`Record::fence`], [`Completed::fence`]).
+    pub fence: u64,
+}
+
+impl Observed {
+    /// An observation of `state` at `fence`.
+    pub const fn new(state: StateKind, fence: u64) -> Self {
+        Self { state, fence }
+    }
+
+    /// A completed record at `fence`, as a replay (`Claim::Completed(c)`)
+    /// shows it: `Observed::completed(c.fence)`.
+    pub const fn completed(fence: u64) -> Self {
+        Self::new(StateKind::Completed, fence)
+    }
+
+    /// What `record` is now.
+    pub const fn of(record: &Record) -> Self {
+        Self::new(record.state.kind(), record.fence)
+    }
+}
+
 /// What a claimer asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRequest {

@@ -390,6 +390,7 @@ impl RedisStore {
                         outcome,
                         resource,
                         completed_at: Timestamp::from_millis(uint(at(3)?)?),
+                        fence: fence.ok_or(protocol("claim reply fence"))?,
                     }),
                     (Err(detail), _) | (_, Err(detail)) => return Ok(Err((detail, fence))),
                 }

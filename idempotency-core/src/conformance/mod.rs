@@ -31,7 +31,7 @@ use crate::policy::Policy;
 use crate::record::{Lease, LeaseToken, Outcome, RecordState, StoredResponse};
 use crate::store::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore,
-    Resolution, StoreError,
+    Resolution, StateKind, StoreError,
 };
 
 pub mod model;
@@ -114,13 +114,19 @@ pub async fn claim_then_replay<S: ConformanceStore>(store: &S) {
             Claim::Completed(c) => {
                 assert_eq!(c.outcome, Outcome::Value(Bytes::from_static(b"first")));
                 assert_eq!(c.resource.as_deref(), Some("/things/1"));
+                assert_eq!(c.fence, lease.fence, "a replay names the completing claim");
             }
             other => panic!("expected replay, got {other:?}"),
         }
     }
     let rec = store.get(&key).await.expect("get").expect("record");
     assert_eq!(rec.state.name(), "COMPLETED");
+    assert_eq!(rec.state.kind(), StateKind::Completed);
     assert_eq!((rec.fence, rec.attempts), (lease.fence, 1));
+    match &rec.state {
+        RecordState::Completed(c) => assert_eq!(c.fence, lease.fence),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(rec.fingerprint, fp(1));
 }
 
