@@ -14,7 +14,7 @@ use crate::record::{
     Completed, Corrupted, Failed, Lease, LeaseToken, Pending, Record, RecordState, Timestamp,
 };
 use crate::store::{
-    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore,
+    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore, Observed,
     PurgeExpired, Resolution, StoreError,
 };
 
@@ -395,28 +395,31 @@ impl IdempotencyStore for MemoryStore {
     fn mark_corrupted(
         &self,
         key: &StorageKey,
+        observed: Observed,
         detail: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let now = self.now();
         let out = {
             let mut shard = self.shard(key);
-            let found = match shard.records.get_mut(key) {
+            let out = match shard.records.get_mut(key) {
                 Some(r) if !r.is_expired(now) => {
-                    r.state = RecordState::Corrupted(Corrupted {
-                        detail: detail.to_owned(),
-                        detected_at: now,
-                    });
-                    r.expires_at = Timestamp::MAX;
-                    true
+                    if Observed::of(r) == observed {
+                        r.state = RecordState::Corrupted(Corrupted {
+                            detail: detail.to_owned(),
+                            detected_at: now,
+                        });
+                        r.expires_at = Timestamp::MAX;
+                        Ok(())
+                    } else {
+                        Err(StoreError::Conflict)
+                    }
                 }
-                _ => false,
+                _ => Err(StoreError::NotFound),
             };
-            if found {
+            if out.is_ok() {
                 shard.wake(key);
-                Ok(())
-            } else {
-                Err(StoreError::NotFound)
             }
+            out
         };
         async move { out }
     }

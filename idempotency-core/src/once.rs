@@ -14,7 +14,7 @@ use crate::key::{StorageKey, hex};
 use crate::policy::Policy;
 use crate::record::{Lease, Outcome};
 use crate::store::{
-    Claim, ClaimKind, ClaimRequest, Completion, Failure, IdempotencyStore, StoreError,
+    Claim, ClaimKind, ClaimRequest, Completion, Failure, IdempotencyStore, Observed, StoreError,
 };
 
 /// The result of a run: the value, and whether this call produced it.
@@ -260,7 +260,7 @@ where
             .map_err(RunError::Store)?;
         let (lease, kind) = match claim {
             Claim::Acquired { lease, kind } => (lease, kind),
-            Claim::Completed(c) => return self.replay(&key, c.outcome).await,
+            Claim::Completed(c) => return self.replay(&key, c.fence, c.outcome).await,
             Claim::Failed(f) => return Err(RunError::Failed { reason: f.reason }),
             Claim::InFlight { retry_after, .. } => return Err(RunError::InFlight { retry_after }),
             Claim::Mismatch => return Err(RunError::Mismatch),
@@ -322,6 +322,7 @@ where
     async fn replay<T: DeserializeOwned, E>(
         &self,
         key: &StorageKey,
+        fence: u64,
         outcome: Outcome,
     ) -> Result<Execution<T>, RunError<E>> {
         let detail = match outcome {
@@ -337,8 +338,14 @@ where
             }
         };
         tracing::error!(key = %key.short(), %detail, alert = true, "idempotency record corrupted");
-        match self.store.mark_corrupted(key, &detail).await {
-            Ok(()) | Err(StoreError::NotFound) => {}
+        // Only the version this call replayed: a record resolved or
+        // re-claimed meanwhile (`Conflict`, `NotFound`) is left alone.
+        match self
+            .store
+            .mark_corrupted(key, Observed::completed(fence), &detail)
+            .await
+        {
+            Ok(()) | Err(StoreError::NotFound | StoreError::Conflict) => {}
             Err(e) => return Err(RunError::Store(e)),
         }
         Err(RunError::Corrupted { detail })

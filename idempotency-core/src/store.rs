@@ -18,7 +18,7 @@
 //! | [`complete`](IdempotencyStore::complete) / [`fail`](IdempotencyStore::fail) | `Pending` with the lease's token and fence | `Completed` / `Failed` |
 //! | [`release`](IdempotencyStore::release) | `Pending` with the lease's token and fence | absent |
 //! | [`renew`](IdempotencyStore::renew) | `Pending` with the lease's token and fence | `Pending`, deadline = now + lease |
-//! | [`mark_corrupted`](IdempotencyStore::mark_corrupted) | any | `Corrupted` |
+//! | [`mark_corrupted`](IdempotencyStore::mark_corrupted) | the [`Observed`] state and fence, live | `Corrupted` (else [`StoreError::Conflict`], nothing written) |
 //! | [`resolve`](IdempotencyStore::resolve) | `Corrupted` / `Pending` | absent or `Failed` |
 //!
 //! A "new fence" is greater than every fence the store ever handed out for
@@ -57,6 +57,11 @@ pub enum StoreError {
     /// No such record.
     #[error("no record for this key")]
     NotFound,
+    /// A compare-and-set found the record in another state or at another
+    /// fence than the caller observed (it was resolved, re-claimed, completed
+    /// or marked meanwhile). Nothing was written.
+    #[error("the record changed since it was observed; nothing was written")]
+    Conflict,
     /// The operation does not apply to the record's current state.
     #[error("{operation} is not allowed on a {state} record")]
     InvalidState {
@@ -345,14 +350,22 @@ pub trait IdempotencyStore: Send + Sync {
         key: &StorageKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
-    /// Any state → `Corrupted` (blocks every claim until resolved).
+    /// The record as `observed` → `Corrupted` (blocks every claim until
+    /// resolved). Compare-and-set: written only if the record exists, is not
+    /// expired, and its state kind and fence equal `observed`, so a late
+    /// mark never hits a record an operator resolved or a new claim
+    /// re-created in the meantime. A replay marks what it replayed with
+    /// [`Observed::completed`]`(completed.fence)`.
     ///
     /// # Errors
     ///
-    /// [`StoreError::NotFound`] if there is no record.
+    /// [`StoreError::NotFound`] if there is no live record,
+    /// [`StoreError::Conflict`] if it is not the observed one (nothing is
+    /// written).
     fn mark_corrupted(
         &self,
         key: &StorageKey,
+        observed: Observed,
         detail: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -447,9 +460,10 @@ macro_rules! forward_store {
             fn mark_corrupted(
                 &self,
                 key: &StorageKey,
+                observed: Observed,
                 detail: &str,
             ) -> impl Future<Output = Result<(), StoreError>> + Send {
-                (**self).mark_corrupted(key, detail)
+                (**self).mark_corrupted(key, observed, detail)
             }
             fn resolve(
                 &self,
@@ -503,7 +517,12 @@ pub trait ErasedStore: Send + Sync {
     #[doc(hidden)]
     fn get_dyn<'a>(&'a self, key: &'a StorageKey) -> BoxFut<'a, Option<Record>>;
     #[doc(hidden)]
-    fn mark_corrupted_dyn<'a>(&'a self, key: &'a StorageKey, detail: &'a str) -> BoxFut<'a, ()>;
+    fn mark_corrupted_dyn<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        observed: Observed,
+        detail: &'a str,
+    ) -> BoxFut<'a, ()>;
     #[doc(hidden)]
     fn resolve_dyn<'a>(&'a self, key: &'a StorageKey, resolution: Resolution)
     -> BoxFut<'a, Record>;
@@ -530,8 +549,13 @@ impl<S: IdempotencyStore> ErasedStore for S {
     fn get_dyn<'a>(&'a self, key: &'a StorageKey) -> BoxFut<'a, Option<Record>> {
         Box::pin(self.get(key))
     }
-    fn mark_corrupted_dyn<'a>(&'a self, key: &'a StorageKey, detail: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(self.mark_corrupted(key, detail))
+    fn mark_corrupted_dyn<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        observed: Observed,
+        detail: &'a str,
+    ) -> BoxFut<'a, ()> {
+        Box::pin(self.mark_corrupted(key, observed, detail))
     }
     fn resolve_dyn<'a>(
         &'a self,
@@ -588,8 +612,13 @@ impl IdempotencyStore for DynStore {
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         self.0.get_dyn(key).await
     }
-    async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
-        self.0.mark_corrupted_dyn(key, detail).await
+    async fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.0.mark_corrupted_dyn(key, observed, detail).await
     }
     async fn resolve(
         &self,

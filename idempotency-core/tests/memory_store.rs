@@ -286,7 +286,24 @@ async fn dyn_store_forwards_every_operation() {
         Claim::Completed(_)
     ));
     assert!(inner.get(&r.key).await.unwrap().is_some());
-    store.mark_corrupted(&r.key, "x").await.unwrap();
+    assert!(matches!(
+        store
+            .mark_corrupted(
+                &r.key,
+                idempotency_core::Observed::completed(lease.fence + 1),
+                "x"
+            )
+            .await,
+        Err(idempotency_core::StoreError::Conflict)
+    ));
+    store
+        .mark_corrupted(
+            &r.key,
+            idempotency_core::Observed::completed(lease.fence),
+            "x",
+        )
+        .await
+        .unwrap();
     store
         .resolve(&r.key, idempotency_core::Resolution::Delete)
         .await

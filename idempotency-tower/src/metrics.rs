@@ -47,7 +47,7 @@ where
         },
     };
     let result = match &out {
-        Ok(_) | Err(StoreError::LeaseLost | StoreError::NotFound) => "ok",
+        Ok(_) | Err(StoreError::LeaseLost | StoreError::NotFound | StoreError::Conflict) => "ok",
         Err(_) => "error",
     };
     metrics::histogram!(STORE_OPERATION_SECONDS, "operation" => operation, "result" => result)

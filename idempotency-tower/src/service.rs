@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use idempotency_core::{
     BoxError, Claim, ClaimKind, Completed, Completion, Failure, Fingerprint, IdempotencyStore,
-    Lease, Outcome, StorageKey, StoreError, StoredResponse, claim_with_wait,
+    Lease, Observed, Outcome, StorageKey, StoreError, StoredResponse, claim_with_wait,
 };
 use tower_service::Service;
 use tracing::{Instrument, Span};
@@ -470,12 +470,13 @@ async fn replay<St: IdempotencyStore, B: Body>(
     key: &StorageKey,
     completed: Completed,
 ) -> Response<ResponseBody<B>> {
+    let observed = Observed::completed(completed.fence);
     if let (Some(check), Some(resource)) = (&ctx.config.verify, &completed.resource) {
         match timed_check(ctx.config.store_timeout, check.exists(resource.clone())).await {
             Ok(true) => {}
             Ok(false) => {
                 let detail = format!("the record's resource {resource} no longer exists");
-                return corrupted(store, ctx, key, &detail).await;
+                return corrupted(store, ctx, key, observed, &detail).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, %resource, "could not verify the record's resource");
@@ -509,15 +510,22 @@ async fn replay<St: IdempotencyStore, B: Body>(
             ctx.decide(DecisionOutcome::Replayed, Some(res.status()));
             ctx.finish(res)
         }
-        Err(detail) => corrupted(store, ctx, key, detail).await,
+        Err(detail) => corrupted(store, ctx, key, observed, detail).await,
     }
 }
 
-/// Marks the record corrupted, raises the alert and answers 500.
+/// Marks the record corrupted (only the version this request replayed:
+/// `observed`), raises the alert and answers 500.
+///
+/// If the record changed since it was read (`StoreError::Conflict`: an
+/// operator resolved it, or it expired and a new claim re-created it),
+/// nothing is marked and the answer is 503 with `Retry-After`: the record
+/// this request found is gone, and a retry gets whatever the key holds now.
 async fn corrupted<St: IdempotencyStore, B: Body>(
     store: &St,
     ctx: &Ctx,
     key: &StorageKey,
+    observed: Observed,
     detail: &str,
 ) -> Response<ResponseBody<B>> {
     tracing::error!(
@@ -526,8 +534,24 @@ async fn corrupted<St: IdempotencyStore, B: Body>(
         "idempotency record corrupted; marking it"
     );
     let timeout = ctx.config.store_timeout;
-    if let Err(e) = timed("mark_corrupted", timeout, store.mark_corrupted(key, detail)).await {
-        tracing::warn!(error = %e, "could not mark the record corrupted");
+    let mark = store.mark_corrupted(key, observed, detail);
+    match timed("mark_corrupted", timeout, mark).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            tracing::info!(
+                fence = observed.fence,
+                "the record changed before it could be marked corrupted; answering retry-later"
+            );
+            return ctx.problem(
+                DecisionOutcome::StoreUnavailable,
+                Problem::new(
+                    ProblemType::StoreUnavailable,
+                    "the idempotency record for this key changed while this request read it; retry",
+                )
+                .retry_after(Duration::from_secs(1)),
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "could not mark the record corrupted"),
     }
     ctx.problem(
         DecisionOutcome::Corrupted,

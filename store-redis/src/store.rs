@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completed, Corrupted, Failed, Fingerprint,
-    IdempotencyStore, Lease, LeaseToken, Record, RecordState, Resolution, StorageKey, StoreError,
-    Timestamp,
+    IdempotencyStore, Lease, LeaseToken, Observed, Record, RecordState, Resolution, StateKind,
+    StorageKey, StoreError, Timestamp,
 };
 use idempotency_core::{Completion, Failure};
 use redis::{RedisWrite, ToRedisArgs, Value};
@@ -565,17 +565,33 @@ impl IdempotencyStore for RedisStore {
         ))
     }
 
-    async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
+    /// One `mark_corrupted` script run, compare-and-set on the observed
+    /// state letter and fence.
+    async fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let state: &[u8] = match observed.state {
+            StateKind::Pending => b"P",
+            StateKind::Completed => b"C",
+            StateKind::Failed => b"F",
+            StateKind::Corrupted => b"X",
+            // A state this store never writes: no record can match it.
+            _ => return Err(StoreError::Conflict),
+        };
         let mut inv = Eval::new(&scripts::MARK_CORRUPTED, self.key_arg(key));
         inv.arg(self.offset())
             .arg(detail)
-            .arg("")
-            .arg("")
+            .arg(observed.fence)
+            .arg(state)
             .arg(&self.inner.channel)
             .arg(key.as_bytes().as_slice());
         match int(&self.eval("mark_corrupted", &inv).await?) {
             Some(1) => Ok(()),
             Some(0) => Err(StoreError::NotFound),
+            Some(2) => Err(StoreError::Conflict),
             _ => Err(protocol("mark_corrupted reply")),
         }
     }

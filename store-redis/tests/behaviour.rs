@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Fingerprint, IdempotencyStore,
-    Outcome, RecordState, Resolution, StorageKey, StoreError,
+    Outcome, RecordState, Resolution, StateKind, StorageKey, StoreError,
 };
 use idempotency_redis::redis::{self, AsyncCommands};
 use idempotency_redis::{ConfigError, ConnectionMode, RedisConfig, RedisStore};
@@ -118,8 +118,9 @@ async fn px_covers_the_stored_lifetime_and_corrupted_records_persist() {
 
     // Corrupted: no expiry at all.
     let k3 = key();
-    acquire(&store, &req(k3)).await;
-    store.mark_corrupted(&k3, "gone").await.unwrap();
+    let pending = acquire(&store, &req(k3)).await;
+    let observed = idempotency_core::Observed::new(StateKind::Pending, pending.fence);
+    store.mark_corrupted(&k3, observed, "gone").await.unwrap();
     let pttl: i64 = raw.pttl(store.record_key(&k3)).await.unwrap();
     assert_eq!(pttl, -1, "corrupted records never expire");
     // Resolved into a failure: a day of retention again.

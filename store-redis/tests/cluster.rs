@@ -129,6 +129,7 @@ async fn three_node_cluster() {
         retention_expiry,
         expiry_by_stored_timestamp,
         corrupted_blocks_until_resolved,
+        mark_corrupted_is_compare_and_set,
         lease_renewal_by_owner_only,
         outcomes_round_trip_intact,
         failure_is_recorded,

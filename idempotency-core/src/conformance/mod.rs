@@ -30,7 +30,7 @@ use crate::once::{Execution, Idempotent, RunError};
 use crate::policy::Policy;
 use crate::record::{Lease, LeaseToken, Outcome, RecordState, StoredResponse};
 use crate::store::{
-    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore,
+    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore, Observed,
     Resolution, StateKind, StoreError,
 };
 
@@ -447,7 +447,11 @@ pub async fn fence_increases_across_release_expiry_and_resolve<S: ConformanceSto
     // corrupted → resolve(Delete) → claim.
     store.complete(&abandoned, value("v")).await.unwrap();
     store
-        .mark_corrupted(&key, "resource vanished")
+        .mark_corrupted(
+            &key,
+            Observed::completed(abandoned.fence),
+            "resource vanished",
+        )
         .await
         .unwrap();
     store.resolve(&key, Resolution::Delete).await.unwrap();
@@ -552,7 +556,11 @@ pub async fn corrupted_blocks_until_resolved<S: ConformanceStore>(store: &S) {
     let (lease, _) = acquire(store, &r).await;
     store.complete(&lease, value("v")).await.unwrap();
     store
-        .mark_corrupted(&key, "work order 42 no longer exists")
+        .mark_corrupted(
+            &key,
+            Observed::completed(lease.fence),
+            "work order 42 no longer exists",
+        )
         .await
         .unwrap();
     for fpn in [1, 2] {
@@ -578,7 +586,14 @@ pub async fn corrupted_blocks_until_resolved<S: ConformanceStore>(store: &S) {
     let key = random_key();
     let r = req(key, fp(1));
     let (stuck, _) = acquire(store, &r).await;
-    store.mark_corrupted(&key, "stuck").await.unwrap();
+    store
+        .mark_corrupted(
+            &key,
+            Observed::new(StateKind::Pending, stuck.fence),
+            "stuck",
+        )
+        .await
+        .unwrap();
     store
         .resolve(&key, Resolution::Fail(Failure::retryable("operator retry")))
         .await
@@ -614,7 +629,9 @@ pub async fn corrupted_blocks_until_resolved<S: ConformanceStore>(store: &S) {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.mark_corrupted(&key, "x").await,
+        store
+            .mark_corrupted(&key, Observed::completed(1), "x")
+            .await,
         Err(StoreError::NotFound)
     ));
     let (lease, _) = acquire(store, &req(key, fp(1))).await;
@@ -625,6 +642,121 @@ pub async fn corrupted_blocks_until_resolved<S: ConformanceStore>(store: &S) {
             state: "COMPLETED",
             ..
         })
+    ));
+}
+
+/// `mark_corrupted` is compare-and-set on the observed state and fence: a
+/// wrong fence or a wrong state is `Conflict` and leaves the record as it
+/// was; the right observation marks it; an absent or expired record is
+/// `NotFound`; and a late mark with an observation made before an operator's
+/// resolution and a new claim is `Conflict`, never corrupting the new record.
+pub async fn mark_corrupted_is_compare_and_set<S: ConformanceStore>(store: &S) {
+    let key = random_key();
+    let r = req(key, fp(1));
+    assert!(matches!(
+        store
+            .mark_corrupted(&key, Observed::completed(1), "absent")
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let (lease, _) = acquire(store, &r).await;
+    store.complete(&lease, value("v")).await.unwrap();
+    let Claim::Completed(replayed) = store.claim(&r).await.unwrap() else {
+        panic!("expected a replay");
+    };
+    let seen = Observed::completed(replayed.fence);
+    assert_eq!(seen, Observed::of(&store.get(&key).await.unwrap().unwrap()));
+
+    let before = store.get(&key).await.unwrap();
+    for (wrong, what) in [
+        (Observed::completed(replayed.fence + 1), "wrong fence"),
+        (Observed::completed(replayed.fence - 1), "older fence"),
+        (Observed::new(StateKind::Pending, replayed.fence), "pending"),
+        (Observed::new(StateKind::Failed, replayed.fence), "failed"),
+        (
+            Observed::new(StateKind::Corrupted, replayed.fence),
+            "corrupted",
+        ),
+    ] {
+        match store.mark_corrupted(&key, wrong, "nope").await {
+            Err(StoreError::Conflict) => {}
+            other => panic!("{what}: expected Conflict, got {other:?}"),
+        }
+        assert_eq!(store.get(&key).await.unwrap(), before, "{what}: changed");
+    }
+    assert!(matches!(
+        store.claim(&r).await.unwrap(),
+        Claim::Completed(_)
+    ));
+
+    // The right observation marks it. It is then a corrupted record at the
+    // same fence: the old observation no longer matches, the new one does.
+    store.mark_corrupted(&key, seen, "gone").await.unwrap();
+    assert!(matches!(
+        store.claim(&r).await.unwrap(),
+        Claim::Corrupted { detail } if detail == "gone"
+    ));
+    assert!(matches!(
+        store.mark_corrupted(&key, seen, "again").await,
+        Err(StoreError::Conflict)
+    ));
+    let corrupted = Observed::new(StateKind::Corrupted, replayed.fence);
+    assert_eq!(
+        Observed::of(&store.get(&key).await.unwrap().unwrap()),
+        corrupted
+    );
+    store
+        .mark_corrupted(&key, corrupted, "still gone")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.claim(&r).await.unwrap(),
+        Claim::Corrupted { detail } if detail == "still gone"
+    ));
+
+    // Resolved, claimed and completed anew: a late mark with an observation
+    // of the old record does not touch the new one.
+    store.resolve(&key, Resolution::Delete).await.unwrap();
+    let (fresh, _) = acquire(store, &r).await;
+    for late in [seen, corrupted] {
+        assert!(matches!(
+            store.mark_corrupted(&key, late, "late").await,
+            Err(StoreError::Conflict)
+        ));
+    }
+    store.complete(&fresh, value("fresh")).await.unwrap();
+    assert!(matches!(
+        store.mark_corrupted(&key, seen, "late").await,
+        Err(StoreError::Conflict)
+    ));
+    match store.claim(&r).await.unwrap() {
+        Claim::Completed(c) => {
+            assert_eq!(c.outcome, Outcome::Value(Bytes::from_static(b"fresh")));
+            assert_eq!(c.fence, fresh.fence);
+        }
+        other => panic!("the new record was touched: {other:?}"),
+    }
+
+    // A pending record is marked by its pending observation (its lease is
+    // then spent); an expired record is absent.
+    let key = random_key();
+    let r = req(key, fp(1));
+    let (pending, _) = acquire(store, &r).await;
+    let observed = Observed::new(StateKind::Pending, pending.fence);
+    store.mark_corrupted(&key, observed, "stuck").await.unwrap();
+    assert_lease_lost(
+        store.complete(&pending, value("late")).await,
+        "complete after the mark",
+    );
+    let key = random_key();
+    let (lease, _) = acquire(store, &req(key, fp(1))).await;
+    store.complete(&lease, value("v")).await.unwrap();
+    store.advance(RETENTION + Duration::from_secs(1));
+    assert!(matches!(
+        store
+            .mark_corrupted(&key, Observed::completed(lease.fence), "expired")
+            .await,
+        Err(StoreError::NotFound)
     ));
 }
 
@@ -993,6 +1125,7 @@ macro_rules! store_conformance_tests {
             retention_expiry,
             expiry_by_stored_timestamp,
             corrupted_blocks_until_resolved,
+            mark_corrupted_is_compare_and_set,
             lease_renewal_by_owner_only,
             outcomes_round_trip_intact,
             failure_is_recorded,

@@ -2,8 +2,9 @@
 //!
 //! A reference model of the DESIGN.md lifecycle (written independently of
 //! any store) generates random sequences of claim / complete / fail /
-//! release / renew / corrupt / resolve / get / advance-time over three keys
-//! and two fingerprints. Each sequence is applied in lockstep to the real
+//! release / renew / corrupt (with a right or a wrong observation of the
+//! record: marks are compare-and-set) / resolve / get / advance-time over
+//! three keys and two fingerprints. Each sequence is applied in lockstep to the real
 //! store, and every answer (decision kind, attempt, lease errors, state read
 //! back) must match the model. Fences are the store's to choose, so the model
 //! tracks which claim a record's fence belongs to, and the runner checks the
@@ -30,8 +31,8 @@ use crate::key::StorageKey;
 use crate::record::Lease;
 use crate::record::Outcome;
 use crate::store::{
-    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore,
-    Resolution, StoreError,
+    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore, Observed,
+    Resolution, StateKind, StoreError,
 };
 
 const KEYS: usize = 3;
@@ -57,14 +58,25 @@ pub enum Step {
     Release(usize),
     /// Renew the n-th lease.
     Renew(usize),
-    /// Mark a key corrupted.
-    Corrupt(usize),
+    /// Mark a key corrupted, observing it as it is or not.
+    Corrupt(usize, Observation),
     /// Operator resolution: delete (true) or turn into a retryable failure.
     Resolve(usize, bool),
     /// Read a key.
     Get(usize),
     /// Move the clock forward by this many seconds.
     Advance(u64),
+}
+
+/// What a corruption mark claims to have observed of the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observation {
+    /// Its current state and fence: the mark is written.
+    Current,
+    /// Its current state at another fence: `Conflict`.
+    OtherFence,
+    /// Another state at its current fence: `Conflict`.
+    OtherState,
 }
 
 /// What the model knows of one record.
@@ -137,6 +149,7 @@ enum Expect {
     Ok,
     LeaseLost,
     NotFound,
+    Conflict,
     InvalidState,
     /// A record read back: state, the lease whose fence it holds, attempts.
     Record(Option<(&'static str, usize, u32)>),
@@ -146,6 +159,20 @@ enum Expect {
 impl Model {
     fn live(&self, k: usize) -> Option<&MRecord> {
         self.records[k].as_ref().filter(|r| !r.expired(self.now))
+    }
+
+    /// What a mark would observe of key `k`: the state and the lease whose
+    /// fence the record holds.
+    fn observe(&self, k: usize) -> Option<(StateKind, usize)> {
+        self.live(k).map(|r| {
+            let kind = match r.state {
+                MState::Pending { .. } => StateKind::Pending,
+                MState::Completed => StateKind::Completed,
+                MState::Failed { .. } => StateKind::Failed,
+                MState::Corrupted => StateKind::Corrupted,
+            };
+            (kind, r.fenced_by)
+        })
     }
 
     fn owned(&self, lease: usize) -> Option<usize> {
@@ -252,9 +279,12 @@ impl Model {
                 }
                 Expect::Ok
             }
-            Step::Corrupt(k) => {
+            Step::Corrupt(k, observation) => {
                 if self.live(k).is_none() {
                     return Expect::NotFound;
+                }
+                if observation != Observation::Current {
+                    return Expect::Conflict;
                 }
                 let r = self.records[k].as_mut().expect("live");
                 r.state = MState::Corrupted;
@@ -307,8 +337,13 @@ impl ReferenceStateMachine for Lifecycle {
         let claims = (key.clone(), 0..2u8).prop_map(|(key, fp)| Step::Claim { key, fp });
         let advance =
             prop_oneof![Just(10u64), Just(30), Just(70), Just(700)].prop_map(Step::Advance);
+        let observation = prop_oneof![
+            2 => Just(Observation::Current),
+            1 => Just(Observation::OtherFence),
+            1 => Just(Observation::OtherState),
+        ];
         let misc = prop_oneof![
-            key.clone().prop_map(Step::Corrupt),
+            (key.clone(), observation).prop_map(|(k, o)| Step::Corrupt(k, o)),
             (key.clone(), any::<bool>()).prop_map(|(k, d)| Step::Resolve(k, d)),
             key.prop_map(Step::Get),
         ];
@@ -368,6 +403,26 @@ where
     // Per key: the greatest fence handed out so far, in any record life.
     let mut last_fence: [Option<u64>; KEYS] = [None; KEYS];
     for (i, step) in steps.iter().enumerate() {
+        // What a corruption mark observes, in the store's numbers, before
+        // the model moves on.
+        let observed = match *step {
+            Step::Corrupt(k, observation) => Some(match model.observe(k) {
+                // Absent: any observation is "not found".
+                None => Observed::completed(1),
+                Some((kind, by)) => {
+                    let fence = leases[by].fence;
+                    match observation {
+                        Observation::Current => Observed::new(kind, fence),
+                        Observation::OtherFence => Observed::new(kind, fence + 1),
+                        Observation::OtherState if kind == StateKind::Pending => {
+                            Observed::new(StateKind::Completed, fence)
+                        }
+                        Observation::OtherState => Observed::new(StateKind::Pending, fence),
+                    }
+                }
+            }),
+            _ => None,
+        };
         let expect = model.step(step);
         let ctx = || format!("step {i} {step:?}");
         let got = match *step {
@@ -430,11 +485,15 @@ where
                 };
                 lease_result(r).map_err(|e| TestCaseError::fail(format!("{}: {e}", ctx())))?
             }
-            Step::Corrupt(k) => match store.mark_corrupted(&keys[k], "model").await {
-                Ok(()) => Expect::Ok,
-                Err(StoreError::NotFound) => Expect::NotFound,
-                Err(e) => return Err(TestCaseError::fail(format!("{}: {e:?}", ctx()))),
-            },
+            Step::Corrupt(k, _) => {
+                let observed = observed.expect("computed above");
+                match store.mark_corrupted(&keys[k], observed, "model").await {
+                    Ok(()) => Expect::Ok,
+                    Err(StoreError::NotFound) => Expect::NotFound,
+                    Err(StoreError::Conflict) => Expect::Conflict,
+                    Err(e) => return Err(TestCaseError::fail(format!("{}: {e:?}", ctx()))),
+                }
+            }
             Step::Resolve(k, delete) => {
                 let res = if delete {
                     Resolution::Delete
