@@ -755,6 +755,7 @@ where
                     tracing::info!("response too large to store; the record becomes a tombstone");
                     let tombstone = Outcome::Tombstone {
                         status: Some(status.as_u16()),
+                        headers: Vec::new(),
                         reason,
                     };
                     let outcome = complete(&store, &config, &lease, tombstone, executed).await;

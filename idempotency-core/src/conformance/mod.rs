@@ -822,6 +822,20 @@ pub async fn outcomes_round_trip_intact<S: ConformanceStore>(store: &S) {
         Outcome::Value(Bytes::from_static(br#"{"id":"\u0000\u00e9"}"#)),
         Outcome::Tombstone {
             status: Some(200),
+            headers: vec![],
+            reason: "response larger than 1 MiB".into(),
+        },
+        Outcome::Tombstone {
+            status: Some(201),
+            headers: vec![
+                ("location".into(), Bytes::from_static(b"/things/7")),
+                (
+                    "content-type".into(),
+                    Bytes::from_static(b"application/json"),
+                ),
+                ("link".into(), Bytes::from_static(b"</a>")),
+                ("link".into(), Bytes::from_static(b"</b>")),
+            ],
             reason: "response larger than 1 MiB".into(),
         },
     ];
