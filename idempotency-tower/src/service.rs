@@ -493,13 +493,20 @@ async fn replay<St: IdempotencyStore, B: Body>(
     }
     let built = match completed.outcome {
         Outcome::Response(stored) => replay_stored(&ctx.config, &stored),
-        Outcome::Tombstone { status, .. } => {
+        // Too large to store: the original status and allow-listed headers
+        // (`Location`, `Content-Type`, ...), no body.
+        Outcome::Tombstone {
+            status, headers, ..
+        } => {
             let status = status
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::OK);
-            let mut res = Response::new(ResponseBody::empty());
-            *res.status_mut() = status;
-            Ok(res)
+                .filter(|s| StatusCode::from_u16(*s).is_ok())
+                .unwrap_or(200);
+            let head = StoredResponse {
+                status,
+                headers,
+                body: Bytes::new(),
+            };
+            replay_stored(&ctx.config, &head)
         }
         _ => Err("the record holds no HTTP response"),
     };
@@ -753,9 +760,11 @@ where
                         config.max_stored_response
                     );
                     tracing::info!("response too large to store; the record becomes a tombstone");
+                    // The headers a stored response would keep, without its body.
+                    let kept = stored_response(&config, status, &head.headers, Bytes::new());
                     let tombstone = Outcome::Tombstone {
                         status: Some(status.as_u16()),
-                        headers: Vec::new(),
+                        headers: kept.headers,
                         reason,
                     };
                     let outcome = complete(&store, &config, &lease, tombstone, executed).await;
