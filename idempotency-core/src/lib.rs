@@ -17,7 +17,7 @@ pub use fingerprint::{Fingerprint, FingerprintError, FingerprintMode, canonical_
 pub use key::{
     IdempotencyKey, KeyError, KeySpec, MAX_KEY_LEN, StorageKey, derive_from_json, derive_from_value,
 };
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use once::{Attempt, Execution, FailureClass, Idempotent, RunError, claim_with_wait};
 pub use policy::Policy;
 pub use record::{

@@ -90,6 +90,14 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The store is full: a claim that would create a new record was refused
+    /// (an in-memory store at its byte budget). Transient: records expire
+    /// and give their space back; an HTTP layer answers 503.
+    #[error("store at capacity: {detail}")]
+    Capacity {
+        /// What is full.
+        detail: String,
+    },
     /// Any other backend error.
     #[error("store backend error")]
     Backend {
@@ -110,12 +118,16 @@ impl StoreError {
         Self::Unavailable { source: e.into() }
     }
 
-    /// Whether the failure is about reaching the store (timeout, unavailable,
-    /// backend) rather than about the record: an HTTP layer answers 503.
+    /// Whether the failure is about the store (timeout, unavailable, at
+    /// capacity, backend) rather than about the record: an HTTP layer
+    /// answers 503.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Timeout { .. } | Self::Unavailable { .. } | Self::Backend { .. }
+            Self::Timeout { .. }
+                | Self::Unavailable { .. }
+                | Self::Capacity { .. }
+                | Self::Backend { .. }
         )
     }
 }

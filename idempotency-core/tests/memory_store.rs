@@ -8,7 +8,7 @@ use bytes::Bytes;
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, DynStore, Execution, FailureClass,
     Fingerprint, IdempotencyStore, Idempotent, MemoryStore, Outcome, Policy, PurgeExpired,
-    RecordState, RunError, StorageKey,
+    RecordState, RunError, StorageKey, StoreError,
 };
 
 fn key(i: u64) -> StorageKey {
@@ -313,4 +313,89 @@ async fn dyn_store_forwards_every_operation() {
         .wait_for_change(&r.key, Duration::from_secs(5))
         .await
         .unwrap();
+}
+
+fn acquired(claim: Result<Claim, StoreError>) -> idempotency_core::Lease {
+    match claim {
+        Ok(Claim::Acquired { lease, .. }) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+fn assert_capacity(claim: Result<Claim, StoreError>) {
+    match claim {
+        Err(e @ StoreError::Capacity { .. }) => assert!(e.is_transient(), "{e}"),
+        other => panic!("expected Capacity, got {other:?}"),
+    }
+}
+
+/// The byte budget bounds new records only: at capacity a new key is
+/// refused (transient `Capacity`), while in-flight answers, takeovers,
+/// completions (even past the budget) and replays of admitted records go
+/// on; released and expired records give their bytes back.
+#[tokio::test]
+async fn a_full_store_refuses_new_records_but_never_a_completion() {
+    // Three pending records (64 bytes each) fit, a fourth does not.
+    let store = MemoryStore::builder().max_bytes(200).build();
+    assert_eq!(store.max_bytes(), Some(200));
+    let retention = Duration::from_secs(60);
+    let [k1, k2, k3, k4] = [key(101), key(102), key(103), key(104)];
+    let l1 = acquired(store.claim(&req(k1, retention)).await);
+    acquired(store.claim(&req(k2, retention)).await);
+    let l3 = acquired(store.claim(&req(k3, retention)).await);
+    assert_eq!(store.bytes_used(), 192);
+    assert_capacity(store.claim(&req(k4, retention)).await);
+    assert_eq!(store.get(&k4).await.unwrap(), None, "nothing was written");
+
+    // Existing records are never refused.
+    assert!(matches!(
+        store.claim(&req(k1, retention)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    store.advance(Duration::from_secs(11));
+    let taken = acquired(store.claim(&req(k2, retention)).await);
+    assert!(taken.attempt == 2);
+    let l1 = store.renew(&l1).await.unwrap();
+    let body = Bytes::from(vec![1u8; 1000]);
+    store
+        .complete(&l1, Completion::new(Outcome::Value(body.clone())))
+        .await
+        .expect("a completion is accepted past the budget");
+    assert_eq!(store.bytes_used(), 64 + 1000 + 64 + 64);
+    match store.claim(&req(k1, retention)).await.unwrap() {
+        Claim::Completed(c) => assert_eq!(c.outcome, Outcome::Value(body)),
+        other => panic!("{other:?}"),
+    }
+
+    // Released bytes come back, but not enough yet.
+    store.release(&l3).await.unwrap();
+    assert_eq!(store.bytes_used(), 64 + 1000 + 64);
+    assert_capacity(store.claim(&req(k4, retention)).await);
+
+    // Once k1's retention and k2's lease and retention ran out, a new claim
+    // sweeps them away and fits.
+    store.advance(Duration::from_secs(61));
+    let l4 = acquired(store.claim(&req(k4, retention)).await);
+    assert_eq!(store.bytes_used(), 64);
+    assert_eq!(store.len(), 1);
+    store.release(&l4).await.unwrap();
+    assert_eq!(store.bytes_used(), 0);
+}
+
+#[tokio::test]
+async fn an_unlimited_store_never_refuses() {
+    let store = MemoryStore::builder().unlimited().build();
+    assert_eq!(store.max_bytes(), None);
+    for i in 0..2_000 {
+        acquired(
+            store
+                .claim(&req(key(10_000 + i), Duration::from_secs(60)))
+                .await,
+        );
+    }
+    assert_eq!(store.bytes_used(), 2_000 * 64);
+    assert_eq!(
+        MemoryStore::new().max_bytes(),
+        Some(MemoryStore::DEFAULT_MAX_BYTES)
+    );
 }
