@@ -33,8 +33,10 @@ fn ms(d: Duration) -> u64 {
 
 /// A Redis-backed [`IdempotencyStore`].
 ///
-/// Every decision is one Lua script (`EVALSHA`, loaded on `NOSCRIPT`) on one
-/// key, `<prefix>:{<64-hex storage key>}`, using the Redis server's clock.
+/// Every decision is one Lua script (`EVALSHA`, or `EVAL` with the script's
+/// text when the server answers `NOSCRIPT`) on one record's keys
+/// (`<prefix>:{<64-hex storage key>}` and its fence floor), using the Redis
+/// server's clock.
 /// Cloning is cheap and shares connections, clock offset and waiters.
 /// See the [crate documentation](crate) for the key layout, cancellation
 /// safety, timeouts and the guarantees (and their limits).
@@ -172,7 +174,7 @@ impl RedisStore {
     }
 
     /// A script run on a record and its fence floor.
-    fn eval_with_floor(&self, script: &'static redis::Script, key: &StorageKey) -> Eval {
+    fn eval_with_floor(&self, script: &'static scripts::Lua, key: &StorageKey) -> Eval {
         Eval::with_floor(script, self.key_arg(key), self.floor_arg(key))
     }
 
@@ -211,7 +213,7 @@ impl RedisStore {
     }
 
     /// Loads every script into the script cache (optional: scripts are
-    /// loaded on their first `NOSCRIPT` anyway).
+    /// sent with `EVAL`, which caches them, on their first `NOSCRIPT` anyway).
     ///
     /// # Errors
     ///
@@ -223,7 +225,7 @@ impl RedisStore {
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         for script in scripts::all() {
             let mut conn = self.inner.backend.checkout().await?;
-            let result = script.load_async(&mut conn).await;
+            let result = script.load(&mut conn).await;
             conn.finish(&result);
             result.map_err(map_redis)?;
         }
@@ -331,7 +333,7 @@ impl RedisStore {
     async fn lease_op(
         &self,
         op: &'static str,
-        script: &'static redis::Script,
+        script: &'static scripts::Lua,
         lease: &Lease,
         extra: impl FnOnce(&mut Eval),
     ) -> Result<Value, StoreError> {

@@ -1,6 +1,6 @@
 //! Cancellation safety: 10,000 operations are dropped at random points
 //! (waiting for a connection, mid-command, mid-reply, during a `NOSCRIPT`
-//! reload), then every following operation must get its own reply.
+//! fallback to `EVAL`), then every following operation must get its own reply.
 //!
 //! Each record's stored outcome names its key, so a reply meant for another
 //! request (the cross-talk a half-read pooled connection would cause) is
@@ -119,7 +119,7 @@ async fn storm(mode: ConnectionMode) {
     }
 
     // Keep flushing the script cache so cancellations also land inside the
-    // NOSCRIPT → SCRIPT LOAD → EVALSHA sequence.
+    // NOSCRIPT → EVAL fallback.
     let stop = Arc::new(AtomicBool::new(false));
     let flusher = {
         let stop = stop.clone();
