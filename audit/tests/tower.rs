@@ -91,7 +91,13 @@ fn check_four(events: &[AuditEvent]) {
         .map(|e| e.attributes["status"].clone())
         .collect();
     assert_eq!(statuses, [201, 201, 422, 400]);
-    assert_eq!(events[0].attributes["fence"], 1);
+    assert!(
+        events[0].attributes["fence"]
+            .as_u64()
+            .is_some_and(|f| f >= 1),
+        "{:?}",
+        events[0].attributes["fence"]
+    );
     assert_eq!(events[0].attributes["attempt"], 1);
 }
 

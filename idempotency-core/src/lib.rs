@@ -21,7 +21,7 @@ pub use fingerprint::{Fingerprint, FingerprintError, FingerprintMode, canonical_
 pub use key::{
     IdempotencyKey, KeyError, KeySpec, MAX_KEY_LEN, StorageKey, derive_from_json, derive_from_value,
 };
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use once::{Execution, FailureClass, Idempotent, RunError};
 pub use policy::{MAX_DURATION, MIN_LEASE, Policy};
 pub use record::{
@@ -30,7 +30,7 @@ pub use record::{
 };
 pub use store::{
     BoxError, Claim, ClaimKind, ClaimRequest, ClockControl, Completion, DynStore, ErasedStore,
-    Failure, IdempotencyStore, PurgeExpired, Resolution, StoreError,
+    Failure, IdempotencyStore, Observed, PurgeExpired, Resolution, StateKind, StoreError,
 };
 
 /// The repository README's examples, compiled and run as doctests.

@@ -12,7 +12,7 @@ use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::policy::Policy;
 use crate::record::Outcome;
-use crate::store::{Claim, Completion, Failure, IdempotencyStore, StoreError};
+use crate::store::{Claim, Completion, Failure, IdempotencyStore, Observed, StoreError};
 
 /// The result of a run: the value, and whether this call produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,7 +228,7 @@ where
         .map_err(RunError::Store)?;
         let (lease, kind) = match claim {
             Claim::Acquired { lease, kind } => (lease, kind),
-            Claim::Completed(c) => return self.replay(&key, c.outcome).await,
+            Claim::Completed(c) => return self.replay(&key, c.fence, c.outcome).await,
             Claim::Failed(f) => return Err(RunError::Failed { reason: f.reason }),
             Claim::InFlight { retry_after, .. } => return Err(RunError::InFlight { retry_after }),
             Claim::Mismatch => return Err(RunError::Mismatch),
@@ -279,6 +279,7 @@ where
     async fn replay<T: DeserializeOwned, E>(
         &self,
         key: &StorageKey,
+        fence: u64,
         outcome: Outcome,
     ) -> Result<Execution<T>, RunError<E>> {
         let detail = match outcome {
@@ -294,9 +295,12 @@ where
             }
         };
         tracing::error!(key = %key.short(), %detail, alert = true, "idempotency record corrupted");
+        // Only the version this call replayed: a record resolved or
+        // re-claimed meanwhile (`Conflict`, `NotFound`) is left alone.
         let timeout = self.policy.store_timeout_duration();
-        match with_timeout(timeout, self.store.mark_corrupted(key, &detail)).await {
-            Ok(()) | Err(StoreError::NotFound) => {}
+        let observed = Observed::completed(fence);
+        match with_timeout(timeout, self.store.mark_corrupted(key, observed, &detail)).await {
+            Ok(()) | Err(StoreError::NotFound | StoreError::Conflict) => {}
             Err(e) => return Err(RunError::Store(e)),
         }
         Err(RunError::Corrupted { detail })

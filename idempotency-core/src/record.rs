@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
+use crate::store::StateKind;
 
 /// Milliseconds since the Unix epoch, as measured by the store's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -96,8 +97,10 @@ pub struct Lease {
     pub key: StorageKey,
     /// The claim's token.
     pub token: LeaseToken,
-    /// Fencing number: strictly increases with every claim of the record.
-    /// Pass it to downstream systems that can reject stale writers.
+    /// Fencing number: strictly increases with every claim of the key, for
+    /// the key's whole life (across release, expiry and operator
+    /// resolution, not only within one record). Pass it to downstream
+    /// systems that can reject stale writers.
     pub fence: u64,
     /// Attempt number of this claim (1 for the first execution).
     pub attempt: u32,
@@ -131,10 +134,15 @@ pub enum Outcome {
     /// A typed value serialised as JSON (the programmatic API).
     Value(Bytes),
     /// The operation ran, but its result was not kept (too large to store).
-    /// The record never re-executes; replays say what happened.
+    /// The record never re-executes; replays answer the original status and
+    /// allow-listed headers (`Location`, `Content-Type`, ...) without a body.
     Tombstone {
         /// Status the original response had, if any.
         status: Option<u16>,
+        /// The original response's allow-listed headers, as in
+        /// [`StoredResponse::headers`] (empty for tombstones stored before
+        /// headers were kept).
+        headers: Vec<(String, Bytes)>,
         /// Why nothing was kept.
         reason: String,
     },
@@ -147,6 +155,13 @@ pub struct DecodeError(pub &'static str);
 
 const CODEC_VERSION: u8 = 1;
 
+/// Outcome tags. `T` is the first tombstone form (status and reason, no
+/// headers): still decoded, never written.
+const TAG_RESPONSE: u8 = b'R';
+const TAG_VALUE: u8 = b'V';
+const TAG_TOMBSTONE_V1: u8 = b'T';
+const TAG_TOMBSTONE: u8 = b'H';
+
 impl Outcome {
     /// Compact, binary-safe encoding for stores (versioned).
     pub fn encode(&self) -> Vec<u8> {
@@ -154,22 +169,23 @@ impl Outcome {
         out.push(CODEC_VERSION);
         match self {
             Self::Response(r) => {
-                out.push(b'R');
+                out.push(TAG_RESPONSE);
                 out.extend_from_slice(&r.status.to_be_bytes());
-                put_u32(&mut out, r.headers.len());
-                for (name, value) in &r.headers {
-                    put_bytes(&mut out, name.as_bytes());
-                    put_bytes(&mut out, value);
-                }
+                put_headers(&mut out, &r.headers);
                 put_bytes(&mut out, &r.body);
             }
             Self::Value(v) => {
-                out.push(b'V');
+                out.push(TAG_VALUE);
                 put_bytes(&mut out, v);
             }
-            Self::Tombstone { status, reason } => {
-                out.push(b'T');
+            Self::Tombstone {
+                status,
+                headers,
+                reason,
+            } => {
+                out.push(TAG_TOMBSTONE);
                 out.extend_from_slice(&status.unwrap_or(0).to_be_bytes());
+                put_headers(&mut out, headers);
                 put_bytes(&mut out, reason.as_bytes());
             }
         }
@@ -187,17 +203,9 @@ impl Outcome {
             return Err(DecodeError("unknown codec version"));
         }
         let out = match take(r, 1)?[0] {
-            b'R' => {
-                let status = u16::from_be_bytes([take(r, 1)?[0], take(r, 1)?[0]]);
-                let n = get_u32(r)?;
-                let mut headers = Vec::with_capacity(n.min(256));
-                for _ in 0..n {
-                    let name = std::str::from_utf8(get_bytes(r)?)
-                        .map_err(|_| DecodeError("header name is not UTF-8"))?
-                        .to_owned();
-                    let value = Bytes::copy_from_slice(get_bytes(r)?);
-                    headers.push((name, value));
-                }
+            TAG_RESPONSE => {
+                let status = get_u16(r)?;
+                let headers = get_headers(r)?;
                 let body = Bytes::copy_from_slice(get_bytes(r)?);
                 Self::Response(StoredResponse {
                     status,
@@ -205,14 +213,20 @@ impl Outcome {
                     body,
                 })
             }
-            b'V' => Self::Value(Bytes::copy_from_slice(get_bytes(r)?)),
-            b'T' => {
-                let status = u16::from_be_bytes([take(r, 1)?[0], take(r, 1)?[0]]);
+            TAG_VALUE => Self::Value(Bytes::copy_from_slice(get_bytes(r)?)),
+            tag @ (TAG_TOMBSTONE | TAG_TOMBSTONE_V1) => {
+                let status = get_u16(r)?;
+                let headers = if tag == TAG_TOMBSTONE {
+                    get_headers(r)?
+                } else {
+                    Vec::new()
+                };
                 let reason = std::str::from_utf8(get_bytes(r)?)
                     .map_err(|_| DecodeError("tombstone reason is not UTF-8"))?
                     .to_owned();
                 Self::Tombstone {
                     status: (status != 0).then_some(status),
+                    headers,
                     reason,
                 }
             }
@@ -223,6 +237,32 @@ impl Outcome {
         }
         Ok(out)
     }
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &[(String, Bytes)]) {
+    put_u32(out, headers.len());
+    for (name, value) in headers {
+        put_bytes(out, name.as_bytes());
+        put_bytes(out, value);
+    }
+}
+
+fn get_headers(r: &mut &[u8]) -> Result<Vec<(String, Bytes)>, DecodeError> {
+    let n = get_u32(r)?;
+    let mut headers = Vec::with_capacity(n.min(256));
+    for _ in 0..n {
+        let name = std::str::from_utf8(get_bytes(r)?)
+            .map_err(|_| DecodeError("header name is not UTF-8"))?
+            .to_owned();
+        let value = Bytes::copy_from_slice(get_bytes(r)?);
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+fn get_u16(r: &mut &[u8]) -> Result<u16, DecodeError> {
+    let b = take(r, 2)?;
+    Ok(u16::from_be_bytes([b[0], b[1]]))
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {
@@ -271,6 +311,10 @@ pub struct Completed {
     pub resource: Option<String>,
     /// When it completed.
     pub completed_at: Timestamp,
+    /// The fence of the claim that completed it (the record's fence). A
+    /// caller that finds the replay unusable marks exactly this version
+    /// corrupted with [`Observed::completed`](crate::Observed::completed).
+    pub fence: u64,
 }
 
 /// Executed and failed.
@@ -307,6 +351,16 @@ pub enum RecordState {
 }
 
 impl RecordState {
+    /// Which state this is, without its data.
+    pub const fn kind(&self) -> StateKind {
+        match self {
+            Self::Pending(_) => StateKind::Pending,
+            Self::Completed(_) => StateKind::Completed,
+            Self::Failed(_) => StateKind::Failed,
+            Self::Corrupted(_) => StateKind::Corrupted,
+        }
+    }
+
     /// `PENDING`, `COMPLETED`, `FAILED` or `CORRUPTED`.
     pub const fn name(&self) -> &'static str {
         match self {
@@ -374,10 +428,25 @@ mod tests {
             Outcome::Value(Bytes::from_static(br#"{"a":1}"#)),
             Outcome::Tombstone {
                 status: Some(200),
+                headers: vec![],
                 reason: "too large".into(),
             },
             Outcome::Tombstone {
+                status: Some(201),
+                headers: vec![
+                    ("location".into(), Bytes::from_static(b"/orders/7")),
+                    (
+                        "content-type".into(),
+                        Bytes::from_static(b"application/json"),
+                    ),
+                    ("link".into(), Bytes::from_static(b"<a>")),
+                    ("link".into(), Bytes::from_static(b"\x80\xff")),
+                ],
+                reason: "response body larger than 1 bytes was not stored".into(),
+            },
+            Outcome::Tombstone {
                 status: None,
+                headers: vec![],
                 reason: String::new(),
             },
         ];
@@ -386,20 +455,69 @@ mod tests {
         }
     }
 
+    /// Tombstones written before headers were kept (tag `T`) still decode,
+    /// with no headers; new ones are written with tag `H`.
+    #[test]
+    fn first_form_tombstones_still_decode() {
+        let mut old = vec![1, b'T', 0, 201];
+        old.extend_from_slice(&9u32.to_be_bytes());
+        old.extend_from_slice(b"too large");
+        assert_eq!(
+            Outcome::decode(&old).unwrap(),
+            Outcome::Tombstone {
+                status: Some(201),
+                headers: vec![],
+                reason: "too large".into(),
+            }
+        );
+        assert!(Outcome::decode(&[1, b'T', 0, 0, 0, 0, 0, 0]).is_ok());
+        let new = Outcome::Tombstone {
+            status: Some(201),
+            headers: vec![],
+            reason: "too large".into(),
+        }
+        .encode();
+        assert_eq!(&new[..2], &[1, b'H']);
+    }
+
     #[test]
     fn garbage_is_a_decode_error_not_a_panic() {
-        let good = Outcome::Response(StoredResponse {
+        let response = Outcome::Response(StoredResponse {
             status: 200,
             headers: vec![("a".into(), Bytes::from_static(b"b"))],
             body: Bytes::from_static(b"hello"),
         })
         .encode();
-        for n in 0..good.len() {
-            assert!(Outcome::decode(&good[..n]).is_err(), "prefix {n}");
+        let tombstone = Outcome::Tombstone {
+            status: Some(201),
+            headers: vec![("location".into(), Bytes::from_static(b"/o/1"))],
+            reason: "big".into(),
         }
-        let mut trailing = good.clone();
-        trailing.push(0);
-        assert!(Outcome::decode(&trailing).is_err());
+        .encode();
+        let mut old_tombstone = vec![1, b'T', 0, 201];
+        old_tombstone.extend_from_slice(&3u32.to_be_bytes());
+        old_tombstone.extend_from_slice(b"big");
+        for good in [&response, &tombstone, &old_tombstone] {
+            assert!(Outcome::decode(good).is_ok());
+            for n in 0..good.len() {
+                assert!(Outcome::decode(&good[..n]).is_err(), "prefix {n}");
+            }
+            let mut trailing = good.clone();
+            trailing.push(0);
+            assert!(Outcome::decode(&trailing).is_err());
+        }
+        // A header name that is not UTF-8, in a tombstone.
+        let mut bad_name = vec![1, b'H', 0, 201];
+        bad_name.extend_from_slice(&1u32.to_be_bytes());
+        bad_name.extend_from_slice(&1u32.to_be_bytes());
+        bad_name.push(0xff);
+        bad_name.extend_from_slice(&0u32.to_be_bytes());
+        bad_name.extend_from_slice(&0u32.to_be_bytes());
+        assert!(Outcome::decode(&bad_name).is_err());
+        // A header count far beyond the input is refused, not allocated.
+        let mut huge = vec![1, b'H', 0, 201];
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Outcome::decode(&huge).is_err());
         assert!(Outcome::decode(&[9, b'R']).is_err());
         assert!(Outcome::decode(&[1, b'X']).is_err());
         assert!(Outcome::decode(&[1, b'V', 0xff, 0xff, 0xff, 0xff]).is_err());
@@ -425,7 +543,9 @@ mod tests {
             outcome: Outcome::Value(Bytes::new()),
             resource: None,
             completed_at: now,
+            fence: 1,
         });
+        assert_eq!(r.state.kind(), StateKind::Completed);
         assert!(r.is_expired(now));
         r.state = RecordState::Corrupted(Corrupted {
             detail: String::new(),

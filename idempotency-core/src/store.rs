@@ -6,11 +6,11 @@
 //!
 //! | operation | from | to |
 //! |---|---|---|
-//! | [`claim`](IdempotencyStore::claim) | absent or expired | `Pending` (fence 1, attempt 1) → [`Claim::Acquired`] |
+//! | [`claim`](IdempotencyStore::claim) | absent or expired | `Pending` (new fence, attempt 1) → [`Claim::Acquired`] |
 //! | `claim` | `Pending`, lease live | unchanged → [`Claim::InFlight`] |
-//! | `claim` | `Pending`, lease expired, attempts left | `Pending` (fence +1, attempt +1) → [`Claim::Acquired`] ([`ClaimKind::Takeover`]) |
+//! | `claim` | `Pending`, lease expired, attempts left | `Pending` (new fence, attempt +1) → [`Claim::Acquired`] ([`ClaimKind::Takeover`]) |
 //! | `claim` | `Pending`, lease expired, no attempts left | `Failed` terminal → [`Claim::Failed`] |
-//! | `claim` | `Failed` retryable, attempts left | `Pending` (fence +1, attempt +1) → [`Claim::Acquired`] ([`ClaimKind::Retry`]) |
+//! | `claim` | `Failed` retryable, attempts left | `Pending` (new fence, attempt +1) → [`Claim::Acquired`] ([`ClaimKind::Retry`]) |
 //! | `claim` | `Completed` | unchanged → [`Claim::Completed`] |
 //! | `claim` | `Failed` terminal or out of attempts | unchanged → [`Claim::Failed`] |
 //! | `claim` | `Pending` / `Completed` / `Failed`, other fingerprint | unchanged → [`Claim::Mismatch`] |
@@ -18,8 +18,14 @@
 //! | [`complete`](IdempotencyStore::complete) / [`fail`](IdempotencyStore::fail) | `Pending` with the lease's token and fence | `Completed` / `Failed` |
 //! | [`release`](IdempotencyStore::release) | `Pending` with the lease's token and fence | absent |
 //! | [`renew`](IdempotencyStore::renew) | `Pending` with the lease's token and fence | `Pending`, deadline = now + lease |
-//! | [`mark_corrupted`](IdempotencyStore::mark_corrupted) | any | `Corrupted` |
+//! | [`mark_corrupted`](IdempotencyStore::mark_corrupted) | the [`Observed`] state and fence, live | `Corrupted` (else [`StoreError::Conflict`], nothing written) |
 //! | [`resolve`](IdempotencyStore::resolve) | `Corrupted` / `Pending` | absent or `Failed` |
+//!
+//! A "new fence" is greater than every fence the store ever handed out for
+//! the key: fences strictly increase per storage key for the key's whole
+//! life, across release, expiry, [`resolve`](IdempotencyStore::resolve) and
+//! re-claim, not only within one record. They need not be dense or start at
+//! 1. Attempts count the executions of one record and restart at 1.
 //!
 //! A lease operation whose token or fence does not match the stored record
 //! (or whose record is gone or expired) fails with [`StoreError::LeaseLost`] and changes
@@ -51,6 +57,11 @@ pub enum StoreError {
     /// No such record.
     #[error("no record for this key")]
     NotFound,
+    /// A compare-and-set found the record in another state or at another
+    /// fence than the caller observed (it was resolved, re-claimed, completed
+    /// or marked meanwhile). Nothing was written.
+    #[error("the record changed since it was observed; nothing was written")]
+    Conflict,
     /// The operation does not apply to the record's current state.
     #[error("{operation} is not allowed on a {state} record")]
     InvalidState {
@@ -79,6 +90,14 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The store is full: a claim that would create a new record was refused
+    /// (an in-memory store at its byte budget). Transient: records expire
+    /// and give their space back; an HTTP layer answers 503.
+    #[error("store at capacity: {detail}")]
+    Capacity {
+        /// What is full.
+        detail: String,
+    },
     /// Any other backend error.
     #[error("store backend error")]
     Backend {
@@ -99,13 +118,74 @@ impl StoreError {
         Self::Unavailable { source: e.into() }
     }
 
-    /// Whether the failure is about reaching the store (timeout, unavailable,
-    /// backend) rather than about the record: an HTTP layer answers 503.
+    /// Whether the failure is about the store (timeout, unavailable, at
+    /// capacity, backend) rather than about the record: an HTTP layer
+    /// answers 503.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Timeout { .. } | Self::Unavailable { .. } | Self::Backend { .. }
+            Self::Timeout { .. }
+                | Self::Unavailable { .. }
+                | Self::Capacity { .. }
+                | Self::Backend { .. }
         )
+    }
+}
+
+/// A record's state, without its data: what a caller saw, for
+/// compare-and-set operations such as
+/// [`mark_corrupted`](IdempotencyStore::mark_corrupted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StateKind {
+    /// Someone is executing.
+    Pending,
+    /// Done; replayed.
+    Completed,
+    /// Executed and failed.
+    Failed,
+    /// Blocked until an operator resolves it.
+    Corrupted,
+}
+
+impl StateKind {
+    /// `PENDING`, `COMPLETED`, `FAILED` or `CORRUPTED` (as
+    /// [`RecordState::name`](crate::RecordState::name)).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Corrupted => "CORRUPTED",
+        }
+    }
+}
+
+/// What a caller observed of a record: its state and fence. A
+/// compare-and-set operation writes only if the record still is this version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Observed {
+    /// The state seen.
+    pub state: StateKind,
+    /// The record's fence seen ([`Record::fence`], [`Completed::fence`]).
+    pub fence: u64,
+}
+
+impl Observed {
+    /// An observation of `state` at `fence`.
+    pub const fn new(state: StateKind, fence: u64) -> Self {
+        Self { state, fence }
+    }
+
+    /// A completed record at `fence`, as a replay (`Claim::Completed(c)`)
+    /// shows it: `Observed::completed(c.fence)`.
+    pub const fn completed(fence: u64) -> Self {
+        Self::new(StateKind::Completed, fence)
+    }
+
+    /// What `record` is now.
+    pub const fn of(record: &Record) -> Self {
+        Self::new(record.state.kind(), record.fence)
     }
 }
 
@@ -282,14 +362,22 @@ pub trait IdempotencyStore: Send + Sync {
         key: &StorageKey,
     ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
-    /// Any state → `Corrupted` (blocks every claim until resolved).
+    /// The record as `observed` → `Corrupted` (blocks every claim until
+    /// resolved). Compare-and-set: written only if the record exists, is not
+    /// expired, and its state kind and fence equal `observed`, so a late
+    /// mark never hits a record an operator resolved or a new claim
+    /// re-created in the meantime. A replay marks what it replayed with
+    /// [`Observed::completed`]`(completed.fence)`.
     ///
     /// # Errors
     ///
-    /// [`StoreError::NotFound`] if there is no record.
+    /// [`StoreError::NotFound`] if there is no live record,
+    /// [`StoreError::Conflict`] if it is not the observed one (nothing is
+    /// written).
     fn mark_corrupted(
         &self,
         key: &StorageKey,
+        observed: Observed,
         detail: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -384,9 +472,10 @@ macro_rules! forward_store {
             fn mark_corrupted(
                 &self,
                 key: &StorageKey,
+                observed: Observed,
                 detail: &str,
             ) -> impl Future<Output = Result<(), StoreError>> + Send {
-                (**self).mark_corrupted(key, detail)
+                (**self).mark_corrupted(key, observed, detail)
             }
             fn resolve(
                 &self,
@@ -440,7 +529,12 @@ pub trait ErasedStore: Send + Sync {
     #[doc(hidden)]
     fn get_dyn<'a>(&'a self, key: &'a StorageKey) -> BoxFut<'a, Option<Record>>;
     #[doc(hidden)]
-    fn mark_corrupted_dyn<'a>(&'a self, key: &'a StorageKey, detail: &'a str) -> BoxFut<'a, ()>;
+    fn mark_corrupted_dyn<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        observed: Observed,
+        detail: &'a str,
+    ) -> BoxFut<'a, ()>;
     #[doc(hidden)]
     fn resolve_dyn<'a>(&'a self, key: &'a StorageKey, resolution: Resolution)
     -> BoxFut<'a, Record>;
@@ -467,8 +561,13 @@ impl<S: IdempotencyStore> ErasedStore for S {
     fn get_dyn<'a>(&'a self, key: &'a StorageKey) -> BoxFut<'a, Option<Record>> {
         Box::pin(self.get(key))
     }
-    fn mark_corrupted_dyn<'a>(&'a self, key: &'a StorageKey, detail: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(self.mark_corrupted(key, detail))
+    fn mark_corrupted_dyn<'a>(
+        &'a self,
+        key: &'a StorageKey,
+        observed: Observed,
+        detail: &'a str,
+    ) -> BoxFut<'a, ()> {
+        Box::pin(self.mark_corrupted(key, observed, detail))
     }
     fn resolve_dyn<'a>(
         &'a self,
@@ -525,8 +624,13 @@ impl IdempotencyStore for DynStore {
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         self.0.get_dyn(key).await
     }
-    async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
-        self.0.mark_corrupted_dyn(key, detail).await
+    async fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.0.mark_corrupted_dyn(key, observed, detail).await
     }
     async fn resolve(
         &self,

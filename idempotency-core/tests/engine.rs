@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use idempotency_core::{
     Attempt, Claim, ClaimKind, ClaimRequest, Completion, Execution, Failure, Fingerprint,
-    IdempotencyStore, Idempotent, KeySpec, Lease, LeaseToken, MemoryStore, Policy, Record,
-    RecordState, Resolution, RunError, StorageKey, StoreError, Timestamp,
+    IdempotencyStore, Idempotent, KeySpec, Lease, LeaseToken, MemoryStore, Observed, Policy,
+    Record, RecordState, Resolution, RunError, StorageKey, StoreError, Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -79,8 +79,13 @@ impl IdempotencyStore for Faulty {
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         self.inner.get(key).await
     }
-    async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
-        self.inner.mark_corrupted(key, detail).await
+    async fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_corrupted(key, observed, detail).await
     }
     async fn resolve(&self, key: &StorageKey, r: Resolution) -> Result<Record, StoreError> {
         self.inner.resolve(key, r).await

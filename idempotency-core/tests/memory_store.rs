@@ -8,7 +8,7 @@ use bytes::Bytes;
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, DynStore, Execution, FailureClass,
     Fingerprint, IdempotencyStore, Idempotent, MemoryStore, Outcome, Policy, PurgeExpired,
-    RecordState, RunError, StorageKey,
+    RecordState, RunError, StorageKey, StoreError,
 };
 
 fn key(i: u64) -> StorageKey {
@@ -147,18 +147,22 @@ async fn a_fenced_runner_does_not_record_its_result() {
     let k = key(2);
     let fp = Fingerprint::of_bytes("t", b"");
     let taker = store.clone();
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let taken_by = taken.clone();
     let result = runner
-        .run(k, fp, |_| async move {
+        .run(k, fp, |attempt| async move {
             // While this attempt runs, its lease expires and another worker takes over.
             taker.advance(Duration::from_secs(11));
             let claim = taker.claim(&policy.claim_request(k, fp)).await.unwrap();
-            assert!(matches!(
-                claim,
-                Claim::Acquired {
-                    kind: ClaimKind::Takeover,
-                    ..
-                }
-            ));
+            let Claim::Acquired {
+                kind: ClaimKind::Takeover,
+                lease,
+            } = claim
+            else {
+                panic!("expected a takeover, got {claim:?}");
+            };
+            assert!(lease.fence > attempt.fence());
+            *taken_by.lock().unwrap() = Some(lease.fence);
             Ok::<_, std::io::Error>(String::from("stale"))
         })
         .await;
@@ -166,7 +170,7 @@ async fn a_fenced_runner_does_not_record_its_result() {
     // The new owner's pending record is untouched.
     let rec = store.get(&k).await.unwrap().unwrap();
     assert!(matches!(rec.state, RecordState::Pending(_)));
-    assert_eq!(rec.fence, 2);
+    assert_eq!(Some(rec.fence), *taken.lock().unwrap());
 }
 
 #[tokio::test]
@@ -282,7 +286,24 @@ async fn dyn_store_forwards_every_operation() {
         Claim::Completed(_)
     ));
     assert!(inner.get(&r.key).await.unwrap().is_some());
-    store.mark_corrupted(&r.key, "x").await.unwrap();
+    assert!(matches!(
+        store
+            .mark_corrupted(
+                &r.key,
+                idempotency_core::Observed::completed(lease.fence + 1),
+                "x"
+            )
+            .await,
+        Err(idempotency_core::StoreError::Conflict)
+    ));
+    store
+        .mark_corrupted(
+            &r.key,
+            idempotency_core::Observed::completed(lease.fence),
+            "x",
+        )
+        .await
+        .unwrap();
     store
         .resolve(&r.key, idempotency_core::Resolution::Delete)
         .await
@@ -292,4 +313,89 @@ async fn dyn_store_forwards_every_operation() {
         .wait_for_change(&r.key, Duration::from_secs(5))
         .await
         .unwrap();
+}
+
+fn acquired(claim: Result<Claim, StoreError>) -> idempotency_core::Lease {
+    match claim {
+        Ok(Claim::Acquired { lease, .. }) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+fn assert_capacity(claim: Result<Claim, StoreError>) {
+    match claim {
+        Err(e @ StoreError::Capacity { .. }) => assert!(e.is_transient(), "{e}"),
+        other => panic!("expected Capacity, got {other:?}"),
+    }
+}
+
+/// The byte budget bounds new records only: at capacity a new key is
+/// refused (transient `Capacity`), while in-flight answers, takeovers,
+/// completions (even past the budget) and replays of admitted records go
+/// on; released and expired records give their bytes back.
+#[tokio::test]
+async fn a_full_store_refuses_new_records_but_never_a_completion() {
+    // Three pending records (64 bytes each) fit, a fourth does not.
+    let store = MemoryStore::builder().max_bytes(200).build();
+    assert_eq!(store.max_bytes(), Some(200));
+    let retention = Duration::from_secs(60);
+    let [k1, k2, k3, k4] = [key(101), key(102), key(103), key(104)];
+    let l1 = acquired(store.claim(&req(k1, retention)).await);
+    acquired(store.claim(&req(k2, retention)).await);
+    let l3 = acquired(store.claim(&req(k3, retention)).await);
+    assert_eq!(store.bytes_used(), 192);
+    assert_capacity(store.claim(&req(k4, retention)).await);
+    assert_eq!(store.get(&k4).await.unwrap(), None, "nothing was written");
+
+    // Existing records are never refused.
+    assert!(matches!(
+        store.claim(&req(k1, retention)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    store.advance(Duration::from_secs(11));
+    let taken = acquired(store.claim(&req(k2, retention)).await);
+    assert!(taken.attempt == 2);
+    let l1 = store.renew(&l1).await.unwrap();
+    let body = Bytes::from(vec![1u8; 1000]);
+    store
+        .complete(&l1, Completion::new(Outcome::Value(body.clone())))
+        .await
+        .expect("a completion is accepted past the budget");
+    assert_eq!(store.bytes_used(), 64 + 1000 + 64 + 64);
+    match store.claim(&req(k1, retention)).await.unwrap() {
+        Claim::Completed(c) => assert_eq!(c.outcome, Outcome::Value(body)),
+        other => panic!("{other:?}"),
+    }
+
+    // Released bytes come back, but not enough yet.
+    store.release(&l3).await.unwrap();
+    assert_eq!(store.bytes_used(), 64 + 1000 + 64);
+    assert_capacity(store.claim(&req(k4, retention)).await);
+
+    // Once k1's retention and k2's lease and retention ran out, a new claim
+    // sweeps them away and fits.
+    store.advance(Duration::from_secs(61));
+    let l4 = acquired(store.claim(&req(k4, retention)).await);
+    assert_eq!(store.bytes_used(), 64);
+    assert_eq!(store.len(), 1);
+    store.release(&l4).await.unwrap();
+    assert_eq!(store.bytes_used(), 0);
+}
+
+#[tokio::test]
+async fn an_unlimited_store_never_refuses() {
+    let store = MemoryStore::builder().unlimited().build();
+    assert_eq!(store.max_bytes(), None);
+    for i in 0..2_000 {
+        acquired(
+            store
+                .claim(&req(key(10_000 + i), Duration::from_secs(60)))
+                .await,
+        );
+    }
+    assert_eq!(store.bytes_used(), 2_000 * 64);
+    assert_eq!(
+        MemoryStore::new().max_bytes(),
+        Some(MemoryStore::DEFAULT_MAX_BYTES)
+    );
 }

@@ -533,8 +533,9 @@ impl<St> IdempotencyLayer<St> {
 
     /// The largest response body stored for replay, in bytes (default 1 MiB).
     /// A larger response still reaches its client in full; its record becomes
-    /// a tombstone that never re-executes (replays get the original status,
-    /// an empty body and `Idempotent-Replayed: true`).
+    /// a tombstone that never re-executes (replays get the original status
+    /// and replayed headers, such as `Location` and `Content-Type`, an empty
+    /// body and `Idempotent-Replayed: true`).
     ///
     /// ```
     /// # use idempotency_core::MemoryStore;

@@ -12,8 +12,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Claim, ClaimRequest, Completion, Failure, IdempotencyStore, Lease, Record, Resolution,
-    StorageKey, StoreError, with_timeout,
+    Claim, ClaimRequest, Completion, Failure, IdempotencyStore, Lease, Observed, Record,
+    Resolution, StorageKey, StoreError, with_timeout,
 };
 
 use crate::hook::DecisionOutcome;
@@ -53,7 +53,7 @@ where
     };
     let out = fut.await;
     probe.result = match &out {
-        Ok(_) | Err(StoreError::LeaseLost | StoreError::NotFound) => "ok",
+        Ok(_) | Err(StoreError::LeaseLost | StoreError::NotFound | StoreError::Conflict) => "ok",
         Err(_) => "error",
     };
     out
@@ -110,9 +110,13 @@ impl<St: IdempotencyStore> IdempotencyStore for Metered<St> {
     fn mark_corrupted(
         &self,
         key: &StorageKey,
+        observed: Observed,
         detail: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        measure("mark_corrupted", self.0.mark_corrupted(key, detail))
+        measure(
+            "mark_corrupted",
+            self.0.mark_corrupted(key, observed, detail),
+        )
     }
     fn resolve(
         &self,

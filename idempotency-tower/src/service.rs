@@ -15,7 +15,8 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use idempotency_core::{
     BoxError, Claim, ClaimKind, Completed, Completion, Failure, Fingerprint, IdempotencyStore,
-    Lease, Outcome, OwnedAttempt, SettleError, StorageKey, StoredResponse, claim_with_wait,
+    Lease, Observed, Outcome, OwnedAttempt, SettleError, StorageKey, StoreError, StoredResponse,
+    claim_with_wait,
 };
 use tower_service::Service;
 use tracing::{Instrument, Span};
@@ -474,6 +475,7 @@ async fn replay<St: IdempotencyStore, B: Body>(
     key: &StorageKey,
     completed: Completed,
 ) -> Response<ResponseBody<B>> {
+    let observed = Observed::completed(completed.fence);
     if let (Some(check), Some(resource)) = (&ctx.config.verify, &completed.resource) {
         match timed_check(
             ctx.config.policy.store_timeout_duration(),
@@ -484,7 +486,7 @@ async fn replay<St: IdempotencyStore, B: Body>(
             Ok(true) => {}
             Ok(false) => {
                 let detail = format!("the record's resource {resource} no longer exists");
-                return corrupted(store, ctx, key, &detail).await;
+                return corrupted(store, ctx, key, observed, &detail).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, %resource, "could not verify the record's resource");
@@ -501,13 +503,20 @@ async fn replay<St: IdempotencyStore, B: Body>(
     }
     let built = match completed.outcome {
         Outcome::Response(stored) => replay_stored(&ctx.config, &stored),
-        Outcome::Tombstone { status, .. } => {
+        // Too large to store: the original status and allow-listed headers
+        // (`Location`, `Content-Type`, ...), no body.
+        Outcome::Tombstone {
+            status, headers, ..
+        } => {
             let status = status
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::OK);
-            let mut res = Response::new(ResponseBody::empty());
-            *res.status_mut() = status;
-            Ok(res)
+                .filter(|s| StatusCode::from_u16(*s).is_ok())
+                .unwrap_or(200);
+            let head = StoredResponse {
+                status,
+                headers,
+                body: Bytes::new(),
+            };
+            replay_stored(&ctx.config, &head)
         }
         _ => Err("the record holds no HTTP response"),
     };
@@ -518,15 +527,22 @@ async fn replay<St: IdempotencyStore, B: Body>(
             ctx.decide(DecisionOutcome::Replayed, Some(res.status()));
             ctx.finish(res)
         }
-        Err(detail) => corrupted(store, ctx, key, detail).await,
+        Err(detail) => corrupted(store, ctx, key, observed, detail).await,
     }
 }
 
-/// Marks the record corrupted, raises the alert and answers 500.
+/// Marks the record corrupted (only the version this request replayed:
+/// `observed`), raises the alert and answers 500.
+///
+/// If the record changed since it was read (`StoreError::Conflict`: an
+/// operator resolved it, or it expired and a new claim re-created it),
+/// nothing is marked and the answer is 503 with `Retry-After`: the record
+/// this request found is gone, and a retry gets whatever the key holds now.
 async fn corrupted<St: IdempotencyStore, B: Body>(
     store: &St,
     ctx: &Ctx,
     key: &StorageKey,
+    observed: Observed,
     detail: &str,
 ) -> Response<ResponseBody<B>> {
     tracing::error!(
@@ -535,8 +551,24 @@ async fn corrupted<St: IdempotencyStore, B: Body>(
         "idempotency record corrupted; marking it"
     );
     let timeout = ctx.config.policy.store_timeout_duration();
-    if let Err(e) = timed("mark_corrupted", timeout, store.mark_corrupted(key, detail)).await {
-        tracing::warn!(error = %e, "could not mark the record corrupted");
+    let mark = store.mark_corrupted(key, observed, detail);
+    match timed("mark_corrupted", timeout, mark).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            tracing::info!(
+                fence = observed.fence,
+                "the record changed before it could be marked corrupted; answering retry-later"
+            );
+            return ctx.problem(
+                DecisionOutcome::StoreUnavailable,
+                Problem::new(
+                    ProblemType::StoreUnavailable,
+                    "the idempotency record for this key changed while this request read it; retry",
+                )
+                .retry_after(Duration::from_secs(1)),
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "could not mark the record corrupted"),
     }
     ctx.problem(
         DecisionOutcome::Corrupted,
@@ -742,8 +774,11 @@ where
                         config.max_stored_response
                     );
                     tracing::info!("response too large to store; the record becomes a tombstone");
+                    // The headers a stored response would keep, without its body.
+                    let kept = stored_response(&config, status, &head.headers, Bytes::new());
                     let tombstone = Outcome::Tombstone {
                         status: Some(status.as_u16()),
+                        headers: kept.headers,
                         reason,
                     };
                     let completion = Completion::new(tombstone);

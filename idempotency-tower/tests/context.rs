@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use idempotency_core::{BoxError, IdempotencyStore, MemoryStore, RecordState};
+use idempotency_core::{BoxError, ClockControl, IdempotencyStore, MemoryStore, RecordState};
 use idempotency_tower::{
     Decision, DecisionOutcome, IdempotencyContext, IdempotencyLayer, KeyMaterial, PathParams,
 };
@@ -200,6 +200,55 @@ fn checked(
     }
 }
 
+/// A record that changes between the replay's read and its corruption mark
+/// (here: while its resource is checked, the record expires and a new claim
+/// re-creates it) is left alone: the late mark is refused (`Conflict`), the
+/// answer is 503 with `Retry-After`, and the new record is not corrupted.
+#[tokio::test]
+async fn a_record_that_changed_before_its_mark_is_left_alone() {
+    let (router, app, seen) = app_with(
+        |l| {
+            let store = l.store().clone();
+            l.verify_resource(move |_resource: String| {
+                let store = store.clone();
+                async move {
+                    store.advance(Duration::from_secs(2 * 24 * 3600));
+                    let req = idempotency_core::ClaimRequest {
+                        key: key("late"),
+                        fingerprint: idempotency_core::Fingerprint::of_bytes("other", b""),
+                        lease: Duration::from_secs(60),
+                        retention: Duration::from_secs(3600),
+                        max_attempts: 1,
+                    };
+                    let claim = store.claim(&req).await.unwrap();
+                    assert!(matches!(claim, idempotency_core::Claim::Acquired { .. }));
+                    Ok::<_, BoxError>(false)
+                }
+            })
+        },
+        true,
+        Duration::ZERO,
+    );
+    assert_eq!(send(&router, "late").await.0, StatusCode::CREATED);
+    let first = app.store.get(&key("late")).await.unwrap().unwrap();
+    let (status, headers, body) = send(&router, "late").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert!(String::from_utf8_lossy(&body).contains("store-unavailable"));
+    let now = app.store.get(&key("late")).await.unwrap().unwrap();
+    assert!(
+        matches!(now.state, RecordState::Pending(_)),
+        "the new claim's record was marked: {:?}",
+        now.state
+    );
+    assert!(now.fence > first.fence);
+    assert_eq!(
+        seen.lock().unwrap().last().map(|d| d.outcome),
+        Some(DecisionOutcome::StoreUnavailable)
+    );
+}
+
 #[tokio::test]
 async fn a_missing_resource_corrupts_the_record() {
     let exists = Arc::new(AtomicBool::new(true));
@@ -336,9 +385,10 @@ impl IdempotencyStore for RowLocked {
     async fn mark_corrupted(
         &self,
         key: &idempotency_core::StorageKey,
+        observed: idempotency_core::Observed,
         detail: &str,
     ) -> Result<(), idempotency_core::StoreError> {
-        self.inner.mark_corrupted(key, detail).await
+        self.inner.mark_corrupted(key, observed, detail).await
     }
     async fn resolve(
         &self,

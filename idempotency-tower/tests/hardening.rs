@@ -17,8 +17,8 @@ use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use idempotency_core::{
-    Claim, ClaimRequest, Completion, Failure, IdempotencyStore, Lease, MemoryStore, Record,
-    Resolution, StorageKey, StoreError,
+    Claim, ClaimRequest, Completion, Failure, IdempotencyStore, Lease, MemoryStore, Observed,
+    Record, Resolution, StorageKey, StoreError,
 };
 use idempotency_tower::{Concurrency, Decision, IdempotencyLayer, ReleaseKey};
 use tower::ServiceExt;
@@ -64,8 +64,13 @@ impl IdempotencyStore for Stalling {
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         self.inner.get(key).await
     }
-    async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
-        self.inner.mark_corrupted(key, detail).await
+    async fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_corrupted(key, observed, detail).await
     }
     async fn resolve(&self, key: &StorageKey, r: Resolution) -> Result<Record, StoreError> {
         self.inner.resolve(key, r).await

@@ -11,6 +11,12 @@
 -- concurrent claimers exactly one wins. Replays and in-flight answers write
 -- nothing and lock nothing. No row at all means the snapshot was overtaken
 -- by a concurrent claim: the caller runs the statement again.
+--
+-- Every claim that acquires draws its fence from the schema's sequence: a
+-- takeover or retry under the row lock (so it exceeds every fence the row
+-- ever held), a new record just before its row is inserted (so it exceeds
+-- every fence drawn before this statement, whatever rows have been deleted
+-- since).
 WITH clock AS (
     SELECT statement_timestamp() + $7::float8 * interval '1 millisecond' AS now
 ),
@@ -27,7 +33,7 @@ written AS (
     INSERT INTO {schema}.records AS r
         (key, fingerprint, state, fence, attempts, claim_kind, token, lease_deadline,
          created_at, expires_at)
-    SELECT $1, $2, 'PENDING', 1, 1, 'NEW', $3,
+    SELECT $1, $2, 'PENDING', nextval('{schema}.fences'), 1, 'NEW', $3,
            c.now + $4::float8 * interval '1 millisecond',
            c.now,
            c.now + $5::float8 * interval '1 millisecond'
@@ -40,10 +46,13 @@ written AS (
             WHEN NOT {schema}.is_expired(r.state, r.expires_at, r.lease_deadline, excluded.created_at)
                  AND r.state = 'PENDING' AND r.attempts >= $6 THEN 'FAILED'
             ELSE 'PENDING' END,
+        -- Drawn again under the row lock, not `excluded.fence`: greater than
+        -- anything a concurrent claim of this row wrote before us.
         fence = CASE
-            WHEN {schema}.is_expired(r.state, r.expires_at, r.lease_deadline, excluded.created_at) THEN 1
+            WHEN {schema}.is_expired(r.state, r.expires_at, r.lease_deadline, excluded.created_at)
+            THEN nextval('{schema}.fences')
             WHEN r.state = 'PENDING' AND r.attempts >= $6 THEN r.fence
-            ELSE r.fence + 1 END,
+            ELSE nextval('{schema}.fences') END,
         attempts = CASE
             WHEN {schema}.is_expired(r.state, r.expires_at, r.lease_deadline, excluded.created_at) THEN 1
             WHEN r.state = 'PENDING' AND r.attempts >= $6 THEN r.attempts

@@ -16,11 +16,18 @@ struct Migration {
 
 /// Every migration, in order. Files are never edited once released: a change
 /// is a new file.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "records",
-    sql: include_str!("../migrations/0001_records.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "records",
+        sql: include_str!("../migrations/0001_records.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "fences",
+        sql: include_str!("../migrations/0002_fences.sql"),
+    },
+];
 
 /// Applies every embedded migration not yet applied to `schema`.
 ///

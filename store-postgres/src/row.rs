@@ -126,6 +126,7 @@ impl RawRecord {
                         outcome,
                         resource: self.resource.clone(),
                         completed_at: self.finished()?,
+                        fence: self.fence(),
                     }),
                     Err(e) => return Ok(Decoded::Undecodable(e.to_string())),
                 }

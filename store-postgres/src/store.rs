@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Corrupted, Failure, IdempotencyStore,
-    Lease, LeaseToken, PurgeExpired, Record, RecordState, Resolution, StorageKey, StoreError,
-    Timestamp,
+    Lease, LeaseToken, Observed, PurgeExpired, Record, RecordState, Resolution, StorageKey,
+    StoreError, Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
@@ -676,21 +676,32 @@ impl IdempotencyStore for PostgresStore {
         Self::record(*key, &row, &raw, state).map(Some)
     }
 
-    async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
-        let done = self
+    /// One guarded `UPDATE ... WHERE state = $observed AND fence = $observed`
+    /// (and not expired); see `sql/mark_corrupted.sql`.
+    async fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let row = self
             .run(
                 "mark_corrupted",
                 sqlx::query(self.inner.sql.mark_corrupted.sql())
                     .bind(&key.as_bytes()[..])
                     .bind(detail)
+                    .bind(observed.state.name())
+                    .bind(i64::try_from(observed.fence).unwrap_or(i64::MAX))
                     .bind(self.offset())
-                    .execute(&self.inner.pool),
+                    .fetch_one(&self.inner.pool),
             )
             .await?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound)
+        let marked: bool = row.try_get("marked").map_err(map_sqlx)?;
+        let found: bool = row.try_get("found").map_err(map_sqlx)?;
+        match (marked, found) {
+            (true, _) => Ok(()),
+            (false, true) => Err(StoreError::Conflict),
+            (false, false) => Err(StoreError::NotFound),
         }
     }
 

@@ -25,7 +25,7 @@ async fn one_winner_across_two_pools() {
         for t in tasks {
             match t.await.unwrap().expect("claim") {
                 Claim::Acquired { lease, kind } => {
-                    assert_eq!((kind, lease.fence, lease.attempt), (ClaimKind::New, 1, 1));
+                    assert_eq!((kind, lease.attempt), (ClaimKind::New, 1));
                     winners += 1;
                 }
                 Claim::InFlight {
@@ -43,7 +43,7 @@ async fn one_winner_across_two_pools() {
 }
 
 /// An expired lease taken over by 32 concurrent claimers on two pools: one
-/// takeover (fence 2), and the old owner is fenced off.
+/// takeover (a greater fence), and the old owner is fenced off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_takeover_across_two_pools() {
     let Some(a) = common::store().await else {
@@ -70,9 +70,10 @@ async fn one_takeover_across_two_pools() {
     }
     assert_eq!(takeovers.len(), 1);
     let (lease, kind) = &takeovers[0];
-    assert_eq!(
-        (*kind, lease.fence, lease.attempt),
-        (ClaimKind::Takeover, 2, 2)
+    assert_eq!((*kind, lease.attempt), (ClaimKind::Takeover, 2));
+    assert!(
+        lease.fence > old.fence,
+        "the takeover fences the old owner off"
     );
     assert!(matches!(
         a.complete(&old, common::value("stale")).await,

@@ -45,7 +45,12 @@ async fn unreachable_database_is_unavailable() {
     let req = common::request(common::key(), 1, Duration::from_secs(10));
     assert_unavailable(store.claim(&req).await, "claim");
     assert_unavailable(store.get(&req.key).await, "get");
-    assert_unavailable(store.mark_corrupted(&req.key, "x").await, "mark_corrupted");
+    assert_unavailable(
+        store
+            .mark_corrupted(&req.key, idempotency_core::Observed::completed(1), "x")
+            .await,
+        "mark_corrupted",
+    );
     assert_unavailable(store.resolve(&req.key, Resolution::Delete).await, "resolve");
     assert_unavailable(store.purge_expired(10).await, "purge");
     assert_unavailable(

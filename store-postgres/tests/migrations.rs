@@ -3,6 +3,7 @@
 
 mod common;
 
+use idempotency_core::{Claim, ClaimKind, IdempotencyStore};
 use idempotency_postgres::sqlx::{self, AssertSqlSafe};
 use idempotency_postgres::{PostgresStore, SetupError};
 
@@ -16,7 +17,7 @@ async fn migrate_is_idempotent_and_keeps_its_own_history() {
         .schema(&schema)
         .build(pool.clone())
         .unwrap();
-    assert_eq!(store.migrate().await.unwrap(), 1);
+    assert_eq!(store.migrate().await.unwrap(), 2);
     assert_eq!(store.migrate().await.unwrap(), 0);
     assert_eq!(store.migrate().await.unwrap(), 0);
     let history: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
@@ -25,7 +26,10 @@ async fn migrate_is_idempotent_and_keeps_its_own_history() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(history, [(1, "records".to_owned())]);
+    assert_eq!(
+        history,
+        [(1, "records".to_owned()), (2, "fences".to_owned())]
+    );
     // Everything the store made lives in its schema.
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
@@ -45,8 +49,8 @@ async fn migrate_is_idempotent_and_keeps_its_own_history() {
     assert!(expiry_index);
 }
 
-/// Eight stores on two pools migrate one fresh schema at once: exactly one
-/// applies the migration, nobody fails.
+/// Eight stores on two pools migrate one fresh schema at once: the
+/// migrations are applied once, nobody fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_migrations_from_several_processes() {
     let Some(p1) = common::pool().await else {
@@ -67,7 +71,48 @@ async fn concurrent_migrations_from_several_processes() {
     for t in tasks {
         applied += t.await.unwrap().expect("every concurrent migrate succeeds");
     }
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
+}
+
+/// A schema created before fences came from a sequence (only migration 1
+/// applied, records holding fences up to 41) continues above them: the
+/// upgrade starts the sequence past every stored fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_starts_fences_above_the_stored_ones() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let schema = store.schema().to_owned();
+    let pool = store.pool().clone();
+    // Back to the schema as migration 1 left it.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SEQUENCE {schema}.fences; DELETE FROM {schema}.migrations WHERE version = 2"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let key = common::key();
+    let req = common::request(key, 3, std::time::Duration::from_secs(30));
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {schema}.records (key, fingerprint, state, fence, attempts, claim_kind, reason, retryable, created_at, finished_at, expires_at)
+         VALUES ($1, $2, 'FAILED', 41, 1, 'NEW', 'flaky', true, now(), now(), now() + interval '1 hour')"
+    )))
+    .bind(&key.as_bytes()[..])
+    .bind(&req.fingerprint.as_bytes()[..])
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(store.migrate().await.unwrap(), 1);
+    let Claim::Acquired { lease, kind } = store.claim(&req).await.unwrap() else {
+        panic!("a retryable failure is retried");
+    };
+    assert_eq!((kind, lease.attempt), (ClaimKind::Retry, 2));
+    assert!(lease.fence > 41, "{}", lease.fence);
+    let other = common::request(common::key(), 3, std::time::Duration::from_secs(30));
+    let Claim::Acquired { lease: fresh, .. } = store.claim(&other).await.unwrap() else {
+        panic!("a fresh key is acquired");
+    };
+    assert!(fresh.fence > lease.fence);
 }
 
 /// A history whose checksum does not match the embedded file stops migrate.

@@ -66,7 +66,14 @@ async fn purges_in_batches_and_keeps_live_records() {
     )
     .await;
     store.complete(&l, common::value("x")).await.unwrap();
-    store.mark_corrupted(&corrupt.key, "gone").await.unwrap();
+    store
+        .mark_corrupted(
+            &corrupt.key,
+            idempotency_core::Observed::completed(l.fence),
+            "gone",
+        )
+        .await
+        .unwrap();
     let failed = common::request(common::key(), 1, Duration::from_secs(1));
     let (l, _) = common::acquire(&store, &failed).await;
     store.fail(&l, Failure::terminal("no")).await.unwrap();

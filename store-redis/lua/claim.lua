@@ -1,6 +1,6 @@
 -- claim: insert, take over an expired lease, re-claim a retryable failure,
 -- or report the existing record. One atomic decision.
--- KEYS[1] record
+-- KEYS[1] record, KEYS[2] its fence floor
 -- ARGV: 1 clock offset, 2 fingerprint, 3 lease ms, 4 retention ms,
 --       5 max attempts, 6 new lease token, 7 channel, 8 message
 -- Returns one of:
@@ -24,17 +24,20 @@ if bad then
   notify(ARGV[7], ARGV[8])
   return { 'X', bad }
 end
+-- The fence of the record (even an expired one) is the last known fence.
+local last = r and r.n
 if r and expired(r, now) then
   redis.call('DEL', key)
   r = nil
 end
 
 if r == nil then
+  local fence = next_fence(last, ARGV[1])
   local deadline = now + lease
-  redis.call('HSET', key, 's', 'P', 'f', fingerprint, 'n', '1', 'a', '1', 'c', int(now),
+  redis.call('HSET', key, 's', 'P', 'f', fingerprint, 'n', int(fence), 'a', '1', 'c', int(now),
     'e', int(now + retention), 't', token, 'd', int(deadline))
-  keep_until(key, math.max(now + retention, deadline), now)
-  return { 'A', 'N', 1, 1, deadline }
+  keep_until(key, math.max(now + retention, deadline), now, fence)
+  return { 'A', 'N', fence, 1, deadline }
 end
 
 if r.s == 'X' then
@@ -55,7 +58,7 @@ if r.s == 'P' then
     redis.call('HSET', key, 's', 'F', 'x', reason, 'y', '0', 'w', int(now),
       'e', int(now + retention))
     redis.call('HDEL', key, 't', 'd')
-    keep_until(key, now + retention, now)
+    keep_until(key, now + retention, now, r.n)
     notify(ARGV[7], ARGV[8])
     return { 'F', reason, 0, now }
   end
@@ -68,12 +71,12 @@ else
   return { 'F', r.x, tonumber(r.y), r.w }
 end
 
-local fence = r.n + 1
+local fence = next_fence(r.n, ARGV[1])
 local attempt = r.a + 1
 local deadline = now + lease
 local expires = math.max(r.e, deadline)
 redis.call('HSET', key, 's', 'P', 'n', int(fence), 'a', int(attempt), 't', token,
   'd', int(deadline), 'e', int(expires))
 redis.call('HDEL', key, 'o', 'r', 'x', 'y', 'w')
-keep_until(key, expires, now)
+keep_until(key, expires, now, fence)
 return { 'A', kind, fence, attempt, deadline }

@@ -19,6 +19,15 @@
 -- except in tests that move the clock). The key's PX is always at least
 -- the record's remaining stored lifetime, so Redis never evicts a record
 -- that still counts; the stored timestamps decide expiry.
+--
+-- The fence floor, KEYS[2] = "<prefix>:{<64-hex storage key>}:fence" (same
+-- hash slot as the record), holds the record's fence as a plain integer and
+-- outlives the record by FLOOR_MARGIN_MS: whenever a script sets the
+-- record's PX it rewrites the floor with a PX that much longer, and a
+-- script deleting the record leaves the floor for FLOOR_MARGIN_MS. A claim
+-- draws max(last fence + 1, store clock in microseconds), "last" from the
+-- record if there is one, else from the floor. Scripts that never change
+-- the record's PX (get, mark_corrupted) get no KEYS[2].
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -26,6 +35,8 @@ end
 
 local FIELDS = { 's', 'f', 'n', 'a', 'c', 'e', 't', 'd', 'o', 'r', 'x', 'y', 'w' }
 local DAY_MS = 86400000
+local FLOOR = KEYS[2]
+local FLOOR_MARGIN_MS = 3600000
 
 local function clock(offset)
   local t = redis.call('TIME')
@@ -103,9 +114,36 @@ local function expired(r, now)
   return r.e <= now
 end
 
--- Keeps the key at least until `at` (store clock), counted from `now`.
-local function keep_until(key, at, now)
-  redis.call('PEXPIRE', key, int(math.max(at - now, 1)))
+-- The store clock in microseconds (fences are drawn from it).
+local function clock_us(offset)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(offset) * 1000
+end
+
+-- The fence a claim draws: above the last one known for the key (`last`,
+-- from the record, or nil to read the floor), and never below the clock.
+local function next_fence(last, offset)
+  if last == nil and FLOOR then
+    last = count(redis.pcall('GET', FLOOR))
+  end
+  return math.max((last or 0) + 1, clock_us(offset))
+end
+
+-- Keeps the key at least until `at` (store clock), counted from `now`, and
+-- its fence floor (holding `fence`, when known) FLOOR_MARGIN_MS longer.
+local function keep_until(key, at, now, fence)
+  local ttl = math.max(at - now, 1)
+  redis.call('PEXPIRE', key, int(ttl))
+  if FLOOR and fence then
+    redis.call('SET', FLOOR, int(fence), 'PX', int(ttl + FLOOR_MARGIN_MS))
+  end
+end
+
+-- The record is about to be deleted: its fence floor stays FLOOR_MARGIN_MS.
+local function forget(fence)
+  if FLOOR and fence then
+    redis.call('SET', FLOOR, int(fence), 'PX', FLOOR_MARGIN_MS)
+  end
 end
 
 -- Wakes cross-process waiters (the channel and message are arguments: a

@@ -1,11 +1,12 @@
 -- complete: Pending (this lease) -> Completed; retention restarts now.
--- KEYS[1] record
+-- KEYS[1] record, KEYS[2] its fence floor
 -- ARGV: 1 clock offset, 2 token, 3 fence, 4 retention ms, 5 outcome bytes,
 --       6 has resource (1|0), 7 resource, 8 channel, 9 message
 -- Returns 1, or 0 when the lease no longer owns the record.
 local key = KEYS[1]
 local now = clock(ARGV[1])
-if owned(key, ARGV[2], ARGV[3], now) == nil then
+local r = owned(key, ARGV[2], ARGV[3], now)
+if r == nil then
   return 0
 end
 local expires = now + tonumber(ARGV[4])
@@ -16,6 +17,6 @@ if ARGV[6] == '1' then
 else
   redis.call('HDEL', key, 't', 'd', 'x', 'y', 'r')
 end
-keep_until(key, expires, now)
+keep_until(key, expires, now, r.n)
 notify(ARGV[8], ARGV[9])
 return 1

@@ -1,4 +1,6 @@
--- mark_corrupted: any live state -> Corrupted (never expires).
+-- mark_corrupted: the observed live record -> Corrupted (never expires).
+-- Compare-and-set on the state and fence the caller observed (the store's
+-- own marks of undecodable data pass what they read, or '' for "any").
 -- KEYS[1] record
 -- ARGV: 1 clock offset, 2 detail, 3 expected fence ('' = any),
 --       4 expected state ('' = any), 5 channel, 6 message

@@ -162,6 +162,7 @@ pub(crate) fn record(key: StorageKey, fields: &[Value]) -> Result<Record, String
             outcome: decode_outcome(field(fields, O).unwrap_or_default())?,
             resource: decode_resource(&fields[R])?,
             completed_at: ts(fields, W, "completion time")?,
+            fence: num(fields, N, "fence")?,
         }),
         b"F" => RecordState::Failed(Failed {
             reason: text(&fields[X]),

@@ -21,7 +21,8 @@ pub enum ConnectionMode {
     /// returned to the pool.
     Pooled,
     /// Redis Cluster: the URLs are seed nodes; commands are routed by the
-    /// key's hash slot (every script touches one key, so one slot).
+    /// key's hash slot (every script touches one record's keys, all in
+    /// its slot).
     #[cfg(feature = "cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     Cluster,

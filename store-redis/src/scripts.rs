@@ -1,22 +1,46 @@
-//! The Lua scripts, embedded from `lua/*.lua` and run with `EVALSHA`
-//! (loaded on `NOSCRIPT`). Each is prefixed with `lua/common.lua`; the claim
-//! script starts with its replay fast path, `lua/claim_replay.lua`, before it.
+//! The Lua scripts, embedded from `lua/*.lua` and run with `EVALSHA`; a
+//! server that does not know a script (`NOSCRIPT`) gets its text with
+//! `EVAL`. Each is prefixed with `lua/common.lua`; the claim script starts
+//! with its replay fast path, `lua/claim_replay.lua`, before it.
 
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value};
+use redis::{Arg, Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value};
 
 const COMMON: &str = include_str!("../lua/common.lua");
 
-fn build(body: &str) -> Script {
-    Script::new(&[COMMON, "\n", body].concat())
+/// A script: its text (for `EVAL`) and its SHA-1 (for `EVALSHA`).
+pub(crate) struct Lua {
+    code: String,
+    script: Script,
+}
+
+impl Lua {
+    fn new(code: String) -> Self {
+        let script = Script::new(&code);
+        Self { code, script }
+    }
+
+    /// The SHA-1 that `EVALSHA` names.
+    pub(crate) fn hash(&self) -> &str {
+        self.script.get_hash()
+    }
+
+    /// Loads the script into the server's script cache (`SCRIPT LOAD`).
+    pub(crate) async fn load(&self, con: &mut impl ConnectionLike) -> RedisResult<String> {
+        self.script.load_async(con).await
+    }
+}
+
+fn build(body: &str) -> Lua {
+    Lua::new([COMMON, "\n", body].concat())
 }
 
 /// The claim script: the replay fast path, then the shared helpers and the general path.
-pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        &[
+pub(crate) static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        [
             include_str!("../lua/claim_replay.lua"),
             "\n",
             COMMON,
@@ -30,11 +54,11 @@ pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
 macro_rules! scripts {
     ($($name:ident => $file:literal),* $(,)?) => {
         $(
-            pub(crate) static $name: LazyLock<Script> =
+            pub(crate) static $name: LazyLock<Lua> =
                 LazyLock::new(|| build(include_str!(concat!("../lua/", $file))));
         )*
         /// Every script, for preloading.
-        pub(crate) fn all() -> [&'static Script; 8] {
+        pub(crate) fn all() -> [&'static Lua; 8] {
             [&*CLAIM, $(&*$name),*]
         }
     };
@@ -50,19 +74,34 @@ scripts! {
     RESOLVE => "resolve.lua",
 }
 
-/// One `EVALSHA` of a script on its one key, its arguments written straight
-/// into the command buffer. What `Script::prepare_invoke` sends, without a
-/// buffer per argument.
+/// One `EVALSHA` of a script on its record's keys, its arguments written
+/// straight into the command buffer.
 pub(crate) struct Eval {
-    script: &'static Script,
+    script: &'static Lua,
     cmd: Cmd,
 }
 
 impl Eval {
     /// `EVALSHA <sha> 1 <key>`; the arguments follow with [`Eval::arg`].
-    pub(crate) fn new(script: &'static Script, key: impl ToRedisArgs) -> Self {
+    pub(crate) fn new(script: &'static Lua, key: impl ToRedisArgs) -> Self {
         let mut cmd = Cmd::with_capacity(12, 256);
-        cmd.arg("EVALSHA").arg(script.get_hash()).arg(1).arg(key);
+        cmd.arg("EVALSHA").arg(script.hash()).arg(1).arg(key);
+        Self { script, cmd }
+    }
+
+    /// `EVALSHA <sha> 2 <key> <floor>`: a script that also keeps the
+    /// record's fence floor (a key in the record's hash slot).
+    pub(crate) fn with_floor(
+        script: &'static Lua,
+        key: impl ToRedisArgs,
+        floor: impl ToRedisArgs,
+    ) -> Self {
+        let mut cmd = Cmd::with_capacity(13, 320);
+        cmd.arg("EVALSHA")
+            .arg(script.hash())
+            .arg(2)
+            .arg(key)
+            .arg(floor);
         Self { script, cmd }
     }
 
@@ -72,15 +111,67 @@ impl Eval {
         self
     }
 
-    /// Runs the script, loading it first if the server does not know it
-    /// (`NOSCRIPT`), as `ScriptInvocation::invoke_async` does.
+    /// Runs the script. If the server does not know it (`NOSCRIPT`: its
+    /// script cache was flushed, or a failover moved the keys to a node that
+    /// never loaded it), the script's text is sent with `EVAL`, which runs
+    /// it and caches it in one command. A `NOSCRIPT` reply never reaches the
+    /// caller: nothing can flush the cache between loading and running.
     pub(crate) async fn invoke(&self, con: &mut impl ConnectionLike) -> RedisResult<Value> {
         match self.cmd.query_async::<Value>(con).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                Box::pin(self.script.load_async(con)).await?;
-                self.cmd.query_async(con).await
+                metrics::counter!("idempotency_redis_noscript_total").increment(1);
+                self.eval_cmd().query_async(con).await
             }
             other => other,
+        }
+    }
+
+    /// The same invocation as `EVAL <text> <numkeys> <keys> <args>`.
+    fn eval_cmd(&self) -> Cmd {
+        let mut cmd = Cmd::with_capacity(13, self.script.code.len() + 512);
+        cmd.arg("EVAL").arg(self.script.code.as_str());
+        // Everything after `EVALSHA <sha>`: key count, keys, arguments.
+        for arg in self.cmd.args_iter().skip(2) {
+            if let Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eval_fallback_sends_the_same_keys_and_arguments() {
+        let mut inv = Eval::with_floor(&COMPLETE, "idem:{ab}", "idem:{ab}:fence");
+        inv.arg(7u64).arg(b"\x00\xff".as_slice()).arg("x");
+        let sha: Vec<Vec<u8>> = inv.cmd.args_iter().map(simple).collect();
+        let eval: Vec<Vec<u8>> = inv.eval_cmd().args_iter().map(simple).collect();
+        assert_eq!(sha[0], b"EVALSHA");
+        assert_eq!(sha[1], COMPLETE.hash().as_bytes());
+        assert_eq!(eval[0], b"EVAL");
+        assert_eq!(eval[1], COMPLETE.code.as_bytes());
+        assert_eq!(sha[2..], eval[2..]);
+        assert_eq!(
+            eval[2..],
+            [
+                b"2".to_vec(),
+                b"idem:{ab}".to_vec(),
+                b"idem:{ab}:fence".to_vec(),
+                b"7".to_vec(),
+                b"\x00\xff".to_vec(),
+                b"x".to_vec(),
+            ]
+        );
+    }
+
+    fn simple(arg: Arg<&[u8]>) -> Vec<u8> {
+        match arg {
+            Arg::Simple(b) => b.to_vec(),
+            _ => panic!("only plain arguments"),
         }
     }
 }

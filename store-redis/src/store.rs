@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completed, Corrupted, Failed, Fingerprint,
-    IdempotencyStore, Lease, LeaseToken, Record, RecordState, Resolution, StorageKey, StoreError,
-    Timestamp,
+    IdempotencyStore, Lease, LeaseToken, Observed, Record, RecordState, Resolution, StateKind,
+    StorageKey, StoreError, Timestamp,
 };
 use idempotency_core::{Completion, Failure};
 use redis::{RedisWrite, ToRedisArgs, Value};
@@ -33,8 +33,10 @@ fn ms(d: Duration) -> u64 {
 
 /// A Redis-backed [`IdempotencyStore`].
 ///
-/// Every decision is one Lua script (`EVALSHA`, loaded on `NOSCRIPT`) on one
-/// key, `<prefix>:{<64-hex storage key>}`, using the Redis server's clock.
+/// Every decision is one Lua script (`EVALSHA`, or `EVAL` with the script's
+/// text when the server answers `NOSCRIPT`) on one record's keys
+/// (`<prefix>:{<64-hex storage key>}` and its fence floor), using the Redis
+/// server's clock.
 /// Cloning is cheap and shares connections, clock offset and waiters.
 /// See the [crate documentation](crate) for the key layout, cancellation
 /// safety, timeouts and the guarantees (and their limits).
@@ -60,11 +62,15 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// `<prefix>:{<64-hex storage key>}` as one command argument.
+/// `<prefix>:{<64-hex storage key>}<suffix>` as one command argument.
 struct RecordKey<'a> {
     prefix: &'a str,
     key: &'a StorageKey,
+    suffix: &'static str,
 }
+
+/// The fence floor's suffix: `<prefix>:{<64-hex storage key>}:fence`.
+const FLOOR_SUFFIX: &str = ":fence";
 
 impl ToRedisArgs for RecordKey<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
@@ -80,6 +86,7 @@ impl ToRedisArgs for RecordKey<'_> {
         // Writing into the command buffer cannot fail.
         let _ = std::io::Write::write_all(&mut arg, self.prefix.as_bytes());
         let _ = std::io::Write::write_all(&mut arg, &tagged);
+        let _ = std::io::Write::write_all(&mut arg, self.suffix.as_bytes());
     }
 }
 
@@ -138,13 +145,37 @@ impl RedisStore {
         format!("{}:{{{}}}", self.inner.config.prefix, key.to_hex())
     }
 
+    /// The Redis key of a record's fence floor:
+    /// `<prefix>:{<64-hex storage key>}:fence`, in the record's hash slot.
+    /// It holds the record's fence and outlives the record by an hour, so a
+    /// claim after a release, an expiry or an operator's deletion still
+    /// draws a greater fence (see the crate documentation, "Guarantees").
+    pub fn fence_key(&self, key: &StorageKey) -> String {
+        format!("{}{FLOOR_SUFFIX}", self.record_key(key))
+    }
+
     /// [`RedisStore::record_key`] as a command argument, written into the
     /// command buffer without an intermediate string.
     fn key_arg<'a>(&'a self, key: &'a StorageKey) -> RecordKey<'a> {
         RecordKey {
             prefix: &self.inner.config.prefix,
             key,
+            suffix: "",
         }
+    }
+
+    /// [`RedisStore::fence_key`] as a command argument.
+    fn floor_arg<'a>(&'a self, key: &'a StorageKey) -> RecordKey<'a> {
+        RecordKey {
+            prefix: &self.inner.config.prefix,
+            key,
+            suffix: FLOOR_SUFFIX,
+        }
+    }
+
+    /// A script run on a record and its fence floor.
+    fn eval_with_floor(&self, script: &'static scripts::Lua, key: &StorageKey) -> Eval {
+        Eval::with_floor(script, self.key_arg(key), self.floor_arg(key))
     }
 
     /// The pub/sub channel on which record changes are announced.
@@ -182,7 +213,7 @@ impl RedisStore {
     }
 
     /// Loads every script into the script cache (optional: scripts are
-    /// loaded on their first `NOSCRIPT` anyway).
+    /// sent with `EVAL`, which caches them, on their first `NOSCRIPT` anyway).
     ///
     /// # Errors
     ///
@@ -194,7 +225,7 @@ impl RedisStore {
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         for script in scripts::all() {
             let mut conn = self.inner.backend.checkout().await?;
-            let result = script.load_async(&mut conn).await;
+            let result = script.load(&mut conn).await;
             conn.finish(&result);
             result.map_err(map_redis)?;
         }
@@ -302,11 +333,11 @@ impl RedisStore {
     async fn lease_op(
         &self,
         op: &'static str,
-        script: &'static redis::Script,
+        script: &'static scripts::Lua,
         lease: &Lease,
         extra: impl FnOnce(&mut Eval),
     ) -> Result<Value, StoreError> {
-        let mut inv = Eval::new(script, self.key_arg(&lease.key));
+        let mut inv = self.eval_with_floor(script, &lease.key);
         inv.arg(self.offset())
             .arg(lease.token.as_uuid().as_bytes().as_slice())
             .arg(lease.fence);
@@ -361,6 +392,7 @@ impl RedisStore {
                         outcome,
                         resource,
                         completed_at: Timestamp::from_millis(uint(at(3)?)?),
+                        fence: fence.ok_or(protocol("claim reply fence"))?,
                     }),
                     (Err(detail), _) | (_, Err(detail)) => return Ok(Err((detail, fence))),
                 }
@@ -428,7 +460,7 @@ impl IdempotencyStore for RedisStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
         for _ in 0..MAX_RETRIES {
             let token = LeaseToken::new();
-            let mut inv = Eval::new(&scripts::CLAIM, self.key_arg(&req.key));
+            let mut inv = self.eval_with_floor(&scripts::CLAIM, &req.key);
             inv.arg(self.offset())
                 .arg(req.fingerprint.as_bytes().as_slice())
                 .arg(ms(req.lease))
@@ -535,17 +567,33 @@ impl IdempotencyStore for RedisStore {
         ))
     }
 
-    async fn mark_corrupted(&self, key: &StorageKey, detail: &str) -> Result<(), StoreError> {
+    /// One `mark_corrupted` script run, compare-and-set on the observed
+    /// state letter and fence.
+    async fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let state: &[u8] = match observed.state {
+            StateKind::Pending => b"P",
+            StateKind::Completed => b"C",
+            StateKind::Failed => b"F",
+            StateKind::Corrupted => b"X",
+            // A state this store never writes: no record can match it.
+            _ => return Err(StoreError::Conflict),
+        };
         let mut inv = Eval::new(&scripts::MARK_CORRUPTED, self.key_arg(key));
         inv.arg(self.offset())
             .arg(detail)
-            .arg("")
-            .arg("")
+            .arg(observed.fence)
+            .arg(state)
             .arg(&self.inner.channel)
             .arg(key.as_bytes().as_slice());
         match int(&self.eval("mark_corrupted", &inv).await?) {
             Some(1) => Ok(()),
             Some(0) => Err(StoreError::NotFound),
+            Some(2) => Err(StoreError::Conflict),
             _ => Err(protocol("mark_corrupted reply")),
         }
     }
@@ -560,7 +608,7 @@ impl IdempotencyStore for RedisStore {
             Resolution::Fail(f) => ("F", f.reason, f.retryable),
             _ => return Err(protocol("unknown resolution")),
         };
-        let mut inv = Eval::new(&scripts::RESOLVE, self.key_arg(key));
+        let mut inv = self.eval_with_floor(&scripts::RESOLVE, key);
         inv.arg(self.offset())
             .arg(mode)
             .arg(reason)
@@ -693,7 +741,22 @@ mod tests {
     }
 
     #[test]
-    fn every_script_touches_only_its_one_key() {
+    fn the_fence_floor_shares_the_records_slot() {
+        let store = store("idem");
+        for i in 0..256u32 {
+            let key = StorageKey::from_segments(&[i.to_be_bytes()]);
+            let floor = store.fence_key(&key);
+            assert_eq!(floor, format!("{}:fence", store.record_key(&key)));
+            assert_eq!(slot(&floor), slot(&store.record_key(&key)));
+            assert_eq!(
+                store.floor_arg(&key).to_redis_args(),
+                vec![floor.into_bytes()]
+            );
+        }
+    }
+
+    #[test]
+    fn every_script_touches_only_its_records_slot() {
         let sources = [
             include_str!("../lua/common.lua"),
             include_str!("../lua/claim_replay.lua"),
@@ -712,9 +775,11 @@ mod tests {
                 .filter(|l| !l.trim_start().starts_with("--"))
                 .collect::<Vec<_>>()
                 .join("\n");
+            // KEYS[1] is the record, KEYS[2] its fence floor (same slot,
+            // see `the_fence_floor_shares_the_records_slot`); nothing else.
             for (i, _) in code.match_indices("KEYS[") {
                 assert!(
-                    code[i..].starts_with("KEYS[1]"),
+                    code[i..].starts_with("KEYS[1]") || code[i..].starts_with("KEYS[2]"),
                     "a script uses another key"
                 );
             }

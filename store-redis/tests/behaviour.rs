@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Fingerprint, IdempotencyStore,
-    Outcome, RecordState, Resolution, StorageKey, StoreError,
+    Outcome, RecordState, Resolution, StateKind, StorageKey, StoreError,
 };
 use idempotency_redis::redis::{self, AsyncCommands};
 use idempotency_redis::{ConfigError, ConnectionMode, RedisConfig, RedisStore};
@@ -118,8 +118,9 @@ async fn px_covers_the_stored_lifetime_and_corrupted_records_persist() {
 
     // Corrupted: no expiry at all.
     let k3 = key();
-    acquire(&store, &req(k3)).await;
-    store.mark_corrupted(&k3, "gone").await.unwrap();
+    let pending = acquire(&store, &req(k3)).await;
+    let observed = idempotency_core::Observed::new(StateKind::Pending, pending.fence);
+    store.mark_corrupted(&k3, observed, "gone").await.unwrap();
     let pttl: i64 = raw.pttl(store.record_key(&k3)).await.unwrap();
     assert_eq!(pttl, -1, "corrupted records never expire");
     // Resolved into a failure: a day of retention again.
@@ -132,6 +133,62 @@ async fn px_covers_the_stored_lifetime_and_corrupted_records_persist() {
         .unwrap();
     let pttl: i64 = raw.pttl(store.record_key(&k3)).await.unwrap();
     assert!(pttl > 86_000_000, "resolved failure: {pttl}");
+}
+
+/// The fence floor keeps a key's fences increasing after its record is
+/// gone: released, deleted behind the store's back (as Redis's own expiry
+/// does), or with the floor gone too (then the server clock decides).
+#[tokio::test]
+async fn fences_keep_increasing_once_the_record_is_gone() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let mut raw = raw().await;
+    let k = key();
+    let (rk, floor) = (store.record_key(&k), store.fence_key(&k));
+    let first = acquire(&store, &req(k)).await;
+    assert_eq!(
+        raw.get::<_, u64>(&floor).await.unwrap(),
+        first.fence,
+        "the floor holds the record's fence"
+    );
+    let record_ttl: i64 = raw.pttl(&rk).await.unwrap();
+    let floor_ttl: i64 = raw.pttl(&floor).await.unwrap();
+    assert!(
+        floor_ttl >= record_ttl + 3_590_000,
+        "the floor outlives the record by an hour: {record_ttl} / {floor_ttl}"
+    );
+
+    // Released: the floor stays an hour.
+    store.release(&first).await.unwrap();
+    assert!(!raw.exists::<_, bool>(&rk).await.unwrap());
+    let floor_ttl: i64 = raw.pttl(&floor).await.unwrap();
+    assert!((3_590_000..=3_600_000).contains(&floor_ttl), "{floor_ttl}");
+    let second = acquire(&store, &req(k)).await;
+    assert!(second.fence > first.fence);
+
+    // The record vanishes without a script (Redis expired or evicted it).
+    let () = raw.del(&rk).await.unwrap();
+    let third = acquire(&store, &req(k)).await;
+    assert!(third.fence > second.fence);
+
+    // The floor is gone as well: the server clock still moves forward.
+    let () = raw.del(&[&rk, &floor]).await.unwrap();
+    let fourth = acquire(&store, &req(k)).await;
+    assert!(fourth.fence > third.fence);
+
+    // A floor written by a store whose clock runs ahead wins over this
+    // store's clock: fences never go back.
+    let () = raw.del(&rk).await.unwrap();
+    let ahead = fourth.fence + 3_600_000_000;
+    let () = raw.set(&floor, ahead).await.unwrap();
+    let fifth = acquire(&store, &req(k)).await;
+    assert_eq!(fifth.fence, ahead + 1);
+    // Completion and renewal keep the floor with the record.
+    let fifth = store.renew(&fifth).await.unwrap();
+    store.complete(&fifth, value("v")).await.unwrap();
+    assert_eq!(raw.get::<_, u64>(&floor).await.unwrap(), fifth.fence);
+    assert!(raw.pttl::<_, i64>(&floor).await.unwrap() > raw.pttl::<_, i64>(&rk).await.unwrap());
 }
 
 #[tokio::test]
@@ -166,7 +223,7 @@ async fn garbage_outcome_bytes_mark_the_record_corrupted_on_claim() {
     ));
     let rec = store.get(&k).await.unwrap().unwrap();
     assert!(matches!(rec.state, RecordState::Corrupted(_)));
-    assert_eq!((rec.fence, rec.attempts), (1, 1));
+    assert_eq!((rec.fence, rec.attempts), (lease.fence, 1));
     // An operator clears it; the next claim starts afresh.
     store.resolve(&k, Resolution::Delete).await.unwrap();
     assert!(matches!(

@@ -1,6 +1,6 @@
 //! Cancellation safety: 10,000 operations are dropped at random points
 //! (waiting for a connection, mid-command, mid-reply, during a `NOSCRIPT`
-//! reload), then every following operation must get its own reply.
+//! fallback to `EVAL`), then every following operation must get its own reply.
 //!
 //! Each record's stored outcome names its key, so a reply meant for another
 //! request (the cross-talk a half-read pooled connection would cause) is
@@ -75,7 +75,7 @@ async fn operation(store: &RedisStore, fixtures: &[Fixture], choice: u32, pick: 
             let fp = Fingerprint::of_bytes("fresh", key.as_bytes());
             match store.claim(&request(key, fp)).await.unwrap() {
                 Claim::Acquired { lease, kind } => {
-                    assert_eq!((kind, lease.fence), (ClaimKind::New, 1));
+                    assert_eq!((kind, lease.attempt), (ClaimKind::New, 1));
                     let body = Bytes::from(key.to_hex());
                     store
                         .complete(&lease, Completion::new(Outcome::Value(body.clone())))
@@ -119,7 +119,7 @@ async fn storm(mode: ConnectionMode) {
     }
 
     // Keep flushing the script cache so cancellations also land inside the
-    // NOSCRIPT → SCRIPT LOAD → EVALSHA sequence.
+    // NOSCRIPT → EVAL fallback.
     let stop = Arc::new(AtomicBool::new(false));
     let flusher = {
         let stop = stop.clone();

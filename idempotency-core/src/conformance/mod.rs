@@ -30,8 +30,8 @@ use crate::once::{Execution, Idempotent, RunError};
 use crate::policy::Policy;
 use crate::record::{Lease, LeaseToken, Outcome, RecordState, StoredResponse};
 use crate::store::{
-    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore,
-    Resolution, StoreError,
+    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore, Observed,
+    Resolution, StateKind, StoreError,
 };
 
 pub mod model;
@@ -95,14 +95,15 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Claim on an absent key acquires fence 1, attempt 1; completing it makes
-/// every later claim a replay of the stored outcome.
+/// Claim on an absent key acquires attempt 1 with a fence of at least 1;
+/// completing it makes every later claim a replay of the stored outcome.
 pub async fn claim_then_replay<S: ConformanceStore>(store: &S) {
     let key = random_key();
     let r = req(key, fp(1));
     let (lease, kind) = acquire(store, &r).await;
     assert_eq!(kind, ClaimKind::New);
-    assert_eq!((lease.fence, lease.attempt), (1, 1));
+    assert_eq!(lease.attempt, 1);
+    assert!(lease.fence >= 1, "fences start at 1");
     assert_eq!(lease.key, key);
     store
         .complete(&lease, value("first").with_resource("/things/1"))
@@ -113,13 +114,19 @@ pub async fn claim_then_replay<S: ConformanceStore>(store: &S) {
             Claim::Completed(c) => {
                 assert_eq!(c.outcome, Outcome::Value(Bytes::from_static(b"first")));
                 assert_eq!(c.resource.as_deref(), Some("/things/1"));
+                assert_eq!(c.fence, lease.fence, "a replay names the completing claim");
             }
             other => panic!("expected replay, got {other:?}"),
         }
     }
     let rec = store.get(&key).await.expect("get").expect("record");
     assert_eq!(rec.state.name(), "COMPLETED");
-    assert_eq!((rec.fence, rec.attempts), (1, 1));
+    assert_eq!(rec.state.kind(), StateKind::Completed);
+    assert_eq!((rec.fence, rec.attempts), (lease.fence, 1));
+    match &rec.state {
+        RecordState::Completed(c) => assert_eq!(c.fence, lease.fence),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(rec.fingerprint, fp(1));
 }
 
@@ -161,7 +168,10 @@ pub async fn fingerprint_mismatch_on_every_path<S: ConformanceStore>(store: &S) 
         Claim::Mismatch
     );
     let rec = store.get(&key).await.unwrap().unwrap();
-    assert_eq!(rec.fence, 1, "a mismatching claim must not take over");
+    assert_eq!(
+        rec.fence, lease.fence,
+        "a mismatching claim must not take over"
+    );
     // Completed.
     store.complete(&lease, value("v")).await.unwrap();
     assert_eq!(
@@ -264,7 +274,7 @@ pub async fn stale_lease_is_rejected<S: ConformanceStore>(store: &S) {
     assert_lease_lost(store.release(&new).await, "release after complete");
 }
 
-/// After the lease expires, a claim takes over: fence +1, attempt +1, a new token.
+/// After the lease expires, a claim takes over: a greater fence, attempt +1, a new token.
 pub async fn takeover_after_lease_expiry<S: ConformanceStore>(store: &S) {
     let key = random_key();
     let r = req(key, fp(1));
@@ -277,11 +287,15 @@ pub async fn takeover_after_lease_expiry<S: ConformanceStore>(store: &S) {
     store.advance(Duration::from_secs(2));
     let (second, kind) = acquire(store, &r).await;
     assert_eq!(kind, ClaimKind::Takeover);
-    assert_eq!((second.fence, second.attempt), (2, 2));
+    assert!(
+        second.fence > first.fence,
+        "a takeover fences the old owner off"
+    );
+    assert_eq!(second.attempt, 2);
     assert_ne!(second.token, first.token);
     assert!(second.deadline > first.deadline);
     let rec = store.get(&key).await.unwrap().unwrap();
-    assert_eq!((rec.fence, rec.attempts), (2, 2));
+    assert_eq!((rec.fence, rec.attempts), (second.fence, 2));
     assert_eq!(rec.state.name(), "PENDING");
 }
 
@@ -298,7 +312,7 @@ pub async fn late_completion_without_takeover_succeeds<S: ConformanceStore>(stor
     ));
 }
 
-/// Retryable failures are re-claimed (fence +1, attempt +1) until the attempt
+/// Retryable failures are re-claimed (greater fence, attempt +1) until the attempt
 /// limit; then the failure replays.
 pub async fn retryable_failure_is_reclaimed_until_max_attempts<S: ConformanceStore>(store: &S) {
     let key = random_key();
@@ -310,14 +324,16 @@ pub async fn retryable_failure_is_reclaimed_until_max_attempts<S: ConformanceSto
         .unwrap();
     let (l2, kind) = acquire(store, &r).await;
     assert_eq!(kind, ClaimKind::Retry);
-    assert_eq!((l2.fence, l2.attempt), (2, 2));
+    assert!(l2.fence > l1.fence);
+    assert_eq!(l2.attempt, 2);
     store
         .fail(&l2, Failure::retryable("flaky 2"))
         .await
         .unwrap();
     let (l3, kind) = acquire(store, &r).await;
     assert_eq!(kind, ClaimKind::Retry);
-    assert_eq!((l3.fence, l3.attempt), (3, 3));
+    assert!(l3.fence > l2.fence);
+    assert_eq!(l3.attempt, 3);
     store
         .fail(&l3, Failure::retryable("flaky 3"))
         .await
@@ -379,7 +395,7 @@ pub async fn terminal_failure_replays<S: ConformanceStore>(store: &S) {
     assert_eq!(store.get(&key).await.unwrap().unwrap().attempts, 1);
 }
 
-/// Release deletes the record: the next claim starts afresh at fence 1.
+/// Release deletes the record: the next claim starts afresh at attempt 1.
 pub async fn release_frees_the_key<S: ConformanceStore>(store: &S) {
     let key = random_key();
     let (lease, _) = acquire(store, &req(key, fp(1))).await;
@@ -387,7 +403,78 @@ pub async fn release_frees_the_key<S: ConformanceStore>(store: &S) {
     assert_eq!(store.get(&key).await.unwrap(), None);
     // Even another fingerprint may now use the key.
     let (lease, kind) = acquire(store, &req(key, fp(2))).await;
-    assert_eq!((kind, lease.fence, lease.attempt), (ClaimKind::New, 1, 1));
+    assert_eq!((kind, lease.attempt), (ClaimKind::New, 1));
+}
+
+/// A key's fence strictly increases with every claim for the key's whole
+/// life, not only within one record: after a release, after retention
+/// expiry, after an operator's `resolve(Delete)` of a corrupted record, and
+/// on takeover and retry. Attempts restart at 1 for every new record.
+pub async fn fence_increases_across_release_expiry_and_resolve<S: ConformanceStore>(store: &S) {
+    let key = random_key();
+    let r = req(key, fp(1));
+    let mut fences = Vec::new();
+    let mut claim = async |r: &ClaimRequest, expect: ClaimKind, attempt: u32, what: &str| {
+        let (lease, kind) = acquire(store, r).await;
+        assert_eq!((kind, lease.attempt), (expect, attempt), "{what}");
+        if let Some(last) = fences.last() {
+            assert!(
+                lease.fence > *last,
+                "{what}: fence {} after {last} (all so far: {fences:?})",
+                lease.fence
+            );
+        }
+        fences.push(lease.fence);
+        lease
+    };
+
+    // claim → release → claim (even with another fingerprint).
+    let first = claim(&r, ClaimKind::New, 1, "first claim").await;
+    store.release(&first).await.unwrap();
+    let released = claim(&req(key, fp(2)), ClaimKind::New, 1, "after release").await;
+    store.release(&released).await.unwrap();
+
+    // claim → complete → retention expires → claim.
+    let done = claim(&r, ClaimKind::New, 1, "claim to complete").await;
+    store.complete(&done, value("v")).await.unwrap();
+    store.advance(RETENTION + Duration::from_secs(1));
+    claim(&r, ClaimKind::New, 1, "after expiry").await;
+
+    // An abandoned lease expiring with its record: a fresh claim.
+    store.advance(RETENTION + LEASE + Duration::from_secs(1));
+    let abandoned = claim(&r, ClaimKind::New, 1, "after an abandoned lease").await;
+
+    // corrupted → resolve(Delete) → claim.
+    store.complete(&abandoned, value("v")).await.unwrap();
+    store
+        .mark_corrupted(
+            &key,
+            Observed::completed(abandoned.fence),
+            "resource vanished",
+        )
+        .await
+        .unwrap();
+    store.resolve(&key, Resolution::Delete).await.unwrap();
+    let resolved = claim(&r, ClaimKind::New, 1, "after resolve(Delete)").await;
+
+    // Within a record: takeover and retry.
+    store.advance(LEASE + Duration::from_secs(1));
+    let taken = claim(&r, ClaimKind::Takeover, 2, "takeover").await;
+    assert_lease_lost(
+        store.complete(&resolved, value("stale")).await,
+        "complete by the fenced owner",
+    );
+    store
+        .fail(&taken, Failure::retryable("flaky"))
+        .await
+        .unwrap();
+    let retried = claim(&r, ClaimKind::Retry, 3, "retry").await;
+    let rec = store.get(&key).await.unwrap().expect("record");
+    assert_eq!((rec.fence, rec.attempts), (retried.fence, 3));
+
+    // A pending record resolved away by an operator.
+    store.resolve(&key, Resolution::Delete).await.unwrap();
+    claim(&r, ClaimKind::New, 1, "after resolving a pending record").await;
 }
 
 /// A finished record is replayed until its retention runs out, counted from
@@ -406,7 +493,7 @@ pub async fn retention_expiry<S: ConformanceStore>(store: &S) {
     ));
     store.advance(Duration::from_secs(3));
     let (lease, kind) = acquire(store, &r).await;
-    assert_eq!((kind, lease.fence, lease.attempt), (ClaimKind::New, 1, 1));
+    assert_eq!((kind, lease.attempt), (ClaimKind::New, 1));
 
     // Failures expire too.
     let key = random_key();
@@ -458,7 +545,7 @@ pub async fn expiry_by_stored_timestamp<S: ConformanceStore>(store: &S) {
     );
     assert_lease_lost(store.renew(&lease).await, "renew after expiry");
     let (fresh, kind) = acquire(store, &r).await;
-    assert_eq!((kind, fresh.fence), (ClaimKind::New, 1));
+    assert_eq!((kind, fresh.attempt), (ClaimKind::New, 1));
 }
 
 /// A corrupted record blocks every claim (any fingerprint, any time) until an
@@ -469,7 +556,11 @@ pub async fn corrupted_blocks_until_resolved<S: ConformanceStore>(store: &S) {
     let (lease, _) = acquire(store, &r).await;
     store.complete(&lease, value("v")).await.unwrap();
     store
-        .mark_corrupted(&key, "work order 42 no longer exists")
+        .mark_corrupted(
+            &key,
+            Observed::completed(lease.fence),
+            "work order 42 no longer exists",
+        )
         .await
         .unwrap();
     for fpn in [1, 2] {
@@ -494,14 +585,22 @@ pub async fn corrupted_blocks_until_resolved<S: ConformanceStore>(store: &S) {
     // Resolve into a retryable failure: the next claim retries.
     let key = random_key();
     let r = req(key, fp(1));
-    let (_lease, _) = acquire(store, &r).await;
-    store.mark_corrupted(&key, "stuck").await.unwrap();
+    let (stuck, _) = acquire(store, &r).await;
+    store
+        .mark_corrupted(
+            &key,
+            Observed::new(StateKind::Pending, stuck.fence),
+            "stuck",
+        )
+        .await
+        .unwrap();
     store
         .resolve(&key, Resolution::Fail(Failure::retryable("operator retry")))
         .await
         .unwrap();
     let (lease, kind) = acquire(store, &r).await;
-    assert_eq!((kind, lease.fence, lease.attempt), (ClaimKind::Retry, 2, 2));
+    assert_eq!((kind, lease.attempt), (ClaimKind::Retry, 2));
+    assert!(lease.fence > stuck.fence);
 
     // Resolve a stuck pending record into a terminal failure.
     let key = random_key();
@@ -530,7 +629,9 @@ pub async fn corrupted_blocks_until_resolved<S: ConformanceStore>(store: &S) {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.mark_corrupted(&key, "x").await,
+        store
+            .mark_corrupted(&key, Observed::completed(1), "x")
+            .await,
         Err(StoreError::NotFound)
     ));
     let (lease, _) = acquire(store, &req(key, fp(1))).await;
@@ -541,6 +642,121 @@ pub async fn corrupted_blocks_until_resolved<S: ConformanceStore>(store: &S) {
             state: "COMPLETED",
             ..
         })
+    ));
+}
+
+/// `mark_corrupted` is compare-and-set on the observed state and fence: a
+/// wrong fence or a wrong state is `Conflict` and leaves the record as it
+/// was; the right observation marks it; an absent or expired record is
+/// `NotFound`; and a late mark with an observation made before an operator's
+/// resolution and a new claim is `Conflict`, never corrupting the new record.
+pub async fn mark_corrupted_is_compare_and_set<S: ConformanceStore>(store: &S) {
+    let key = random_key();
+    let r = req(key, fp(1));
+    assert!(matches!(
+        store
+            .mark_corrupted(&key, Observed::completed(1), "absent")
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let (lease, _) = acquire(store, &r).await;
+    store.complete(&lease, value("v")).await.unwrap();
+    let Claim::Completed(replayed) = store.claim(&r).await.unwrap() else {
+        panic!("expected a replay");
+    };
+    let seen = Observed::completed(replayed.fence);
+    assert_eq!(seen, Observed::of(&store.get(&key).await.unwrap().unwrap()));
+
+    let before = store.get(&key).await.unwrap();
+    for (wrong, what) in [
+        (Observed::completed(replayed.fence + 1), "wrong fence"),
+        (Observed::completed(replayed.fence - 1), "older fence"),
+        (Observed::new(StateKind::Pending, replayed.fence), "pending"),
+        (Observed::new(StateKind::Failed, replayed.fence), "failed"),
+        (
+            Observed::new(StateKind::Corrupted, replayed.fence),
+            "corrupted",
+        ),
+    ] {
+        match store.mark_corrupted(&key, wrong, "nope").await {
+            Err(StoreError::Conflict) => {}
+            other => panic!("{what}: expected Conflict, got {other:?}"),
+        }
+        assert_eq!(store.get(&key).await.unwrap(), before, "{what}: changed");
+    }
+    assert!(matches!(
+        store.claim(&r).await.unwrap(),
+        Claim::Completed(_)
+    ));
+
+    // The right observation marks it. It is then a corrupted record at the
+    // same fence: the old observation no longer matches, the new one does.
+    store.mark_corrupted(&key, seen, "gone").await.unwrap();
+    assert!(matches!(
+        store.claim(&r).await.unwrap(),
+        Claim::Corrupted { detail } if detail == "gone"
+    ));
+    assert!(matches!(
+        store.mark_corrupted(&key, seen, "again").await,
+        Err(StoreError::Conflict)
+    ));
+    let corrupted = Observed::new(StateKind::Corrupted, replayed.fence);
+    assert_eq!(
+        Observed::of(&store.get(&key).await.unwrap().unwrap()),
+        corrupted
+    );
+    store
+        .mark_corrupted(&key, corrupted, "still gone")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.claim(&r).await.unwrap(),
+        Claim::Corrupted { detail } if detail == "still gone"
+    ));
+
+    // Resolved, claimed and completed anew: a late mark with an observation
+    // of the old record does not touch the new one.
+    store.resolve(&key, Resolution::Delete).await.unwrap();
+    let (fresh, _) = acquire(store, &r).await;
+    for late in [seen, corrupted] {
+        assert!(matches!(
+            store.mark_corrupted(&key, late, "late").await,
+            Err(StoreError::Conflict)
+        ));
+    }
+    store.complete(&fresh, value("fresh")).await.unwrap();
+    assert!(matches!(
+        store.mark_corrupted(&key, seen, "late").await,
+        Err(StoreError::Conflict)
+    ));
+    match store.claim(&r).await.unwrap() {
+        Claim::Completed(c) => {
+            assert_eq!(c.outcome, Outcome::Value(Bytes::from_static(b"fresh")));
+            assert_eq!(c.fence, fresh.fence);
+        }
+        other => panic!("the new record was touched: {other:?}"),
+    }
+
+    // A pending record is marked by its pending observation (its lease is
+    // then spent); an expired record is absent.
+    let key = random_key();
+    let r = req(key, fp(1));
+    let (pending, _) = acquire(store, &r).await;
+    let observed = Observed::new(StateKind::Pending, pending.fence);
+    store.mark_corrupted(&key, observed, "stuck").await.unwrap();
+    assert_lease_lost(
+        store.complete(&pending, value("late")).await,
+        "complete after the mark",
+    );
+    let key = random_key();
+    let (lease, _) = acquire(store, &req(key, fp(1))).await;
+    store.complete(&lease, value("v")).await.unwrap();
+    store.advance(RETENTION + Duration::from_secs(1));
+    assert!(matches!(
+        store
+            .mark_corrupted(&key, Observed::completed(lease.fence), "expired")
+            .await,
+        Err(StoreError::NotFound)
     ));
 }
 
@@ -606,6 +822,20 @@ pub async fn outcomes_round_trip_intact<S: ConformanceStore>(store: &S) {
         Outcome::Value(Bytes::from_static(br#"{"id":"\u0000\u00e9"}"#)),
         Outcome::Tombstone {
             status: Some(200),
+            headers: vec![],
+            reason: "response larger than 1 MiB".into(),
+        },
+        Outcome::Tombstone {
+            status: Some(201),
+            headers: vec![
+                ("location".into(), Bytes::from_static(b"/things/7")),
+                (
+                    "content-type".into(),
+                    Bytes::from_static(b"application/json"),
+                ),
+                ("link".into(), Bytes::from_static(b"</a>")),
+                ("link".into(), Bytes::from_static(b"</b>")),
+            ],
             reason: "response larger than 1 MiB".into(),
         },
     ];
@@ -905,9 +1135,11 @@ macro_rules! store_conformance_tests {
             expired_lease_without_attempts_left_fails,
             terminal_failure_replays,
             release_frees_the_key,
+            fence_increases_across_release_expiry_and_resolve,
             retention_expiry,
             expiry_by_stored_timestamp,
             corrupted_blocks_until_resolved,
+            mark_corrupted_is_compare_and_set,
             lease_renewal_by_owner_only,
             outcomes_round_trip_intact,
             failure_is_recorded,

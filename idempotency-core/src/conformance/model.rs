@@ -2,11 +2,17 @@
 //!
 //! A reference model of the DESIGN.md lifecycle (written independently of
 //! any store) generates random sequences of claim / complete / fail /
-//! release / renew / corrupt / resolve / get / advance-time over three keys
-//! and two fingerprints. Each sequence is applied in lockstep to the real
-//! store, and every answer (decision kind, fence, attempt, lease errors,
-//! state read back) must match the model. Failing sequences are shrunk to a
-//! minimal reproduction.
+//! release / renew / corrupt (with a right or a wrong observation of the
+//! record: marks are compare-and-set) / resolve / get / advance-time over
+//! three keys and two fingerprints. Each sequence is applied in lockstep to the real
+//! store, and every answer (decision kind, attempt, lease errors, state read
+//! back) must match the model. Fences are the store's to choose, so the model
+//! tracks which claim a record's fence belongs to, and the runner checks the
+//! store's numbers against that: a record reads back with the fence of its
+//! latest claim, and every claim of a key gets a fence greater than any
+//! earlier claim of that key, in any earlier record life (across release,
+//! expiry and resolve). Failing sequences are shrunk to a minimal
+//! reproduction.
 //!
 //! Time moves in steps of at least 10 s against a 60 s lease and 600 s
 //! retention, so the real time that passes while a sequence runs (well under
@@ -25,8 +31,8 @@ use crate::key::StorageKey;
 use crate::record::Lease;
 use crate::record::Outcome;
 use crate::store::{
-    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore,
-    Resolution, StoreError,
+    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore, Observed,
+    Resolution, StateKind, StoreError,
 };
 
 const KEYS: usize = 3;
@@ -52,14 +58,25 @@ pub enum Step {
     Release(usize),
     /// Renew the n-th lease.
     Renew(usize),
-    /// Mark a key corrupted.
-    Corrupt(usize),
+    /// Mark a key corrupted, observing it as it is or not.
+    Corrupt(usize, Observation),
     /// Operator resolution: delete (true) or turn into a retryable failure.
     Resolve(usize, bool),
     /// Read a key.
     Get(usize),
     /// Move the clock forward by this many seconds.
     Advance(u64),
+}
+
+/// What a corruption mark claims to have observed of the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observation {
+    /// Its current state and fence: the mark is written.
+    Current,
+    /// Its current state at another fence: `Conflict`.
+    OtherFence,
+    /// Another state at its current fence: `Conflict`.
+    OtherState,
 }
 
 /// What the model knows of one record.
@@ -87,7 +104,8 @@ pub enum MState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MRecord {
     fp: u8,
-    fence: u64,
+    /// Index of the claim (lease) whose fence the record holds.
+    fenced_by: usize,
     attempts: u32,
     expires_at: u64,
     state: MState,
@@ -108,15 +126,16 @@ impl MRecord {
 pub struct Model {
     now: u64,
     records: [Option<MRecord>; KEYS],
-    /// (key index, fence) of every lease handed out, in order.
-    leases: Vec<(usize, u64)>,
+    /// The key index of every lease handed out, in order.
+    leases: Vec<usize>,
 }
 
 /// What the model predicts for a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
+    /// A claim acquired: the n-th lease handed out.
     Acquired {
-        fence: u64,
+        lease: usize,
         attempt: u32,
         kind: ClaimKind,
     },
@@ -130,8 +149,10 @@ enum Expect {
     Ok,
     LeaseLost,
     NotFound,
+    Conflict,
     InvalidState,
-    Record(Option<(&'static str, u64, u32)>),
+    /// A record read back: state, the lease whose fence it holds, attempts.
+    Record(Option<(&'static str, usize, u32)>),
     Nothing,
 }
 
@@ -140,11 +161,25 @@ impl Model {
         self.records[k].as_ref().filter(|r| !r.expired(self.now))
     }
 
+    /// What a mark would observe of key `k`: the state and the lease whose
+    /// fence the record holds.
+    fn observe(&self, k: usize) -> Option<(StateKind, usize)> {
+        self.live(k).map(|r| {
+            let kind = match r.state {
+                MState::Pending { .. } => StateKind::Pending,
+                MState::Completed => StateKind::Completed,
+                MState::Failed { .. } => StateKind::Failed,
+                MState::Corrupted => StateKind::Corrupted,
+            };
+            (kind, r.fenced_by)
+        })
+    }
+
     fn owned(&self, lease: usize) -> Option<usize> {
-        let (k, fence) = *self.leases.get(lease)?;
+        let k = *self.leases.get(lease)?;
         let r = self.live(k)?;
         match r.state {
-            MState::Pending { lease: l, .. } if l == lease && r.fence == fence => Some(k),
+            MState::Pending { lease: l, .. } if l == lease && r.fenced_by == lease => Some(k),
             _ => None,
         }
     }
@@ -159,19 +194,20 @@ impl Model {
             }
             Step::Claim { key, fp } => {
                 let Some(rec) = self.live(key).cloned() else {
-                    self.leases.push((key, 1));
+                    self.leases.push(key);
+                    let lease = self.leases.len() - 1;
                     self.records[key] = Some(MRecord {
                         fp,
-                        fence: 1,
+                        fenced_by: lease,
                         attempts: 1,
                         expires_at: now + RETENTION_S,
                         state: MState::Pending {
-                            lease: self.leases.len() - 1,
+                            lease,
                             deadline: now + LEASE_S,
                         },
                     });
                     return Expect::Acquired {
-                        fence: 1,
+                        lease,
                         attempt: 1,
                         kind: ClaimKind::New,
                     };
@@ -202,18 +238,18 @@ impl Model {
                     MState::Failed { .. } => return Expect::Failed,
                     MState::Corrupted => unreachable!(),
                 };
-                let fence = rec.fence + 1;
-                self.leases.push((key, fence));
+                self.leases.push(key);
+                let lease = self.leases.len() - 1;
                 let r = self.records[key].as_mut().expect("live");
-                r.fence = fence;
+                r.fenced_by = lease;
                 r.attempts += 1;
                 r.state = MState::Pending {
-                    lease: self.leases.len() - 1,
+                    lease,
                     deadline: now + LEASE_S,
                 };
                 r.expires_at = r.expires_at.max(now + LEASE_S);
                 Expect::Acquired {
-                    fence,
+                    lease,
                     attempt: r.attempts,
                     kind,
                 }
@@ -243,9 +279,12 @@ impl Model {
                 }
                 Expect::Ok
             }
-            Step::Corrupt(k) => {
+            Step::Corrupt(k, observation) => {
                 if self.live(k).is_none() {
                     return Expect::NotFound;
+                }
+                if observation != Observation::Current {
+                    return Expect::Conflict;
                 }
                 let r = self.records[k].as_mut().expect("live");
                 r.state = MState::Corrupted;
@@ -275,7 +314,7 @@ impl Model {
                     MState::Failed { .. } => "FAILED",
                     MState::Corrupted => "CORRUPTED",
                 };
-                (name, r.fence, r.attempts)
+                (name, r.fenced_by, r.attempts)
             })),
         }
     }
@@ -298,8 +337,13 @@ impl ReferenceStateMachine for Lifecycle {
         let claims = (key.clone(), 0..2u8).prop_map(|(key, fp)| Step::Claim { key, fp });
         let advance =
             prop_oneof![Just(10u64), Just(30), Just(70), Just(700)].prop_map(Step::Advance);
+        let observation = prop_oneof![
+            2 => Just(Observation::Current),
+            1 => Just(Observation::OtherFence),
+            1 => Just(Observation::OtherState),
+        ];
         let misc = prop_oneof![
-            key.clone().prop_map(Step::Corrupt),
+            (key.clone(), observation).prop_map(|(k, o)| Step::Corrupt(k, o)),
             (key.clone(), any::<bool>()).prop_map(|(k, d)| Step::Resolve(k, d)),
             key.prop_map(Step::Get),
         ];
@@ -356,7 +400,29 @@ where
         .collect();
     let mut model = Model::default();
     let mut leases: Vec<Lease> = Vec::new();
+    // Per key: the greatest fence handed out so far, in any record life.
+    let mut last_fence: [Option<u64>; KEYS] = [None; KEYS];
     for (i, step) in steps.iter().enumerate() {
+        // What a corruption mark observes, in the store's numbers, before
+        // the model moves on.
+        let observed = match *step {
+            Step::Corrupt(k, observation) => Some(match model.observe(k) {
+                // Absent: any observation is "not found".
+                None => Observed::completed(1),
+                Some((kind, by)) => {
+                    let fence = leases[by].fence;
+                    match observation {
+                        Observation::Current => Observed::new(kind, fence),
+                        Observation::OtherFence => Observed::new(kind, fence + 1),
+                        Observation::OtherState if kind == StateKind::Pending => {
+                            Observed::new(StateKind::Completed, fence)
+                        }
+                        Observation::OtherState => Observed::new(StateKind::Pending, fence),
+                    }
+                }
+            }),
+            _ => None,
+        };
         let expect = model.step(step);
         let ctx = || format!("step {i} {step:?}");
         let got = match *step {
@@ -374,8 +440,17 @@ where
                 };
                 match store.claim(&req).await {
                     Ok(Claim::Acquired { lease, kind }) => {
+                        let floor = last_fence[key];
+                        prop_assert!(
+                            floor.is_none_or(|f| lease.fence > f) && lease.fence >= 1,
+                            "{}: fence {} does not increase on {:?}",
+                            ctx(),
+                            lease.fence,
+                            floor
+                        );
+                        last_fence[key] = Some(lease.fence);
                         let e = Expect::Acquired {
-                            fence: lease.fence,
+                            lease: leases.len(),
                             attempt: lease.attempt,
                             kind,
                         };
@@ -410,11 +485,15 @@ where
                 };
                 lease_result(r).map_err(|e| TestCaseError::fail(format!("{}: {e}", ctx())))?
             }
-            Step::Corrupt(k) => match store.mark_corrupted(&keys[k], "model").await {
-                Ok(()) => Expect::Ok,
-                Err(StoreError::NotFound) => Expect::NotFound,
-                Err(e) => return Err(TestCaseError::fail(format!("{}: {e:?}", ctx()))),
-            },
+            Step::Corrupt(k, _) => {
+                let observed = observed.expect("computed above");
+                match store.mark_corrupted(&keys[k], observed, "model").await {
+                    Ok(()) => Expect::Ok,
+                    Err(StoreError::NotFound) => Expect::NotFound,
+                    Err(StoreError::Conflict) => Expect::Conflict,
+                    Err(e) => return Err(TestCaseError::fail(format!("{}: {e:?}", ctx()))),
+                }
+            }
             Step::Resolve(k, delete) => {
                 let res = if delete {
                     Resolution::Delete
@@ -429,7 +508,17 @@ where
                 }
             }
             Step::Get(k) => match store.get(&keys[k]).await {
-                Ok(r) => Expect::Record(r.map(|r| (r.state.name(), r.fence, r.attempts))),
+                Ok(r) => {
+                    // Name the fence by the lease that carries it (the model's terms).
+                    let read = r.map(|r| {
+                        let by = leases
+                            .iter()
+                            .rposition(|l| l.key == keys[k] && l.fence == r.fence)
+                            .unwrap_or(usize::MAX);
+                        (r.state.name(), by, r.attempts)
+                    });
+                    Expect::Record(read)
+                }
                 Err(e) => return Err(TestCaseError::fail(format!("{}: {e:?}", ctx()))),
             },
         };
@@ -486,7 +575,7 @@ mod tests {
         assert_eq!(
             m.step(&Step::Claim { key: 0, fp: 0 }),
             Expect::Acquired {
-                fence: 1,
+                lease: 0,
                 attempt: 1,
                 kind: ClaimKind::New
             }
@@ -500,7 +589,7 @@ mod tests {
         assert_eq!(
             m.step(&Step::Claim { key: 0, fp: 0 }),
             Expect::Acquired {
-                fence: 2,
+                lease: 1,
                 attempt: 2,
                 kind: ClaimKind::Takeover
             }
@@ -510,13 +599,21 @@ mod tests {
         assert_eq!(
             m.step(&Step::Claim { key: 0, fp: 0 }),
             Expect::Acquired {
-                fence: 3,
+                lease: 2,
                 attempt: 3,
                 kind: ClaimKind::Retry
             }
         );
+        assert_eq!(
+            m.step(&Step::Get(0)),
+            Expect::Record(Some(("PENDING", 2, 3)))
+        );
         m.step(&Step::Advance(70));
         assert_eq!(m.step(&Step::Claim { key: 0, fp: 0 }), Expect::Failed);
+        assert_eq!(
+            m.step(&Step::Get(0)),
+            Expect::Record(Some(("FAILED", 2, 3)))
+        );
         m.step(&Step::Advance(700));
         assert_eq!(m.step(&Step::Get(0)), Expect::Record(None));
     }
