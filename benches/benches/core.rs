@@ -81,6 +81,7 @@ fn memory_store(c: &mut Criterion) {
         status: 201,
         headers: vec![("location".into(), Bytes::from_static(b"/orders/1"))],
         body: Bytes::from_static(br#"{"id":1,"sku":"A-1","quantity":2}"#),
+        trailers: Vec::new(),
     });
     let mut n = 0u64;
     let mut g = c.benchmark_group("memory_store");

@@ -804,6 +804,7 @@ mod tests {
             status: 201,
             headers: vec![("location".into(), Bytes::from_static(b"/things/1"))],
             body: Bytes::from(vec![7u8; n]),
+            trailers: Vec::new(),
         }))
         .with_resource("/things/1")
     }
@@ -918,6 +919,7 @@ mod tests {
                 status: 200,
                 headers: vec![("etag".into(), Bytes::from_static(b"\"1\""))],
                 body: Bytes::from_static(b"hello"),
+                trailers: Vec::new(),
             }),
             resource: Some("/r".into()),
             completed_at: Timestamp::from_millis(0),

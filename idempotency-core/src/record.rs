@@ -123,6 +123,9 @@ pub struct StoredResponse {
     pub headers: Vec<(String, Bytes)>,
     /// The body bytes, exactly as sent.
     pub body: Bytes,
+    /// Trailer fields sent after the body (gRPC's `grpc-status` and
+    /// `grpc-message`), in order; empty for most responses.
+    pub trailers: Vec<(String, Bytes)>,
 }
 
 /// What a completed operation left behind.
@@ -158,6 +161,8 @@ const CODEC_VERSION: u8 = 1;
 /// Outcome tags. `T` is the first tombstone form (status and reason, no
 /// headers): still decoded, never written.
 const TAG_RESPONSE: u8 = b'R';
+/// A response with trailers: `R`'s fields, then the trailers.
+const TAG_RESPONSE_TRAILERS: u8 = b'P';
 const TAG_VALUE: u8 = b'V';
 const TAG_TOMBSTONE_V1: u8 = b'T';
 const TAG_TOMBSTONE: u8 = b'H';
@@ -169,10 +174,18 @@ impl Outcome {
         out.push(CODEC_VERSION);
         match self {
             Self::Response(r) => {
-                out.push(TAG_RESPONSE);
+                let trailers = !r.trailers.is_empty();
+                out.push(if trailers {
+                    TAG_RESPONSE_TRAILERS
+                } else {
+                    TAG_RESPONSE
+                });
                 out.extend_from_slice(&r.status.to_be_bytes());
                 put_headers(&mut out, &r.headers);
                 put_bytes(&mut out, &r.body);
+                if trailers {
+                    put_headers(&mut out, &r.trailers);
+                }
             }
             Self::Value(v) => {
                 out.push(TAG_VALUE);
@@ -203,14 +216,20 @@ impl Outcome {
             return Err(DecodeError("unknown codec version"));
         }
         let out = match take(r, 1)?[0] {
-            TAG_RESPONSE => {
+            tag @ (TAG_RESPONSE | TAG_RESPONSE_TRAILERS) => {
                 let status = get_u16(r)?;
                 let headers = get_headers(r)?;
                 let body = Bytes::copy_from_slice(get_bytes(r)?);
+                let trailers = if tag == TAG_RESPONSE_TRAILERS {
+                    get_headers(r)?
+                } else {
+                    Vec::new()
+                };
                 Self::Response(StoredResponse {
                     status,
                     headers,
                     body,
+                    trailers,
                 })
             }
             TAG_VALUE => Self::Value(Bytes::copy_from_slice(get_bytes(r)?)),
@@ -419,11 +438,25 @@ mod tests {
                     ("link".into(), Bytes::from_static(b"<b>")),
                 ],
                 body: Bytes::from(vec![0u8, 255, 10, 13]),
+                trailers: Vec::new(),
             }),
             Outcome::Response(StoredResponse {
                 status: 204,
                 headers: vec![],
                 body: Bytes::new(),
+                trailers: Vec::new(),
+            }),
+            Outcome::Response(StoredResponse {
+                status: 200,
+                headers: vec![(
+                    "content-type".into(),
+                    Bytes::from_static(b"application/grpc"),
+                )],
+                body: Bytes::from_static(b"\0\0\0\0\x02hi"),
+                trailers: vec![
+                    ("grpc-status".into(), Bytes::from_static(b"0")),
+                    ("grpc-message".into(), Bytes::from_static(b"")),
+                ],
             }),
             Outcome::Value(Bytes::from_static(br#"{"a":1}"#)),
             Outcome::Tombstone {
@@ -486,6 +519,7 @@ mod tests {
             status: 200,
             headers: vec![("a".into(), Bytes::from_static(b"b"))],
             body: Bytes::from_static(b"hello"),
+            trailers: Vec::new(),
         })
         .encode();
         let tombstone = Outcome::Tombstone {

@@ -177,21 +177,32 @@ pub(crate) fn stored_response(
     headers: &HeaderMap,
     body: Bytes,
 ) -> StoredResponse {
-    let headers = headers
-        .iter()
-        .filter(|(name, _)| config.replays(name))
+    StoredResponse {
+        status: status.as_u16(),
+        headers: fields(headers, |name| config.replays(name)),
+        body,
+        trailers: Vec::new(),
+    }
+}
+
+/// The stored form of trailer fields: every one of them (a trailer such as
+/// gRPC's `grpc-status` is the outcome itself), but those never replayed.
+pub(crate) fn stored_trailers(trailers: Option<&HeaderMap>) -> Vec<(String, Bytes)> {
+    trailers.map_or_else(Vec::new, |t| {
+        fields(t, |name| !crate::layer::NEVER_REPLAYED.contains(name))
+    })
+}
+
+fn fields(map: &HeaderMap, keep: impl Fn(&http::HeaderName) -> bool) -> Vec<(String, Bytes)> {
+    map.iter()
+        .filter(|(name, _)| keep(name))
         .map(|(name, value)| {
             (
                 name.as_str().to_owned(),
                 Bytes::copy_from_slice(value.as_bytes()),
             )
         })
-        .collect();
-    StoredResponse {
-        status: status.as_u16(),
-        headers,
-        body,
-    }
+        .collect()
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tracing::{Instrument, Span};
 use crate::body::{
     CollectError, Collected, RequestBody, ResponseBody, collect_limited, collect_response,
 };
-use crate::context::{IdempotencyContext, stored_response};
+use crate::context::{IdempotencyContext, stored_response, stored_trailers};
 use crate::future::ResponseFuture;
 use crate::hook::{Decision, DecisionOutcome};
 use crate::key::KeyInput;
@@ -515,6 +515,7 @@ async fn replay<St: IdempotencyStore, B: Body>(
                 status,
                 headers,
                 body: Bytes::new(),
+                trailers: Vec::new(),
             };
             replay_stored(&ctx.config, &head)
         }
@@ -596,18 +597,35 @@ fn replay_stored<B: Body>(
 ) -> Result<Response<ResponseBody<B>>, &'static str> {
     let status = StatusCode::from_u16(stored.status)
         .map_err(|_| "stored status is not a valid HTTP status")?;
-    let mut res = Response::new(ResponseBody::full(stored.body.clone()));
+    let trailers = if stored.trailers.is_empty() {
+        None
+    } else {
+        let mut map = HeaderMap::with_capacity(stored.trailers.len());
+        for (name, value) in &stored.trailers {
+            let (name, value) = field(name, value)?;
+            map.append(name, value);
+        }
+        Some(map)
+    };
+    let body = ResponseBody::full_with_trailers(stored.body.clone(), trailers);
+    let mut res = Response::new(body);
     *res.status_mut() = status;
     for (name, value) in &stored.headers {
-        let name =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| "stored header name is invalid")?;
-        let value = HeaderValue::from_maybe_shared(value.clone())
-            .map_err(|_| "stored header value is invalid")?;
+        let (name, value) = field(name, value)?;
         if config.replays(&name) {
             res.headers_mut().append(name, value);
         }
     }
     Ok(res)
+}
+
+/// A stored header or trailer field, checked.
+fn field(name: &str, value: &Bytes) -> Result<(HeaderName, HeaderValue), &'static str> {
+    let name =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| "stored header name is invalid")?;
+    let value = HeaderValue::from_maybe_shared(value.clone())
+        .map_err(|_| "stored header value is invalid")?;
+    Ok((name, value))
 }
 
 enum TaskError<E> {
@@ -763,7 +781,9 @@ where
             }
             let (outcome, body) = match collected {
                 Collected::Complete { data, trailers } => {
-                    let stored = stored_response(&config, status, &head.headers, data.clone());
+                    let mut stored = stored_response(&config, status, &head.headers, data.clone());
+                    // Trailers are part of the outcome (gRPC's `grpc-status`).
+                    stored.trailers = stored_trailers(trailers.as_ref());
                     let completion = Completion::new(Outcome::Response(stored));
                     let outcome = settled(owned.complete(completion).await, executed);
                     (outcome, ResponseBody::full_with_trailers(data, trailers))

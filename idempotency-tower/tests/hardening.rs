@@ -392,3 +392,44 @@ async fn extreme_settings_never_panic_or_execute_twice() {
     }
     assert_eq!(counter.get(), 1, "one execution for twelve duplicates");
 }
+
+/// Trailers (gRPC's `grpc-status`) are part of the outcome: stored and
+/// replayed after the body.
+#[tokio::test]
+async fn trailers_are_stored_and_replayed() {
+    let counter = Counter::default();
+    let app = Router::new()
+        .route(
+            "/calls",
+            post(|State(c): State<Counter>| async move {
+                let n = c.next();
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                trailers.insert("grpc-message", format!("call {n}").parse().unwrap());
+                let frames = futures_util::stream::iter([
+                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"payload"))),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ]);
+                (
+                    [("content-type", "application/grpc")],
+                    Body::new(http_body_util::StreamBody::new(frames)),
+                )
+            }),
+        )
+        .with_state(counter.clone())
+        .layer(IdempotencyLayer::new(MemoryStore::new()));
+    for replayed in [false, true] {
+        let res = app
+            .clone()
+            .oneshot(req("POST", "/calls", "grpc-1"))
+            .await
+            .unwrap();
+        assert_eq!(res.headers().contains_key("idempotent-replayed"), replayed);
+        let collected = res.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "call 1");
+        assert_eq!(&collected.to_bytes()[..], b"payload");
+    }
+    assert_eq!(counter.get(), 1);
+}

@@ -808,16 +808,19 @@ pub async fn outcomes_round_trip_intact<S: ConformanceStore>(store: &S) {
                 ("x-bin".into(), Bytes::from_static(b"\x80\xff")),
             ],
             body: Bytes::from(all_bytes),
+            trailers: Vec::new(),
         }),
         Outcome::Response(StoredResponse {
             status: 204,
             headers: vec![],
             body: Bytes::new(),
+            trailers: Vec::new(),
         }),
         Outcome::Response(StoredResponse {
             status: 200,
             headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
             body: Bytes::from(big),
+            trailers: Vec::new(),
         }),
         Outcome::Value(Bytes::from_static(br#"{"id":"\u0000\u00e9"}"#)),
         Outcome::Tombstone {
