@@ -1,5 +1,5 @@
 //! Builds the idempotency store `IDEMPOTENCY_STORE` names (checked by
-//! [`Settings`](crate::settings::Settings)).
+//! [`Settings`]).
 
 use idempotency_core::{BoxError, DynStore, MemoryStore};
 
