@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use idempotency_core::{
-    Attempt, ClaimKind, Completion, Lease, Outcome, StorageKey, StoredResponse,
-};
+use idempotency_core::{Attempt, ClaimKind, Completion, Lease, Outcome, StorageKey};
 
-use crate::layer::Config;
+use crate::config::Config;
+use crate::replay::stored_response;
 
 /// The request extension the layer adds to every request it executes (never
 /// to a replay, a rejected request or one passed through unprotected).
@@ -168,41 +167,6 @@ impl IdempotencyContext {
     pub(crate) fn completed_resource(&self) -> Option<Option<String>> {
         self.attempt.completed_resource()
     }
-}
-
-/// The stored form of a response: status, the replayed headers in order, body.
-pub(crate) fn stored_response(
-    config: &Config,
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> StoredResponse {
-    StoredResponse {
-        status: status.as_u16(),
-        headers: fields(headers, |name| config.replays(name)),
-        body,
-        trailers: Vec::new(),
-    }
-}
-
-/// The stored form of trailer fields: every one of them (a trailer such as
-/// gRPC's `grpc-status` is the outcome itself), but those never replayed.
-pub(crate) fn stored_trailers(trailers: Option<&HeaderMap>) -> Vec<(String, Bytes)> {
-    trailers.map_or_else(Vec::new, |t| {
-        fields(t, |name| !crate::layer::NEVER_REPLAYED.contains(name))
-    })
-}
-
-fn fields(map: &HeaderMap, keep: impl Fn(&http::HeaderName) -> bool) -> Vec<(String, Bytes)> {
-    map.iter()
-        .filter(|(name, _)| keep(name))
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

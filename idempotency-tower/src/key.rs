@@ -13,8 +13,7 @@ use http::HeaderName;
 use http::request::Parts;
 use idempotency_core::{IdempotencyKey, KeyError, derive_from_json};
 
-/// The name of the standard header, `Idempotency-Key`.
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+use crate::config::IDEMPOTENCY_KEY;
 
 /// What identifies the operation within its scope.
 #[derive(Debug, Clone, PartialEq, Eq)]

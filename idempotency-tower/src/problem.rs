@@ -7,7 +7,8 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{HeaderName, Response, StatusCode};
 
 use crate::body::ResponseBody;
-use crate::key::{IDEMPOTENCY_KEY, KeyRejection};
+use crate::config::IDEMPOTENCY_KEY;
+use crate::key::KeyRejection;
 
 /// Base of every problem `type` URI the layer emits.
 pub const PROBLEM_BASE: &str = "https://idempotency.rs/problems/";

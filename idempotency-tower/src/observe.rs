@@ -1,0 +1,149 @@
+//! The observability context of one handled request: its span, metrics and
+//! decision hook ([`Ctx`]), and its correlation id (`x-request-id`).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HeaderValue;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body::Body;
+use idempotency_core::StorageKey;
+use tracing::Span;
+
+use crate::body::ResponseBody;
+use crate::config::{Config, MAX_REQUEST_ID_LEN, X_REQUEST_ID};
+use crate::hook::{Decision, DecisionOutcome};
+use crate::metrics::count_outcome;
+use crate::problem::Problem;
+
+/// What one handled request has learnt so far, for its span, metrics and decision.
+pub(crate) struct Ctx {
+    pub(crate) config: Arc<Config>,
+    started: Instant,
+    method: Method,
+    pub(crate) route: String,
+    path: String,
+    correlation_id: HeaderValue,
+    pub(crate) span: Span,
+    pub(crate) resource: Option<String>,
+    /// The record's storage key; its hex form is made only when something reads it.
+    key: Option<StorageKey>,
+    fence: Option<u64>,
+    attempt: Option<u32>,
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        started: Instant,
+        parts: &http::request::Parts,
+        route: String,
+        correlation_id: HeaderValue,
+        span: Span,
+    ) -> Self {
+        Self {
+            config,
+            started,
+            method: parts.method.clone(),
+            route,
+            path: parts.uri.path().to_owned(),
+            correlation_id,
+            span,
+            resource: None,
+            key: None,
+            fence: None,
+            attempt: None,
+        }
+    }
+
+    /// Records the record's key (its hex form only if the span is on).
+    pub(crate) fn set_key(&mut self, key: StorageKey) {
+        if !self.span.is_disabled() {
+            self.span
+                .record("idempotency.key_hash", key.to_hex().as_str());
+        }
+        self.key = Some(key);
+    }
+
+    /// Records the lease of an execution.
+    pub(crate) fn set_lease(&mut self, lease: &idempotency_core::Lease) {
+        self.fence = Some(lease.fence);
+        self.attempt = Some(lease.attempt);
+        self.span.record("idempotency.fence", lease.fence);
+        self.span.record("idempotency.attempt", lease.attempt);
+    }
+
+    pub(crate) fn decide(&self, outcome: DecisionOutcome, status: Option<StatusCode>) {
+        self.span.record("idempotency.outcome", outcome.as_str());
+        if let Some(s) = status {
+            self.span.record("http.status_code", s.as_u16());
+        }
+        count_outcome(outcome);
+        tracing::debug!(parent: &self.span, outcome = outcome.as_str(), status = status.map(|s| s.as_u16()), "idempotency decision");
+        let Some(hook) = &self.config.hook else {
+            return;
+        };
+        let decision = Decision {
+            outcome,
+            key_hash: self.key.map(|k| k.to_hex()),
+            fence: self.fence,
+            attempt: self.attempt,
+            method: self.method.clone(),
+            route: self.route.clone(),
+            path: self.path.clone(),
+            resource: self.resource.clone(),
+            status,
+            correlation_id: String::from_utf8_lossy(self.correlation_id.as_bytes()).into_owned(),
+            elapsed: self.started.elapsed(),
+        };
+        if std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_decision(&decision))).is_err() {
+            tracing::error!(parent: &self.span, "decision hook panicked; ignored");
+        }
+    }
+
+    /// Echoes the correlation id on a response.
+    pub(crate) fn finish<B>(&self, mut res: Response<B>) -> Response<B> {
+        if !res.headers().contains_key(X_REQUEST_ID) {
+            res.headers_mut()
+                .insert(X_REQUEST_ID, self.correlation_id.clone());
+        }
+        res
+    }
+
+    /// Answers a problem and records the decision.
+    pub(crate) fn problem<B: Body>(
+        &self,
+        outcome: DecisionOutcome,
+        problem: Problem,
+    ) -> Response<ResponseBody<B>> {
+        self.decide(outcome, Some(problem.kind.status()));
+        self.finish(problem.into_response())
+    }
+}
+
+/// Whether a client's `x-request-id` is used as it is: 1 to
+/// [`MAX_REQUEST_ID_LEN`] visible ASCII characters (no spaces, no controls).
+/// Anything else is replaced by a generated id, so an unbounded client
+/// value never reaches a log line, a response or an audit row.
+pub fn is_acceptable_request_id(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// The request's correlation id: the client's `x-request-id` when it is
+/// acceptable ([`is_acceptable_request_id`]), else a new UUIDv7, which then
+/// replaces the client's value in the request's headers.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    if let (Some(v), None) = (values.next(), values.next())
+        && is_acceptable_request_id(v)
+    {
+        return v.clone();
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    let v = HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    headers.insert(X_REQUEST_ID, v.clone());
+    v
+}
