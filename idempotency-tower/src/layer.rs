@@ -72,7 +72,7 @@ impl<St> IdempotencyLayer<St> {
         self.edit(|c| c.namespace = namespace)
     }
 
-    /// Where the key comes from (default: [`HeaderKey::new`], the
+    /// Where the key comes from (default: [`HeaderKey::new`](crate::HeaderKey::new), the
     /// `Idempotency-Key` header, sf-string or bare).
     ///
     /// Derived keys: [`PathParams`](crate::PathParams),
@@ -403,7 +403,7 @@ impl<St> IdempotencyLayer<St> {
 
     /// The response headers stored and replayed (default: `Content-Type`,
     /// `Location`, `ETag`, `Last-Modified`, `Link`, `Content-Location`). The
-    /// headers in [`NEVER_REPLAYED`] (`Set-Cookie`, `Date`, `WWW-Authenticate`,
+    /// headers in [`NEVER_REPLAYED`](crate::NEVER_REPLAYED) (`Set-Cookie`, `Date`, `WWW-Authenticate`,
     /// ...) are never replayed, even if listed.
     ///
     /// ```
