@@ -67,41 +67,20 @@ pub enum KeyError {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    /// Parses a header value (sf-string or bare token).
-    ///
-    /// Surrounding optional whitespace (SP / HTAB) is ignored, as HTTP field
-    /// parsing does.
+    /// Builds a key from a string a client chose (already unquoted: HTTP
+    /// header syntax, such as the RFC 8941 sf-string form of
+    /// `Idempotency-Key`, is read by the HTTP layer, `idempotency-tower`).
     ///
     /// # Errors
     ///
-    /// [`KeyError`] when the value is empty, too long, holds a character outside
-    /// printable ASCII, or is a malformed quoted string.
+    /// [`KeyError`] when the value is empty, longer than [`MAX_KEY_LEN`] or
+    /// holds a character outside printable ASCII.
     ///
     /// ```
     /// use idempotency_core::IdempotencyKey;
-    /// let quoted = IdempotencyKey::parse(br#""8e03978e-40d5""#).unwrap();
-    /// let bare = IdempotencyKey::parse(b"8e03978e-40d5").unwrap();
-    /// assert_eq!(quoted, bare);
-    /// assert!(IdempotencyKey::parse(b"").is_err());
+    /// assert!(IdempotencyKey::new("8e03978e-40d5").is_ok());
+    /// assert!(IdempotencyKey::new("").is_err());
     /// ```
-    pub fn parse(value: &[u8]) -> Result<Self, KeyError> {
-        let value = trim_ows(value);
-        if value.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        if value[0] == b'"' {
-            return Self::parse_sf_string(value);
-        }
-        Self::validate(value, 0)?;
-        // Validation guarantees ASCII.
-        Ok(Self(String::from_utf8_lossy(value).into_owned()))
-    }
-
-    /// Builds a key from an already-unquoted string (e.g. a query parameter).
-    ///
-    /// # Errors
-    ///
-    /// The same [`KeyError`]s as [`parse`](Self::parse), except that quotes have no special meaning.
     pub fn new(value: impl Into<String>) -> Result<Self, KeyError> {
         let value = value.into();
         if value.is_empty() {
@@ -111,54 +90,19 @@ impl IdempotencyKey {
         Ok(Self(value))
     }
 
-    fn parse_sf_string(value: &[u8]) -> Result<Self, KeyError> {
-        let mut out = Vec::with_capacity(value.len());
-        let mut i = 1;
-        let mut closed = false;
-        while i < value.len() {
-            let c = value[i];
-            match c {
-                b'\\' => {
-                    let Some(&next) = value.get(i + 1) else {
-                        return Err(KeyError::MalformedString {
-                            reason: "dangling escape",
-                        });
-                    };
-                    if next != b'"' && next != b'\\' {
-                        return Err(KeyError::MalformedString {
-                            reason: "only \\\" and \\\\ escapes are allowed",
-                        });
-                    }
-                    out.push(next);
-                    i += 2;
-                }
-                b'"' => {
-                    closed = true;
-                    i += 1;
-                    break;
-                }
-                0x20..=0x7e => {
-                    out.push(c);
-                    i += 1;
-                }
-                _ => return Err(KeyError::InvalidCharacter { position: i }),
-            }
-        }
-        if !closed {
-            return Err(KeyError::MalformedString {
-                reason: "missing closing quote",
-            });
-        }
-        if i != value.len() {
-            return Err(KeyError::MalformedString {
-                reason: "data after closing quote",
-            });
-        }
-        if out.is_empty() {
+    /// Builds a key from bytes a client chose (already unquoted), with the
+    /// rules of [`new`](Self::new).
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn from_bytes(value: &[u8]) -> Result<Self, KeyError> {
+        if value.is_empty() {
             return Err(KeyError::Empty);
         }
-        Self::validate(&out, 0)?;
-        Ok(Self(String::from_utf8_lossy(&out).into_owned()))
+        Self::validate(value, 0)?;
+        // Validation guarantees ASCII.
+        Ok(Self(String::from_utf8_lossy(value).into_owned()))
     }
 
     fn validate(bytes: &[u8], offset: usize) -> Result<(), KeyError> {
@@ -191,16 +135,6 @@ impl fmt::Debug for IdempotencyKey {
             .field(&format_args!("sha256:{}", self.short_hash()))
             .finish()
     }
-}
-
-fn trim_ows(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
 }
 
 /// The identity of an idempotency record in a store: SHA-256 over
@@ -281,7 +215,7 @@ impl fmt::Display for StorageKey {
 ///
 /// ```
 /// use idempotency_core::{IdempotencyKey, KeySpec};
-/// let key = IdempotencyKey::parse(b"order-42").unwrap();
+/// let key = IdempotencyKey::new("order-42").unwrap();
 /// let alice = KeySpec::new("shop")
 ///     .scope("tenant-1/alice")
 ///     .method("POST")
@@ -499,97 +433,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quoted_and_bare_are_the_same_key() {
-        let a = IdempotencyKey::parse(br#""abc-123""#).unwrap();
-        let b = IdempotencyKey::parse(b"abc-123").unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.expose_secret(), b"abc-123");
-    }
-
-    #[test]
-    fn surrounding_whitespace_is_ignored() {
-        let a = IdempotencyKey::parse(b"  abc\t").unwrap();
-        assert_eq!(a.expose_secret(), b"abc");
-    }
-
-    #[test]
-    fn escapes_in_sf_string() {
-        let a = IdempotencyKey::parse(br#""a\"b\\c""#).unwrap();
-        assert_eq!(a.expose_secret(), br#"a"b\c"#);
-        assert!(matches!(
-            IdempotencyKey::parse(br#""a\nb""#),
-            Err(KeyError::MalformedString { .. })
-        ));
-        assert!(matches!(
-            IdempotencyKey::parse(br#""abc"#),
-            Err(KeyError::MalformedString { .. })
-        ));
-        assert!(matches!(
-            IdempotencyKey::parse(br#""abc"x"#),
-            Err(KeyError::MalformedString { .. })
-        ));
-        assert!(matches!(
-            IdempotencyKey::parse(br#""abc\"#),
-            Err(KeyError::MalformedString { .. })
-        ));
-    }
-
-    #[test]
-    fn rejects_empty() {
-        assert_eq!(IdempotencyKey::parse(b""), Err(KeyError::Empty));
-        assert_eq!(IdempotencyKey::parse(b"   "), Err(KeyError::Empty));
-        assert_eq!(IdempotencyKey::parse(br#""""#), Err(KeyError::Empty));
+    fn validation() {
         assert_eq!(IdempotencyKey::new(""), Err(KeyError::Empty));
-    }
-
-    #[test]
-    fn length_limits() {
-        let ok = "k".repeat(255);
-        assert!(IdempotencyKey::parse(ok.as_bytes()).is_ok());
-        let quoted = format!("\"{ok}\"");
-        assert!(IdempotencyKey::parse(quoted.as_bytes()).is_ok());
-        let long = "k".repeat(256);
+        assert_eq!(IdempotencyKey::from_bytes(b""), Err(KeyError::Empty));
+        assert!(IdempotencyKey::new("k".repeat(255)).is_ok());
         assert_eq!(
-            IdempotencyKey::parse(long.as_bytes()),
+            IdempotencyKey::from_bytes("k".repeat(256).as_bytes()),
             Err(KeyError::TooLong { len: 256 })
         );
-        let long_quoted = format!("\"{long}\"");
+        assert!(IdempotencyKey::from_bytes(&vec![b'a'; 1 << 20]).is_err());
         assert_eq!(
-            IdempotencyKey::parse(long_quoted.as_bytes()),
-            Err(KeyError::TooLong { len: 256 })
-        );
-        // Very long input never panics.
-        let huge = vec![b'a'; 1 << 20];
-        assert!(IdempotencyKey::parse(&huge).is_err());
-    }
-
-    #[test]
-    fn rejects_control_and_non_ascii() {
-        assert_eq!(
-            IdempotencyKey::parse(b"ab\x01c"),
-            Err(KeyError::InvalidCharacter { position: 2 })
-        );
-        assert_eq!(
-            IdempotencyKey::parse(b"ab\x7fc"),
+            IdempotencyKey::from_bytes(b"ab\x01c"),
             Err(KeyError::InvalidCharacter { position: 2 })
         );
         assert!(matches!(
-            IdempotencyKey::parse("clé".as_bytes()),
-            Err(KeyError::InvalidCharacter { .. })
-        ));
-        assert!(matches!(
-            IdempotencyKey::parse(b"\"ab\x00\""),
+            IdempotencyKey::new("clé"),
             Err(KeyError::InvalidCharacter { .. })
         ));
         assert!(matches!(
             IdempotencyKey::new("tab\tinside"),
             Err(KeyError::InvalidCharacter { position: 3 })
         ));
+        // Quotes have no meaning here: header syntax belongs to the HTTP layer.
+        assert_eq!(
+            IdempotencyKey::new("\"abc\"").unwrap().expose_secret(),
+            b"\"abc\""
+        );
     }
 
     #[test]
     fn debug_never_shows_the_raw_key() {
-        let k = IdempotencyKey::parse(b"super-secret-key").unwrap();
+        let k = IdempotencyKey::new("super-secret-key").unwrap();
         let dbg = format!("{k:?}");
         assert!(!dbg.contains("super-secret-key"), "{dbg}");
         assert!(dbg.contains(&k.short_hash()));

@@ -14,6 +14,7 @@ mod observe;
 mod policy;
 mod problem;
 mod replay;
+mod request_id;
 mod service;
 mod verify;
 
@@ -28,11 +29,13 @@ pub use future::ResponseFuture;
 pub use hook::{Decision, DecisionHook, DecisionOutcome};
 pub use key::{
     HeaderKey, JsonFields, KeyInput, KeyMaterial, KeyRejection, KeySource, ParamType, PathParams,
-    ScopeSource,
+    ScopeSource, parse_key_header,
 };
 pub use layer::IdempotencyLayer;
-pub use observe::{ensure_request_id, is_acceptable_request_id};
 pub use policy::{DEFAULT_RELEASED, OutcomeAction, OutcomePolicy, ReleaseKey};
 pub use problem::{PROBLEM_BASE, PROBLEM_CONTENT_TYPE, ProblemType};
+pub use request_id::{
+    RequestId, RequestIdFuture, RequestIdLayer, ensure_request_id, is_acceptable_request_id,
+};
 pub use service::Idempotency;
 pub use verify::{VerifyFuture, VerifyResource};

@@ -1,18 +1,18 @@
-//! The observability context of one handled request: its span, metrics and
-//! decision hook ([`Ctx`]), and its correlation id (`x-request-id`).
+//! The observability context of one handled request: its span, metrics,
+//! decision hook and correlation id ([`Ctx`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::HeaderValue;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body::Body;
 use idempotency_core::StorageKey;
 use tracing::Span;
 
 use crate::body::ResponseBody;
-use crate::config::{Config, MAX_REQUEST_ID_LEN, X_REQUEST_ID};
+use crate::config::{Config, X_REQUEST_ID};
 use crate::hook::{Decision, DecisionOutcome};
 use crate::metrics::count_outcome;
 use crate::problem::Problem;
@@ -120,30 +120,4 @@ impl Ctx {
         self.decide(outcome, Some(problem.kind.status()));
         self.finish(problem.into_response())
     }
-}
-
-/// Whether a client's `x-request-id` is used as it is: 1 to
-/// [`MAX_REQUEST_ID_LEN`] visible ASCII characters (no spaces, no controls).
-/// Anything else is replaced by a generated id, so an unbounded client
-/// value never reaches a log line, a response or an audit row.
-pub fn is_acceptable_request_id(value: &HeaderValue) -> bool {
-    let b = value.as_bytes();
-    !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
-}
-
-/// The request's correlation id: the client's `x-request-id` when it is
-/// acceptable ([`is_acceptable_request_id`]), else a new UUIDv7, which then
-/// replaces the client's value in the request's headers.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    let mut values = headers.get_all(X_REQUEST_ID).iter();
-    if let (Some(v), None) = (values.next(), values.next())
-        && is_acceptable_request_id(v)
-    {
-        return v.clone();
-    }
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-    let v = HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    headers.insert(X_REQUEST_ID, v.clone());
-    v
 }

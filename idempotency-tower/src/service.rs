@@ -25,9 +25,10 @@ use crate::hook::DecisionOutcome;
 use crate::key::{KeyInput, KeyMaterial};
 use crate::layer::IdempotencyLayer;
 use crate::metrics::timed;
-use crate::observe::{Ctx, ensure_request_id};
+use crate::observe::Ctx;
 use crate::problem::{Problem, ProblemType, Wording};
 use crate::replay::replay;
+use crate::request_id::ensure_request_id;
 
 /// The inner service as the layer drives it: one bound for every step.
 pub(crate) trait Inner<ReqBody, ResBody>:

@@ -710,7 +710,7 @@ async fn a_scope_source_that_finds_no_scope_fails_closed() {
         assert_eq!(r.problem_type(), format!("{PROBLEMS}scope-missing"));
     }
     assert_eq!(runs.get(), 0, "the handler never ran");
-    let key = idempotency_core::IdempotencyKey::parse(b"secret-key-42").unwrap();
+    let key = idempotency_core::IdempotencyKey::new("secret-key-42").unwrap();
     let shared = layer.storage_key(
         &http::Method::POST,
         "/orders",

@@ -578,7 +578,7 @@ async fn a_lease_lost_mid_handler_is_fenced_and_not_recorded() {
     let app = app(layer, counter.clone());
     // The layer's identity for a client key: namespace, scope and key.
     let key = idempotency_core::KeySpec::new("fence")
-        .client_key(&idempotency_core::IdempotencyKey::parse(b"fenced").unwrap())
+        .client_key(&idempotency_core::IdempotencyKey::new("fenced").unwrap())
         .storage_key();
     let mut req = post_req("/things", Some("fenced"), "{}");
     req.headers_mut()

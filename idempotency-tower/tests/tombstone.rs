@@ -84,7 +84,7 @@ async fn a_tombstone_replays_status_and_allow_listed_headers() {
         &http::Method::POST,
         "/orders",
         "",
-        &KeyMaterial::Client(IdempotencyKey::parse(b"big-1").unwrap()),
+        &KeyMaterial::Client(IdempotencyKey::new("big-1").unwrap()),
     );
     let record = store.get(&key).await.unwrap().expect("record");
     let RecordState::Completed(done) = record.state else {

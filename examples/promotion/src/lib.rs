@@ -291,7 +291,7 @@ impl Service {
                 }
             })
             .with_state(state.clone())
-            .layer(axum::middleware::from_fn(request_id));
+            .layer(idempotency_tower::RequestIdLayer);
         Ok(Self { state, router })
     }
 
@@ -351,18 +351,6 @@ fn promotion_key(state: &AppState, estimate_id: &str, version: &str) -> StorageK
     state
         .keys
         .storage_key(&http::Method::POST, PROMOTE_ROUTE, "", &material)
-}
-
-/// Gives every request an `x-request-id` (the client's when it is 1 to 128
-/// visible ASCII characters, else a new UUIDv7) and echoes it on the
-/// response: the correlation id of logs and audit events.
-async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    // The layer's own rule, so the service and the layer agree on every id.
-    let id = idempotency_tower::ensure_request_id(req.headers_mut());
-    let mut res = next.run(req).await;
-    res.headers_mut()
-        .insert(idempotency_tower::X_REQUEST_ID, id);
-    res
 }
 
 /// `GET /work-orders/{id}`.

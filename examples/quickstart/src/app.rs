@@ -93,6 +93,9 @@ pub(crate) fn app(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render_metrics))
         .merge(orders)
+        // Outermost: every answer, a 401 from authentication included,
+        // carries the request's `x-request-id`.
+        .layer(idempotency_tower::RequestIdLayer)
         .with_state(state)
 }
 

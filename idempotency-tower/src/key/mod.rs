@@ -16,7 +16,7 @@ use http::HeaderName;
 use http::request::Parts;
 use idempotency_core::{IdempotencyKey, KeyError};
 
-pub use header::HeaderKey;
+pub use header::{HeaderKey, parse_key_header};
 pub use json::JsonFields;
 pub use path::{ParamType, PathParams};
 pub(crate) use path::{path_param, percent_decode};
