@@ -326,8 +326,13 @@ mod tests {
             doc["openapi"]
         );
         assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
-        // It reads back as utoipa's own model of a document.
+        // It reads back as utoipa's own model of a document, and as an
+        // independent model of OpenAPI 3.1 (`oas3`).
         let _: utoipa::openapi::OpenApi = serde_json::from_slice(&body).unwrap();
+        let spec = oas3::from_json(std::str::from_utf8(&body).unwrap()).unwrap();
+        let version = spec.validate_version().unwrap();
+        assert_eq!((version.major, version.minor), (3, 1));
+        assert_eq!(spec.operations().count(), 8);
         // Every operation answers something, and every `$ref` resolves.
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
