@@ -76,8 +76,13 @@ async fn openapi_json_is_a_valid_openapi_3_1_document() {
         doc["openapi"]
     );
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
-    // It reads back as utoipa's own model of a document.
+    // It reads back as utoipa's own model of a document, and as an
+    // independent model of OpenAPI 3.1 (`oas3`).
     let _: utoipa::openapi::OpenApi = serde_json::from_slice(&reply.body).unwrap();
+    let spec = oas3::from_json(std::str::from_utf8(&reply.body).unwrap()).unwrap();
+    let version = spec.validate_version().unwrap();
+    assert_eq!((version.major, version.minor), (3, 1));
+    assert_eq!(spec.operations().count(), 14);
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let responses = op["responses"].as_object().unwrap();
