@@ -23,13 +23,16 @@ pub const MAX_QUANTITY: i64 = 1_000_000;
 pub const MAX_UNIT_PRICE_CENTS: i64 = 10_000_000_000;
 
 /// A validated estimate line.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Line {
     /// What is to be done.
+    #[schema(min_length = 1)]
     pub description: String,
     /// How many, at least 1.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub quantity: i64,
     /// Price of one, in cents, at least 0.
+    #[schema(minimum = 0, maximum = 10_000_000_000_i64)]
     pub unit_price_cents: i64,
 }
 
@@ -156,6 +159,13 @@ fn created(location: String, body: Value) -> Response {
 }
 
 /// `POST /estimates`: a new estimate whose snapshot 1 is a DRAFT.
+#[utoipa::path(
+    post,
+    path = "/estimates",
+    tag = "estimates",
+    request_body(content = crate::openapi::CreateEstimate, content_type = "application/json"),
+    responses((status = 201, description = "A new estimate whose snapshot 1 is a `DRAFT`", body = crate::openapi::EstimateCreated, headers(("Location" = String, description = "`/estimates/{estimate_id}`"))))
+)]
 pub(crate) async fn create(State(app): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let obj = parse_object(&body)?;
     let mut errors = Vec::new();
@@ -199,6 +209,13 @@ pub(crate) async fn create(State(app): State<AppState>, body: Bytes) -> Result<R
 }
 
 /// `GET /estimates/{estimate_id}`: the estimate and every snapshot.
+#[utoipa::path(
+    get,
+    path = "/estimates/{estimate_id}",
+    tag = "estimates",
+    params(("estimate_id" = String, Path, description = "`E-` and 1 to 19 digits")),
+    responses((status = 200, description = "The estimate and every snapshot", body = crate::openapi::Estimate))
+)]
 pub(crate) async fn get(
     State(app): State<AppState>,
     EstimateId(id): EstimateId,
@@ -239,6 +256,13 @@ pub(crate) async fn get(
 
 /// `POST /estimates/{estimate_id}/finalize`: the current snapshot becomes
 /// FINALIZED. Finalizing a finalized snapshot changes nothing and answers the same.
+#[utoipa::path(
+    post,
+    path = "/estimates/{estimate_id}/finalize",
+    tag = "estimates",
+    params(("estimate_id" = String, Path, description = "`E-` and 1 to 19 digits")),
+    responses((status = 200, description = "The current snapshot is `FINALIZED` (again: the same answer)", body = crate::openapi::Snapshot))
+)]
 pub(crate) async fn finalize(
     State(app): State<AppState>,
     EstimateId(id): EstimateId,
@@ -278,6 +302,14 @@ pub(crate) async fn finalize(
 /// `POST /estimates/{estimate_id}/revise`: a new DRAFT snapshot version,
 /// with the lines in the body or, with an empty body, the current lines.
 /// A DRAFT current snapshot is superseded; a FINALIZED one stays promotable.
+#[utoipa::path(
+    post,
+    path = "/estimates/{estimate_id}/revise",
+    tag = "estimates",
+    params(("estimate_id" = String, Path, description = "`E-` and 1 to 19 digits")),
+    request_body(content = Option<crate::openapi::ReviseEstimate>, content_type = "application/json", description = "Optional: empty keeps the current lines"),
+    responses((status = 201, description = "A new `DRAFT` version", body = crate::openapi::EstimateCreated, headers(("Location" = String, description = "`/estimates/{estimate_id}`"))))
+)]
 pub(crate) async fn revise(
     State(app): State<AppState>,
     EstimateId(id): EstimateId,

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, on};
 use bytes::Bytes;
 use idempotency_audit::postgres::{PostgresSink, StreamBy};
 use idempotency_audit::{AuditEvent, BufferedSink};
@@ -32,6 +33,7 @@ use tokio::sync::Notify;
 pub mod db;
 pub mod estimates;
 pub mod ids;
+pub mod openapi;
 pub mod problem;
 pub mod promote;
 
@@ -182,6 +184,48 @@ pub(crate) struct AppState {
 pub struct Service {
     state: AppState,
     router: Router,
+    routes: Vec<(Method, &'static str)>,
+}
+
+/// The router and the `(method, path)` of every route on it. Routes are
+/// added only through [`Routes::route`], so the list is exactly what the
+/// router serves, and the OpenAPI test checks each one is documented.
+struct Routes<S> {
+    router: Router<S>,
+    list: Vec<(Method, &'static str)>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Routes `method` on `path` to `handler`.
+    fn route<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+        self.router = self.router.route(path, on(filter, handler));
+        self.list.push((method, path));
+        self
+    }
+
+    /// Wraps the routes added so far (layers, fallback).
+    fn map(mut self, f: impl FnOnce(Router<S>) -> Router<S>) -> Self {
+        self.router = f(self.router);
+        self
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        self.router = self.router.merge(other.router);
+        self.list.extend(other.list);
+        self
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -259,45 +303,69 @@ impl Service {
         };
         // A path naming no snapshot is answered before the layer: nothing is
         // claimed, stored or audited for it (see `ids`).
-        let promotion = Router::new()
-            .route(PROMOTE_ROUTE, post(promote::promote))
-            .route_layer(layer)
-            .route_layer(axum::middleware::from_fn(ids::bounded_snapshot_path));
-        let router = Router::new()
-            .route("/estimates", post(estimates::create))
-            .route("/estimates/{estimate_id}", get(estimates::get))
+        let promotion = Routes::new()
+            .route(Method::POST, PROMOTE_ROUTE, promote::promote)
+            .map(|r| {
+                r.route_layer(layer)
+                    .route_layer(axum::middleware::from_fn(ids::bounded_snapshot_path))
+            });
+        let Routes { router, list } = Routes::new()
+            .route(Method::POST, "/estimates", estimates::create)
+            .route(Method::GET, "/estimates/{estimate_id}", estimates::get)
             .route(
+                Method::POST,
                 "/estimates/{estimate_id}/finalize",
-                post(estimates::finalize),
+                estimates::finalize,
             )
-            .route("/estimates/{estimate_id}/revise", post(estimates::revise))
-            .route("/work-orders/{id}", get(work_order))
-            .route("/promotions", get(list_promotions))
             .route(
-                "/admin/promotions/{estimate_id}/{snapshot_version}/resolve",
-                post(resolve),
+                Method::POST,
+                "/estimates/{estimate_id}/revise",
+                estimates::revise,
             )
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(render_metrics))
+            .route(Method::GET, "/work-orders/{id}", work_order)
+            .route(Method::GET, "/promotions", list_promotions)
+            .route(
+                Method::POST,
+                "/admin/promotions/{estimate_id}/{snapshot_version}/resolve",
+                resolve,
+            )
+            .route(Method::GET, "/healthz", healthz)
+            .route(Method::GET, "/readyz", readyz)
+            .route(Method::GET, "/metrics", render_metrics)
+            .route(Method::GET, "/openapi.json", openapi::openapi_json)
+            .route(Method::GET, "/docs", openapi::docs_page)
+            .route(Method::GET, "/docs/{*file}", openapi::docs_asset)
             .merge(promotion)
-            .fallback(|| async {
-                ApiError {
-                    status: StatusCode::NOT_FOUND,
-                    slug: "not-found",
-                    title: "No such route",
-                    detail: "no route matches this method and path".into(),
-                    extra: None,
-                }
-            })
+            .map(|r| {
+                r.fallback(|| async {
+                    ApiError {
+                        status: StatusCode::NOT_FOUND,
+                        slug: "not-found",
+                        title: "No such route",
+                        detail: "no route matches this method and path".into(),
+                        extra: None,
+                    }
+                })
+            });
+        let router = router
             .with_state(state.clone())
             .layer(idempotency_tower::RequestIdLayer);
-        Ok(Self { state, router })
+        Ok(Self {
+            state,
+            router,
+            routes: list,
+        })
     }
 
     /// The HTTP service.
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// Every `(method, path)` the router serves, paths in axum's syntax
+    /// (`{*file}` for a wildcard).
+    pub fn routes(&self) -> &[(Method, &'static str)] {
+        &self.routes
     }
 
     /// The idempotency store.
@@ -354,7 +422,14 @@ fn promotion_key(state: &AppState, estimate_id: &str, version: &str) -> StorageK
 }
 
 /// `GET /work-orders/{id}`.
-async fn work_order(
+#[utoipa::path(
+    get,
+    path = "/work-orders/{id}",
+    tag = "promotion",
+    params(("id" = String, Path, description = "`WO-` and 1 to 19 digits")),
+    responses((status = 200, description = "The work order", body = openapi::WorkOrder))
+)]
+pub(crate) async fn work_order(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -410,7 +485,14 @@ fn record_json(record: Option<&idempotency_core::Record>) -> Value {
 }
 
 /// `GET /promotions?estimate_id=...`: the estimate's promotion records.
-async fn list_promotions(
+#[utoipa::path(
+    get,
+    path = "/promotions",
+    tag = "promotion",
+    params(("estimate_id" = String, Query, description = "`E-` and 1 to 19 digits")),
+    responses((status = 200, description = "The estimate's promotion records", body = openapi::PromotionRecords))
+)]
+pub(crate) async fn list_promotions(
     State(app): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
@@ -497,7 +579,19 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 /// audited `promotion.resolved` event is written, and the record becomes
 /// FAILED (retryable), so the next promotion creates the work order afresh.
 /// Body (optional): `{"reason": "..."}`.
-async fn resolve(
+#[utoipa::path(
+    post,
+    path = "/admin/promotions/{estimate_id}/{snapshot_version}/resolve",
+    tag = "admin",
+    security(("admin" = [])),
+    params(
+        ("estimate_id" = String, Path, description = "`E-` and 1 to 19 digits"),
+        ("snapshot_version" = String, Path, description = "1 to 2147483647"),
+    ),
+    request_body(content = Option<openapi::Resolve>, content_type = "application/json", description = "Optional"),
+    responses((status = 200, description = "The record is now `FAILED` with no work order; the next promotion creates one", body = openapi::Resolved))
+)]
+pub(crate) async fn resolve(
     State(app): State<AppState>,
     path: Result<ids::SnapshotPath, ApiError>,
     headers: HeaderMap,
@@ -586,7 +680,25 @@ async fn resolve(
 }
 
 /// `GET /readyz`: 200 when the database answers, else 503.
-async fn readyz(State(app): State<AppState>) -> Response {
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain"))
+)]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, description = "`ready`: the database answers", body = String, content_type = "text/plain"))
+)]
+pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     match tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(&app.pool),
@@ -599,7 +711,17 @@ async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
-async fn render_metrics(State(app): State<AppState>) -> Response {
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 404, description = "Metrics are disabled", body = String, content_type = "text/plain"),
+    )
+)]
+pub(crate) async fn render_metrics(State(app): State<AppState>) -> Response {
     match &app.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

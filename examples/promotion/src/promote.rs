@@ -148,6 +148,25 @@ fn correlation_id(headers: &HeaderMap) -> String {
 /// behind the idempotency layer: it runs only for a request that owns the
 /// record (first time, after a crashed attempt's lease ran out, or after a
 /// retryable failure). Duplicates are answered by the layer.
+#[utoipa::path(
+    post,
+    path = "/estimates/{estimate_id}/snapshots/{snapshot_version}/promote",
+    tag = "promotion",
+    params(
+        ("estimate_id" = String, Path, description = "`E-` and 1 to 19 digits, percent-decoded; with the version, the idempotency key (no `Idempotency-Key` header needed)"),
+        ("snapshot_version" = String, Path, description = "1 to 2147483647 (`01` and `+1` are `1`)"),
+        ("x-request-id" = Option<String>, Header, description = "Correlation id: 1 to 128 visible ASCII characters, else a new UUIDv7"),
+    ),
+    responses(
+        (status = 201, description = "The work order was created (first time, or after a crashed or failed attempt)", body = crate::openapi::Promotion, headers(
+            ("Location" = String, description = "`/work-orders/{id}`"),
+        )),
+        (status = 200, description = "The replay of the promotion's answer, or the existing work order linked again after an operator cleared the record", body = crate::openapi::Promotion, headers(
+            ("Idempotent-Replayed" = String, description = "`true` on a replay"),
+            ("Location" = String, description = "`/work-orders/{id}`"),
+        )),
+    )
+)]
 pub(crate) async fn promote(
     State(app): State<AppState>,
     Path((estimate_id, version)): Path<(String, String)>,

@@ -7,15 +7,19 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, on};
 use bytes::Bytes;
 use idempotency_core::{DynStore, Policy};
 use idempotency_tower::{Concurrency, DecisionHook, IdempotencyLayer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::openapi;
 
 /// Idempotency settings, read and checked by [`Settings`](crate::settings::Settings).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,21 +47,84 @@ impl IdempotencySettings {
 
 /// The authenticated caller (demo: whatever follows `Bearer `).
 #[derive(Debug, Clone)]
-struct User(String);
+pub(crate) struct User(String);
 
-#[derive(Debug, Clone, Serialize)]
-struct Order {
+/// An order.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct Order {
+    /// Its id, from 1 in each process.
     id: u64,
+    /// The SKU, trimmed.
+    #[schema(min_length = 1, max_length = 100)]
     sku: String,
+    /// How many.
+    #[schema(minimum = 1)]
     quantity: u64,
+    /// The user who created it.
     created_by: String,
 }
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     orders: Arc<Mutex<Vec<Order>>>,
     next_id: Arc<AtomicU64>,
     metrics: Option<PrometheusHandle>,
+}
+
+/// The router and the `(method, path)` of every route on it. Routes are
+/// added only through [`Routes::route`], so the list is exactly what the
+/// router serves, and the OpenAPI test checks each one is documented.
+pub(crate) struct Routes<S = ()> {
+    router: Router<S>,
+    list: Vec<(Method, &'static str)>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Routes `method` on `path` to `handler`.
+    fn route<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+        self.router = self.router.route(path, on(filter, handler));
+        self.list.push((method, path));
+        self
+    }
+
+    /// Wraps the routes added so far (a layer).
+    fn map(mut self, f: impl FnOnce(Router<S>) -> Router<S>) -> Self {
+        self.router = f(self.router);
+        self
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        self.router = self.router.merge(other.router);
+        self.list.extend(other.list);
+        self
+    }
+
+    fn with_state(self, state: S) -> Routes {
+        Routes {
+            router: self.router.with_state(state),
+            list: self.list,
+        }
+    }
+}
+
+impl Routes {
+    /// Every `(method, path)` the router serves, paths in axum's syntax.
+    #[cfg(test)]
+    pub(crate) fn list(&self) -> &[(Method, &'static str)] {
+        &self.list
+    }
 }
 
 /// Builds the service over `store`.
@@ -67,6 +134,16 @@ pub(crate) fn app(
     metrics: Option<PrometheusHandle>,
     audit: impl DecisionHook,
 ) -> Router {
+    routes(store, settings, metrics, audit).router
+}
+
+/// Builds the service's routes over `store`.
+pub(crate) fn routes(
+    store: DynStore,
+    settings: &IdempotencySettings,
+    metrics: Option<PrometheusHandle>,
+    audit: impl DecisionHook,
+) -> Routes {
     let state = AppState {
         orders: Arc::default(),
         next_id: Arc::new(AtomicU64::new(1)),
@@ -82,32 +159,46 @@ pub(crate) fn app(
     if let Some(wait) = settings.wait {
         idempotency = idempotency.concurrency(Concurrency::Wait(wait));
     }
-    let orders = Router::new()
-        .route("/orders", post(create_order).get(list_orders))
-        .route("/orders/{id}", get(get_order))
+    let orders = Routes::new()
+        .route(Method::POST, "/orders", create_order)
+        .route(Method::GET, "/orders", list_orders)
+        .route(Method::GET, "/orders/{id}", get_order)
         // Layers run outside-in from the last one added: authentication
         // decides first, then the idempotency layer sees the user.
-        .layer(idempotency)
-        .layer(middleware::from_fn(authenticate));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(render_metrics))
+        .map(|r| {
+            r.layer(idempotency)
+                .layer(middleware::from_fn(authenticate))
+        });
+    Routes::new()
+        .route(Method::GET, "/healthz", healthz)
+        .route(Method::GET, "/metrics", render_metrics)
+        .route(Method::GET, "/openapi.json", openapi::openapi_json)
+        .route(Method::GET, "/docs", openapi::docs_page)
+        .route(Method::GET, "/docs/{*file}", openapi::docs_asset)
         .merge(orders)
         // Outermost: every answer, a 401 from authentication included,
         // carries the request's `x-request-id`.
-        .layer(idempotency_tower::RequestIdLayer)
+        .map(|r| r.layer(idempotency_tower::RequestIdLayer))
         .with_state(state)
 }
 
+/// A problem+json body (RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Problem {
+    /// The problem type: `about:blank` for the service's own answers, an
+    /// `https://idempotency.rs/problems/...` URI for the idempotency layer's.
+    #[schema(example = "about:blank")]
+    r#type: &'static str,
+    /// The same for every occurrence of the type.
+    title: &'static str,
+    /// The HTTP status.
+    status: u16,
+    /// This occurrence.
+    detail: String,
+}
+
 /// A problem+json answer of the application itself.
-fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
-    #[derive(Serialize)]
-    struct Problem {
-        r#type: &'static str,
-        title: &'static str,
-        status: u16,
-        detail: String,
-    }
+pub(crate) fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     let body = Problem {
         r#type: "about:blank",
         title: status.canonical_reason().unwrap_or("Error"),
@@ -145,21 +236,32 @@ async fn authenticate(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /orders`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateOrder {
+pub(crate) struct CreateOrder {
+    /// 1 to 100 characters once trimmed.
+    #[schema(min_length = 1, max_length = 100)]
     sku: String,
+    /// Greater than 0.
+    #[schema(minimum = 1)]
     quantity: i64,
+    /// Make the handler slow or answer another status (demo).
     #[serde(default)]
     simulate: Option<Simulate>,
 }
 
-#[derive(Debug, Deserialize)]
+/// What the handler simulates instead of creating the order.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Simulate {
+pub(crate) struct Simulate {
+    /// Sleep this long first (at most 60000).
     #[serde(default)]
+    #[schema(maximum = 60000)]
     delay_ms: u64,
+    /// Answer this status (200..=599) instead of creating the order.
     #[serde(default)]
+    #[schema(minimum = 200, maximum = 599)]
     status: Option<u16>,
 }
 
@@ -168,7 +270,37 @@ const MAX_DELAY_MS: u64 = 60_000;
 /// Longest `sku`, in characters: every input the service keeps is bounded.
 const MAX_SKU_CHARS: usize = 100;
 
-async fn create_order(
+/// Creates an order, exactly once per `Idempotency-Key` and user.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = String, Header, description = "Required: one key per operation, 1 to 255 printable characters, scoped per user"),
+        ("x-request-id" = Option<String>, Header, description = "Correlation id: 1 to 128 visible ASCII characters, generated when absent or unacceptable"),
+    ),
+    request_body(content = CreateOrder, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created, or the replay of the answer that created it", body = Order, headers(
+            ("Location" = String, description = "`/orders/{id}`"),
+            ("Idempotent-Replayed" = String, description = "`true` on a replay of the first answer to this key"),
+            ("x-request-id" = String, description = "The request's id, the client's or a generated one"),
+        )),
+        (status = "2XX", description = "`simulate.status` answered instead of creating the order: `{\"simulated_status\": n}`", body = Object, headers(
+            ("Idempotent-Replayed" = String, description = "`true` on a replay"),
+        )),
+        (status = 401, description = "`about:blank`: no `Authorization: Bearer <user>` (checked before the idempotency layer)", body = Problem, content_type = "application/problem+json", headers(
+            ("WWW-Authenticate" = String, description = "`Bearer`"),
+        )),
+        (status = 422, description = "`about:blank`: a malformed body or an invalid field; the key is released, so the corrected request runs under it", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "`about:blank`: a simulated client error; replayed for the same key (except 401, 422 and 429, which release it)", body = Problem, content_type = "application/problem+json", headers(
+            ("Idempotent-Replayed" = String, description = "`true` on a replay"),
+        )),
+        (status = "5XX", description = "`about:blank`: a simulated server error; a retryable failure, the same key runs again", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn create_order(
     State(state): State<AppState>,
     Extension(User(user)): Extension<User>,
     body: Bytes,
@@ -252,7 +384,18 @@ async fn create_order(
         .into_response()
 }
 
-async fn list_orders(
+/// The orders this process created for the caller.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's orders", body = Vec<Order>),
+        (status = 401, description = "`about:blank`: no `Authorization: Bearer <user>`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_orders(
     State(state): State<AppState>,
     Extension(User(user)): Extension<User>,
 ) -> Response {
@@ -267,7 +410,20 @@ async fn list_orders(
     axum::Json(orders).into_response()
 }
 
-async fn get_order(
+/// One of the caller's orders.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 401, description = "`about:blank`: no `Authorization: Bearer <user>`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`about:blank`: no such order for this user", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_order(
     State(state): State<AppState>,
     Extension(User(user)): Extension<User>,
     Path(id): Path<String>,
@@ -290,7 +446,28 @@ async fn get_order(
     }
 }
 
-async fn render_metrics(State(state): State<AppState>) -> Response {
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain"))
+)]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text: `idempotency_requests_total{outcome}`, `idempotency_store_operation_seconds`", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 404, description = "`about:blank`: metrics are not enabled", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn render_metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -33,6 +33,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 mod app;
 mod audit;
+mod openapi;
 mod settings;
 mod store;
 

@@ -1,0 +1,650 @@
+//! The OpenAPI 3.1 document (`GET /openapi.json`), generated from the
+//! handlers' `#[utoipa::path]` attributes, and the Swagger UI page
+//! (`GET /docs`) whose assets are inside the binary.
+//!
+//! The handlers build their JSON with `json!`; the body types here are its
+//! schema.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+
+use axum::extract::Path;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use idempotency_tower::{PROBLEM_CONTENT_TYPE, ProblemType};
+use serde::Serialize;
+use utoipa::openapi::example::ExampleBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::problem::{ApiError, PROBLEM_BASE};
+use crate::{estimates, promote};
+
+/// The service's OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "example-promotion",
+        description = "Promote an estimate snapshot to exactly one work order. Every answer \
+                       carries `x-request-id`; every error is `application/problem+json` \
+                       (RFC 9457) with a stable `type`."
+    ),
+    paths(
+        estimates::create,
+        estimates::get,
+        estimates::finalize,
+        estimates::revise,
+        promote::promote,
+        crate::work_order,
+        crate::list_promotions,
+        crate::resolve,
+        crate::healthz,
+        crate::readyz,
+        crate::render_metrics,
+        openapi_json,
+        docs_page,
+        docs_asset,
+    ),
+    components(schemas(
+        Problem,
+        ValidationProblem,
+        FieldError,
+        estimates::Line,
+        CreateEstimate,
+        ReviseEstimate,
+        EstimateCreated,
+        Snapshot,
+        Estimate,
+        EstimateSnapshot,
+        Promotion,
+        WorkOrder,
+        PromotionRecords,
+        PromotionRecord,
+        Resolve,
+        Resolved,
+    )),
+    modifiers(&AdminAuth, &Problems),
+    tags(
+        (name = "estimates", description = "Estimates and their snapshots"),
+        (name = "promotion", description = "Exactly one work order per snapshot"),
+        (name = "admin", description = "Operator endpoints"),
+        (name = "operations", description = "Health, readiness and metrics"),
+        (name = "docs", description = "This document and its interactive page"),
+    )
+)]
+pub struct ApiDoc;
+
+/// A problem+json body (RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `https://idempotency.rs/problems/promotion/{slug}` for the service's
+    /// own problems, `https://idempotency.rs/problems/{slug}` for the
+    /// idempotency layer's.
+    #[schema(example = "https://idempotency.rs/problems/promotion/estimate-not-found")]
+    pub r#type: String,
+    /// The same for every occurrence of the type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// This occurrence.
+    pub detail: String,
+}
+
+/// `validation-failed`: a problem with the broken rules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidationProblem {
+    /// `https://idempotency.rs/problems/promotion/validation-failed`.
+    pub r#type: String,
+    /// `Request body failed validation`.
+    pub title: String,
+    /// 422.
+    pub status: u16,
+    /// How many fields failed.
+    pub detail: String,
+    /// Each broken rule.
+    pub errors: Vec<FieldError>,
+}
+
+/// One broken rule of a body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldError {
+    /// JSON pointer of the field, e.g. `/lines/0/quantity`.
+    pub pointer: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// The body of `POST /estimates`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreateEstimate {
+    /// The customer.
+    pub customer_id: String,
+    /// 1 to 200 lines.
+    pub lines: Vec<estimates::Line>,
+}
+
+/// The body of `POST /estimates/{estimate_id}/revise` (optional: empty
+/// keeps the current lines).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReviseEstimate {
+    /// 1 to 200 lines.
+    pub lines: Vec<estimates::Line>,
+}
+
+/// A snapshot's id and status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Snapshot {
+    /// `E-` and digits.
+    pub estimate_id: String,
+    /// From 1.
+    pub snapshot_version: i32,
+    /// `DRAFT`, `FINALIZED` or `SUPERSEDED`.
+    pub status: String,
+}
+
+/// A new snapshot (`POST /estimates`, `POST .../revise`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimateCreated {
+    /// `E-` and digits.
+    pub estimate_id: String,
+    /// From 1.
+    pub snapshot_version: i32,
+    /// `DRAFT`.
+    pub status: String,
+    /// The sum of the lines.
+    pub total_cents: i64,
+    /// Only on `POST /estimates`.
+    pub customer_id: Option<String>,
+}
+
+/// An estimate and every snapshot.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Estimate {
+    /// `E-` and digits.
+    pub estimate_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// The current snapshot.
+    pub current_version: i32,
+    /// Every snapshot.
+    pub snapshots: Vec<EstimateSnapshot>,
+}
+
+/// One snapshot of an estimate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimateSnapshot {
+    /// From 1.
+    pub snapshot_version: i32,
+    /// `DRAFT`, `FINALIZED` or `SUPERSEDED`.
+    pub status: String,
+    /// The sum of the lines.
+    pub total_cents: i64,
+    /// The lines.
+    pub lines: Vec<estimates::Line>,
+}
+
+/// The result of a promotion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Promotion {
+    /// The promotion record.
+    #[schema(value_type = String, example = "0199a6b2-7c1e-7d4a-9b1f-2f0c3e4d5a6b")]
+    pub promotion_id: uuid::Uuid,
+    /// `E-` and digits.
+    pub estimate_id: String,
+    /// The promoted snapshot.
+    pub snapshot_version: i32,
+    /// `WO-` and digits.
+    pub workorder_id: String,
+    /// `COMPLETED`.
+    pub status: String,
+}
+
+/// A work order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkOrder {
+    /// `WO-` and digits.
+    pub workorder_id: String,
+    /// `E-` and digits.
+    pub estimate_id: String,
+    /// The promoted snapshot.
+    pub snapshot_version: i32,
+    /// The customer.
+    pub customer_id: String,
+    /// The total of the snapshot.
+    pub total_cents: i64,
+    /// The work order's status.
+    pub status: String,
+}
+
+/// An estimate's promotion records.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PromotionRecords {
+    /// `E-` and digits.
+    pub estimate_id: String,
+    /// One per promoted snapshot.
+    pub promotions: Vec<PromotionRecord>,
+}
+
+/// A promotion record and its idempotency record's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PromotionRecord {
+    /// The promotion record.
+    #[schema(value_type = String, example = "0199a6b2-7c1e-7d4a-9b1f-2f0c3e4d5a6b")]
+    pub promotion_id: uuid::Uuid,
+    /// The snapshot.
+    pub snapshot_version: i32,
+    /// `WO-` and digits, when linked.
+    pub workorder_id: Option<String>,
+    /// `PENDING`, `COMPLETED`, `FAILED`, `CORRUPTED` or `EXPIRED`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: Option<u32>,
+    /// The record's fence.
+    pub fence: Option<u64>,
+    /// Why it failed or is corrupted.
+    pub detail: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// The body of the resolve endpoint (optional).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Resolve {
+    /// Why the operator clears the record (audited).
+    pub reason: Option<String>,
+}
+
+/// A resolved record: now `FAILED` with no work order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Resolved {
+    /// `E-` and digits.
+    pub estimate_id: String,
+    /// The snapshot.
+    pub snapshot_version: i32,
+    /// Always `null`.
+    pub workorder_id: Option<String>,
+    /// `FAILED`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: Option<u32>,
+    /// The record's fence.
+    pub fence: Option<u64>,
+    /// The failure reason.
+    pub detail: Option<String>,
+}
+
+/// Every problem type the service itself answers: `(slug, status, title)`.
+/// A test checks it against the slugs of [`ApiError`]'s constructors.
+pub const PROBLEM_TYPES: [(&str, StatusCode, &str); 16] = [
+    (
+        "invalid-json",
+        StatusCode::BAD_REQUEST,
+        "Request body is not valid JSON",
+    ),
+    (
+        "missing-parameter",
+        StatusCode::BAD_REQUEST,
+        "A required query parameter is missing",
+    ),
+    (
+        "unauthorized",
+        StatusCode::UNAUTHORIZED,
+        "Admin credentials required",
+    ),
+    (
+        "admin-disabled",
+        StatusCode::FORBIDDEN,
+        "Admin endpoints are disabled",
+    ),
+    ("not-found", StatusCode::NOT_FOUND, "No such route"),
+    (
+        "estimate-not-found",
+        StatusCode::NOT_FOUND,
+        "Estimate not found",
+    ),
+    (
+        "snapshot-not-found",
+        StatusCode::NOT_FOUND,
+        "Estimate snapshot not found",
+    ),
+    (
+        "work-order-not-found",
+        StatusCode::NOT_FOUND,
+        "Work order not found",
+    ),
+    (
+        "promotion-not-found",
+        StatusCode::NOT_FOUND,
+        "Promotion record not found",
+    ),
+    (
+        "snapshot-not-draft",
+        StatusCode::CONFLICT,
+        "Estimate snapshot is not a draft",
+    ),
+    (
+        "promotion-not-corrupted",
+        StatusCode::CONFLICT,
+        "Promotion record is not corrupted",
+    ),
+    (
+        "promotion-superseded",
+        StatusCode::CONFLICT,
+        "Promotion attempt was superseded",
+    ),
+    (
+        "validation-failed",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Request body failed validation",
+    ),
+    (
+        "snapshot-not-finalized",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Estimate snapshot is not finalized",
+    ),
+    (
+        "internal",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal error",
+    ),
+    (
+        "database-unavailable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Database unavailable",
+    ),
+];
+
+/// The problems each operation may answer, by slug: `(method, path, slugs)`.
+/// Each of them but `/docs/{file}` also answers `internal` (500) and
+/// `database-unavailable` (503, `Retry-After`).
+const OPERATION_PROBLEMS: &[(&str, &str, &[&str])] = &[
+    ("post", "/estimates", &["invalid-json", "validation-failed"]),
+    ("get", "/estimates/{estimate_id}", &["estimate-not-found"]),
+    (
+        "post",
+        "/estimates/{estimate_id}/finalize",
+        &["estimate-not-found", "snapshot-not-draft"],
+    ),
+    (
+        "post",
+        "/estimates/{estimate_id}/revise",
+        &["invalid-json", "validation-failed", "estimate-not-found"],
+    ),
+    (
+        "post",
+        "/estimates/{estimate_id}/snapshots/{snapshot_version}/promote",
+        &[
+            "estimate-not-found",
+            "snapshot-not-found",
+            "snapshot-not-finalized",
+            "promotion-superseded",
+        ],
+    ),
+    ("get", "/work-orders/{id}", &["work-order-not-found"]),
+    (
+        "get",
+        "/promotions",
+        &["missing-parameter", "estimate-not-found"],
+    ),
+    (
+        "post",
+        "/admin/promotions/{estimate_id}/{snapshot_version}/resolve",
+        &[
+            "invalid-json",
+            "unauthorized",
+            "admin-disabled",
+            "estimate-not-found",
+            "snapshot-not-found",
+            "promotion-not-found",
+            "promotion-not-corrupted",
+        ],
+    ),
+    ("get", "/readyz", &[]),
+    // Also what any unrouted method and path answers.
+    ("get", "/docs/{file}", &["not-found"]),
+];
+
+/// The promotion route's idempotency layer answers.
+const IDEMPOTENT: &str = "/estimates/{estimate_id}/snapshots/{snapshot_version}/promote";
+
+/// `Authorization: Bearer $PROMOTION_ADMIN_TOKEN`.
+struct AdminAuth;
+
+impl Modify for AdminAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "admin",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("`PROMOTION_ADMIN_TOKEN`"))
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// Adds each operation's problem answers (one example per type), the
+/// idempotency layer's on the promotion route (from [`ProblemType::ALL`]),
+/// and `x-request-id` on every answer.
+struct Problems;
+
+impl Modify for Problems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [("get", item.get.as_mut()), ("post", item.post.as_mut())];
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
+                let responses = &mut op.responses.responses;
+                if let Some((_, _, slugs)) = OPERATION_PROBLEMS
+                    .iter()
+                    .find(|(m, p, _)| *m == method && p == path)
+                {
+                    let common: &[&str] = if path.starts_with("/docs") {
+                        &[]
+                    } else {
+                        &["internal", "database-unavailable"]
+                    };
+                    for slug in slugs.iter().chain(common) {
+                        let (slug, status, title) = PROBLEM_TYPES
+                            .iter()
+                            .find(|(s, _, _)| s == slug)
+                            .expect("a listed problem type");
+                        add_problem(
+                            responses,
+                            *status,
+                            slug,
+                            &format!("{PROBLEM_BASE}{slug}"),
+                            title,
+                            *slug == "validation-failed",
+                        );
+                    }
+                }
+                if path == IDEMPOTENT {
+                    for kind in ProblemType::ALL {
+                        add_problem(
+                            responses,
+                            kind.status(),
+                            kind.slug(),
+                            &kind.uri(),
+                            kind.title(),
+                            false,
+                        );
+                    }
+                }
+                for response in responses.values_mut() {
+                    if let RefOr::T(r) = response {
+                        r.headers.insert("x-request-id".to_owned(), string_header(
+                            "The request's id: the client's (1 to 128 visible ASCII characters) or a new UUIDv7",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn string_header(description: &str) -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::String))
+        .description(Some(description))
+        .build()
+}
+
+/// Adds a problem example to the response of `status`.
+fn add_problem(
+    responses: &mut BTreeMap<String, RefOr<utoipa::openapi::Response>>,
+    status: StatusCode,
+    slug: &str,
+    uri: &str,
+    title: &str,
+    validation: bool,
+) {
+    let entry = responses
+        .entry(status.as_u16().to_string())
+        .or_insert_with(|| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(status.canonical_reason().unwrap_or("Error"))
+                    .build(),
+            )
+        });
+    let RefOr::T(response) = entry else { return };
+    response
+        .description
+        .push_str(&format!("\n\n`{uri}`: {title}"));
+    let schema = if validation {
+        "ValidationProblem"
+    } else {
+        "Problem"
+    };
+    let content = response
+        .content
+        .entry(PROBLEM_CONTENT_TYPE.to_owned())
+        .or_insert_with(|| {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(schema)))
+                .build()
+        });
+    content.examples.insert(
+        slug.to_owned(),
+        RefOr::T(
+            ExampleBuilder::new()
+                .summary(title)
+                .value(Some(serde_json::json!({
+                    "type": uri,
+                    "title": title,
+                    "status": status.as_u16(),
+                    "detail": title,
+                })))
+                .build(),
+        ),
+    );
+    if matches!(
+        status,
+        StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE
+    ) && (slug == "in-flight" || status == StatusCode::SERVICE_UNAVAILABLE)
+    {
+        response.headers.insert(
+            "Retry-After".to_owned(),
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        );
+    }
+}
+
+/// The document, rendered once.
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_json()
+        .expect("the OpenAPI document serializes")
+});
+
+/// Swagger UI's configuration: it reads `/openapi.json`.
+static SWAGGER: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
+    LazyLock::new(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json")));
+
+/// What the page's relative links resolve against.
+const DOCS_BASE: &str = "<head>\n    <base href=\"/docs/\">";
+
+/// The OpenAPI document of this service.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "docs",
+    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
+)]
+pub(crate) async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+        .into_response()
+}
+
+/// The interactive page (Swagger UI) over `/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "docs",
+    responses((status = 200, description = "Swagger UI; its assets are under `/docs/`", content_type = "text/html", body = String))
+)]
+pub(crate) async fn docs_page() -> Response {
+    match swagger_file("index.html") {
+        Some((_, bytes)) => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            // The page's asset links are relative to `/docs/`, and this page
+            // is `/docs`.
+            String::from_utf8_lossy(&bytes).replacen("<head>", DOCS_BASE, 1),
+        )
+            .into_response(),
+        None => ApiError::internal("no Swagger UI page").into_response(),
+    }
+}
+
+/// An asset of the Swagger UI page, from the binary.
+#[utoipa::path(
+    get,
+    path = "/docs/{file}",
+    tag = "docs",
+    params(("file" = String, Path, description = "An asset name, e.g. `swagger-ui.css`")),
+    responses(
+        (status = 200, description = "The asset (CSS, JavaScript or an image)"),
+    )
+)]
+pub(crate) async fn docs_asset(Path(file): Path<String>) -> Response {
+    match swagger_file(&file) {
+        Some((content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+        None => ApiError {
+            status: StatusCode::NOT_FOUND,
+            slug: "not-found",
+            title: "No such route",
+            detail: "no such Swagger UI asset".into(),
+            extra: None,
+        }
+        .into_response(),
+    }
+}
+
+/// A file of the vendored Swagger UI: its media type and bytes.
+fn swagger_file(name: &str) -> Option<(String, Vec<u8>)> {
+    match utoipa_swagger_ui::serve(name, SWAGGER.clone()) {
+        Ok(Some(file)) => Some((file.content_type, file.bytes.into_owned())),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, name, "cannot render a Swagger UI file");
+            None
+        }
+    }
+}
