@@ -35,6 +35,10 @@ use crate::store::{
 };
 
 pub mod model;
+pub mod support;
+
+pub use support::in_ci;
+use support::{acquire, value};
 
 /// What a conformance case needs of a store.
 pub trait ConformanceStore: IdempotencyStore + ClockControl + Clone + 'static {}
@@ -62,17 +66,6 @@ fn req(key: StorageKey, fingerprint: Fingerprint) -> ClaimRequest {
     }
 }
 
-fn value(s: &str) -> Completion {
-    Completion::new(Outcome::Value(Bytes::copy_from_slice(s.as_bytes())))
-}
-
-async fn acquire<S: IdempotencyStore>(store: &S, r: &ClaimRequest) -> (Lease, ClaimKind) {
-    match store.claim(r).await.expect("claim") {
-        Claim::Acquired { lease, kind } => (lease, kind),
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
-
 fn assert_lease_lost(r: Result<impl std::fmt::Debug, StoreError>, what: &str) {
     match r {
         Err(StoreError::LeaseLost) => {}
@@ -88,11 +81,6 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
         .build()
         .expect("tokio runtime")
         .block_on(f)
-}
-
-/// Whether tests run under CI (`CI=true`), where a missing service must fail the run.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// Claim on an absent key acquires attempt 1 with a fence of at least 1;
