@@ -7,7 +7,7 @@
 //! `NOTIFY`, a pub/sub message), and [`Waiters::wake_all`] when it may have
 //! missed such news (a notification connection was lost or re-established).
 //! Its `wait_for_change` is [`wait_for_change`] with a re-check of the
-//! record.
+//! record, and its notification task lives in a [`BackgroundTask`].
 //!
 //! # Behaviour
 //!
@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
+use tokio::task::JoinHandle;
 
 use crate::key::StorageKey;
 use crate::store::StoreError;
@@ -183,6 +184,57 @@ where
     Ok(())
 }
 
+/// The task that feeds a store's [`Waiters`] (a `LISTEN` connection, a
+/// pub/sub subscription): started by the first waiter, started again if it
+/// ended (its runtime went away, it panicked), aborted when dropped with the
+/// store.
+#[derive(Debug, Default)]
+pub struct BackgroundTask {
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl BackgroundTask {
+    /// No task yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spawns the future `start` makes on the current runtime unless the
+    /// task is running. `start` is called with the slot locked, so two
+    /// callers never start two tasks. Returns `false` when there is no
+    /// runtime to spawn on (and nothing runs).
+    pub fn ensure_running<F, Fut>(&self, start: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if task.as_ref().is_none_or(JoinHandle::is_finished) {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return false;
+            };
+            *task = Some(runtime.spawn(start()));
+        }
+        true
+    }
+}
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +364,29 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn a_background_task_runs_once_and_is_aborted_with_its_slot() {
+        let slot = BackgroundTask::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        for _ in 0..3 {
+            let tx = tx.clone();
+            assert!(slot.ensure_running(move || async move {
+                let _tx = tx;
+                std::future::pending::<()>().await;
+            }));
+        }
+        drop(tx);
+        drop(slot);
+        // Every sender is gone once the one running task was aborted.
+        let closed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(closed, Ok(None)));
+    }
+
+    #[test]
+    fn a_background_task_needs_a_runtime() {
+        assert!(!BackgroundTask::new().ensure_running(|| async {}));
     }
 
     #[test]
