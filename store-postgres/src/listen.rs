@@ -8,15 +8,14 @@
 //! connections) and reconnects by itself. While it is not listening, waiters
 //! fall back to bounded polling.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::StorageKey;
-use idempotency_core::wait::Waiters;
+use idempotency_core::wait::{BackgroundTask, Waiters};
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// How long a waiter gives a starting listener before polling instead.
 const READY_WAIT: Duration = Duration::from_secs(2);
@@ -25,7 +24,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 pub(crate) struct Notifier {
     shared: Arc<Shared>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    task: BackgroundTask,
 }
 
 struct Shared {
@@ -40,7 +39,7 @@ impl Notifier {
                 waiters: Waiters::new(),
                 listening: watch::Sender::new(false),
             }),
-            task: Mutex::new(None),
+            task: BackgroundTask::new(),
         }
     }
 
@@ -57,19 +56,12 @@ impl Notifier {
         channel: &str,
         max_wait: Duration,
     ) -> bool {
-        {
-            let mut task = self
-                .task
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if task.as_ref().is_none_or(JoinHandle::is_finished) {
-                let _ = self.shared.listening.send(false);
-                *task = Some(tokio::spawn(listen(
-                    Arc::clone(&self.shared),
-                    pool.clone(),
-                    channel.to_owned(),
-                )));
-            }
+        let started = self.task.ensure_running(|| {
+            let _ = self.shared.listening.send(false);
+            listen(Arc::clone(&self.shared), pool.clone(), channel.to_owned())
+        });
+        if !started {
+            return false;
         }
         let mut rx = self.shared.listening.subscribe();
         let wait = max_wait.min(READY_WAIT);
@@ -82,19 +74,6 @@ impl Notifier {
     /// Number of keys with waiters (for tests and debugging).
     pub(crate) fn waiting_keys(&self) -> usize {
         self.shared.waiters.len()
-    }
-}
-
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .task
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
     }
 }
 
