@@ -12,15 +12,14 @@
 //! not connected, and every waiter is woken when the subscriber
 //! (re)subscribes, since notifications may have been lost meanwhile.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use idempotency_core::StorageKey;
-use idempotency_core::wait::Waiters;
+use idempotency_core::wait::{BackgroundTask, Waiters};
 use redis::Client;
-use tokio::task::JoinHandle;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -46,7 +45,7 @@ pub(crate) struct Subscriber {
     channel: String,
     connect_timeout: Duration,
     response_timeout: Duration,
-    task: Mutex<Option<JoinHandle<()>>>,
+    task: BackgroundTask,
 }
 
 impl Subscriber {
@@ -62,7 +61,7 @@ impl Subscriber {
             channel,
             connect_timeout,
             response_timeout,
-            task: Mutex::new(None),
+            task: BackgroundTask::new(),
         }
     }
 
@@ -72,36 +71,19 @@ impl Subscriber {
         let Some(client) = &self.client else {
             return false;
         };
-        let mut task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if task.as_ref().is_none_or(JoinHandle::is_finished) {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return false;
-            };
-            *task = Some(runtime.spawn(run(
+        let started = self.task.ensure_running(|| {
+            run(
                 client.clone(),
                 self.channel.clone(),
                 self.hub.clone(),
                 self.connect_timeout,
                 self.response_timeout,
-            )));
+            )
+        });
+        if !started {
+            return false;
         }
         self.hub.is_subscribed()
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .task
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
     }
 }
 
