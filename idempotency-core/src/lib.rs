@@ -9,6 +9,7 @@ mod once;
 mod policy;
 mod record;
 mod store;
+pub mod wait;
 
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -25,8 +26,8 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use once::{Execution, FailureClass, Idempotent, RunError};
 pub use policy::{MAX_DURATION, MIN_LEASE, Policy};
 pub use record::{
-    Completed, Corrupted, DecodeError, Failed, Lease, LeaseToken, Outcome, Pending, Record,
-    RecordState, StoredResponse, Timestamp,
+    Completed, Corrupted, DecodeError, Failed, Lease, LeaseToken, MAX_STORE_MILLIS, Outcome,
+    Pending, Record, RecordState, StoredResponse, Timestamp, clamp_millis,
 };
 pub use store::{
     BoxError, Claim, ClaimKind, ClaimRequest, ClockControl, Completion, DynStore, ErasedStore,

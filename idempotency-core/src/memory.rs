@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use crate::key::StorageKey;
 use crate::record::{
     Completed, Corrupted, Failed, Lease, LeaseToken, Outcome, Pending, Record, RecordState,
@@ -18,6 +16,7 @@ use crate::store::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore, Observed,
     PurgeExpired, Resolution, StoreError,
 };
+use crate::wait::{self, Waiters};
 
 const DEFAULT_SHARDS: usize = 64;
 const MIN_SWEEP_LEN: usize = 1024;
@@ -119,6 +118,8 @@ impl MemoryStoreBuilder {
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
+    /// The waiters of each shard's keys (same index as `shards`).
+    waiters: Box<[Waiters]>,
     offset_ms: AtomicU64,
     /// The last fence handed out, by any record.
     fences: AtomicU64,
@@ -138,6 +139,7 @@ impl Inner {
         let n = shards.max(1).next_power_of_two();
         Self {
             shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            waiters: (0..n).map(|_| Waiters::new()).collect(),
             offset_ms: AtomicU64::new(0),
             fences: AtomicU64::new(0),
             budget: Budget {
@@ -216,19 +218,12 @@ struct Full;
 #[derive(Default)]
 struct Shard {
     records: HashMap<StorageKey, Record>,
-    waiters: HashMap<StorageKey, Arc<Notify>>,
     sweep_at: usize,
 }
 
 impl Shard {
     fn live(&self, key: &StorageKey, now: Timestamp) -> Option<&Record> {
         self.records.get(key).filter(|r| !r.is_expired(now))
-    }
-
-    fn wake(&mut self, key: &StorageKey) {
-        if let Some(n) = self.waiters.remove(key) {
-            n.notify_waiters();
-        }
     }
 
     fn maybe_sweep(&mut self, now: Timestamp, budget: &Budget) {
@@ -252,9 +247,6 @@ impl Shard {
             }
         });
         budget.adjust(freed, 0);
-        let records = &self.records;
-        self.waiters
-            .retain(|k, n| records.contains_key(k) && Arc::strong_count(n) > 1);
         removed
     }
 
@@ -355,11 +347,20 @@ impl MemoryStore {
         )
     }
 
-    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, Shard> {
+    fn slot(&self, key: &StorageKey) -> usize {
         let b = key.as_bytes();
         let h = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-        let idx = (h as usize) & (self.inner.shards.len() - 1);
-        lock(&self.inner.shards[idx])
+        (h as usize) & (self.inner.shards.len() - 1)
+    }
+
+    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, Shard> {
+        lock(&self.inner.shards[self.slot(key)])
+    }
+
+    /// Wakes the waiters of `key` (called with its shard locked, after the
+    /// change: a waiter re-checking later sees it).
+    fn wake(&self, key: &StorageKey) {
+        self.inner.waiters[self.slot(key)].wake(key);
     }
 
     /// The next fence. Called with the key's shard locked, so a later claim
@@ -498,7 +499,7 @@ impl MemoryStore {
                 rec.state = RecordState::Failed(failed.clone());
                 rec.expires_at = now.saturating_add(req.retention);
                 shard.replace(budget, rec);
-                shard.wake(&req.key);
+                self.wake(&req.key);
                 return Ok(Claim::Failed(failed));
             }
             RecordState::Pending(_) => ClaimKind::Takeover,
@@ -529,7 +530,7 @@ impl MemoryStore {
         rec.expires_at = now.saturating_add(lease.retention);
         let after = record_bytes(rec);
         self.inner.budget.adjust(before, after);
-        shard.wake(&lease.key);
+        self.wake(&lease.key);
         Ok(())
     }
 }
@@ -543,11 +544,6 @@ impl MemoryStore {
             }
             _ => None,
         }
-    }
-
-    fn pending_waiter(&self, key: &StorageKey) -> Option<Arc<Notify>> {
-        self.pending_lease_left(key)?;
-        Some(self.shard(key).waiters.entry(*key).or_default().clone())
     }
 }
 
@@ -604,7 +600,7 @@ impl IdempotencyStore for MemoryStore {
             match shard.owned(lease, now) {
                 Ok(_) => {
                     shard.remove(&self.inner.budget, &lease.key);
-                    shard.wake(&lease.key);
+                    self.wake(&lease.key);
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -669,7 +665,7 @@ impl IdempotencyStore for MemoryStore {
                 _ => Err(StoreError::NotFound),
             };
             if out.is_ok() {
-                shard.wake(key);
+                self.wake(key);
             }
             out
         };
@@ -717,7 +713,7 @@ impl IdempotencyStore for MemoryStore {
                     budget.adjust(record_bytes(&before), record_bytes(rec));
                 }
             }
-            shard.wake(key);
+            self.wake(key);
             Ok(before)
         })();
         async move { out }
@@ -730,20 +726,14 @@ impl IdempotencyStore for MemoryStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let key = *key;
         async move {
-            let Some(notify) = self.pending_waiter(&key) else {
+            if self.pending_lease_left(&key).is_none() {
                 return Ok(());
-            };
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Registered before re-checking, so a completion racing with this
-            // call is never missed.
-            let Some(lease_left) = self.pending_lease_left(&key) else {
-                return Ok(());
-            };
-            let wait = timeout.min(lease_left + Duration::from_millis(1));
-            let _ = tokio::time::timeout(wait, notified).await;
-            Ok(())
+            }
+            let waiters = &self.inner.waiters[self.slot(&key)];
+            wait::wait_for_change(waiters, &key, timeout, || async {
+                Ok(self.pending_lease_left(&key))
+            })
+            .await
         }
     }
 }

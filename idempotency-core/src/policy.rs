@@ -61,7 +61,7 @@ pub const MIN_LEASE: Duration = Duration::from_millis(100);
 /// accepts: one day. Longer values are clamped to it.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
-const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+const MAX_RETENTION: Duration = Duration::from_millis(crate::record::MAX_STORE_MILLIS);
 
 impl Default for Policy {
     fn default() -> Self {

@@ -16,6 +16,19 @@ use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::store::StateKind;
 
+/// The longest duration, in milliseconds, a store hands its backend: a
+/// hundred years of 365 days. Backends overflow long before
+/// `Duration::MAX` (PostgreSQL's intervals and timestamps), and three such
+/// values still add up exactly in a double (Lua's numbers).
+pub const MAX_STORE_MILLIS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
+
+/// The milliseconds of `d` for a backend, saturating at [`MAX_STORE_MILLIS`].
+pub fn clamp_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(MAX_STORE_MILLIS)
+}
+
 /// Milliseconds since the Unix epoch, as measured by the store's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timestamp(u64);

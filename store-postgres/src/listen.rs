@@ -8,15 +8,14 @@
 //! connections) and reconnects by itself. While it is not listening, waiters
 //! fall back to bounded polling.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::StorageKey;
+use idempotency_core::wait::{BackgroundTask, Waiters};
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
 /// How long a waiter gives a starting listener before polling instead.
 const READY_WAIT: Duration = Duration::from_secs(2);
@@ -25,82 +24,28 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 pub(crate) struct Notifier {
     shared: Arc<Shared>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    task: BackgroundTask,
 }
 
 struct Shared {
-    waiters: Mutex<HashMap<StorageKey, Arc<Notify>>>,
+    waiters: Waiters,
     listening: watch::Sender<bool>,
-}
-
-impl Shared {
-    fn waiters(&self) -> MutexGuard<'_, HashMap<StorageKey, Arc<Notify>>> {
-        // Every critical section is a single map operation: a poisoned lock
-        // cannot hold a half-made change.
-        self.waiters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn wake(&self, key: &StorageKey) {
-        if let Some(n) = self.waiters().get(key) {
-            n.notify_waiters();
-        }
-    }
-
-    /// Notifications may have been missed: everyone re-checks.
-    fn wake_all(&self) {
-        for n in self.waiters().values() {
-            n.notify_waiters();
-        }
-    }
-}
-
-/// A waiter's registration; unregisters on drop (also when the waiting
-/// future is cancelled).
-pub(crate) struct Registration<'a> {
-    shared: &'a Shared,
-    key: StorageKey,
-    notify: Arc<Notify>,
-}
-
-impl Registration<'_> {
-    pub(crate) fn notify(&self) -> &Notify {
-        &self.notify
-    }
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        let mut map = self.shared.waiters();
-        if let Some(n) = map.get(&self.key) {
-            // The map's reference and ours: we are the last waiter.
-            if Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2 {
-                map.remove(&self.key);
-            }
-        }
-    }
 }
 
 impl Notifier {
     pub(crate) fn new() -> Self {
         Self {
             shared: Arc::new(Shared {
-                waiters: Mutex::new(HashMap::new()),
+                waiters: Waiters::new(),
                 listening: watch::Sender::new(false),
             }),
-            task: Mutex::new(None),
+            task: BackgroundTask::new(),
         }
     }
 
-    /// Registers interest in `key`.
-    pub(crate) fn register(&self, key: StorageKey) -> Registration<'_> {
-        let notify = self.shared.waiters().entry(key).or_default().clone();
-        Registration {
-            shared: &self.shared,
-            key,
-            notify,
-        }
+    /// The waiters this listener wakes.
+    pub(crate) fn waiters(&self) -> &Waiters {
+        &self.shared.waiters
     }
 
     /// Starts the listener if needed and waits (bounded) until it listens.
@@ -111,19 +56,12 @@ impl Notifier {
         channel: &str,
         max_wait: Duration,
     ) -> bool {
-        {
-            let mut task = self
-                .task
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if task.as_ref().is_none_or(JoinHandle::is_finished) {
-                let _ = self.shared.listening.send(false);
-                *task = Some(tokio::spawn(listen(
-                    Arc::clone(&self.shared),
-                    pool.clone(),
-                    channel.to_owned(),
-                )));
-            }
+        let started = self.task.ensure_running(|| {
+            let _ = self.shared.listening.send(false);
+            listen(Arc::clone(&self.shared), pool.clone(), channel.to_owned())
+        });
+        if !started {
+            return false;
         }
         let mut rx = self.shared.listening.subscribe();
         let wait = max_wait.min(READY_WAIT);
@@ -135,20 +73,7 @@ impl Notifier {
 
     /// Number of keys with waiters (for tests and debugging).
     pub(crate) fn waiting_keys(&self) -> usize {
-        self.shared.waiters().len()
-    }
-}
-
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .task
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
+        self.shared.waiters.len()
     }
 }
 
@@ -169,7 +94,7 @@ async fn listen(shared: Arc<Shared>, store_pool: PgPool, channel: String) {
             Err(error) => {
                 tracing::warn!(%error, channel, "cannot listen for record changes; waiters poll meanwhile");
                 let _ = shared.listening.send(false);
-                shared.wake_all();
+                shared.waiters.wake_all();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -179,25 +104,25 @@ async fn listen(shared: Arc<Shared>, store_pool: PgPool, channel: String) {
         // Waiters registered so far may have missed notifications while the
         // listener was down: they re-check. Waiters registering from now on
         // re-check after LISTEN took effect, so they miss nothing.
-        shared.wake_all();
+        shared.waiters.wake_all();
         let _ = shared.listening.send(true);
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => {
                     if let Some(key) = StorageKey::from_hex(n.payload()) {
-                        shared.wake(&key);
+                        shared.waiters.wake(&key);
                     }
                 }
                 Ok(None) => {
                     // The connection was lost and re-established: whatever was
                     // notified in between is gone.
                     tracing::debug!(channel, "listener reconnected");
-                    shared.wake_all();
+                    shared.waiters.wake_all();
                 }
                 Err(error) => {
                     tracing::warn!(%error, channel, "listener failed; reconnecting");
                     let _ = shared.listening.send(false);
-                    shared.wake_all();
+                    shared.waiters.wake_all();
                     break;
                 }
             }

@@ -147,13 +147,11 @@ pub(crate) fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// Longest duration bound into a statement: a hundred years (PostgreSQL's
+/// Milliseconds of a duration, for binding (saturating at
+/// [`idempotency_core::MAX_STORE_MILLIS`], a hundred years: PostgreSQL's
 /// intervals and timestamps overflow long before `Duration::MAX`).
-const MAX_MS: i64 = 100 * 366 * 24 * 60 * 60 * 1000;
-
-/// Milliseconds of a duration, for binding (saturating at a hundred years).
 pub(crate) fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(MAX_MS)
+    i64::try_from(idempotency_core::clamp_millis(d)).unwrap_or(i64::MAX)
 }
 
 fn unexpected(what: &str) -> StoreError {

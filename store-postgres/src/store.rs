@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use idempotency_core::wait;
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Corrupted, Failure, IdempotencyStore,
     Lease, LeaseToken, Observed, PurgeExpired, Record, RecordState, Resolution, StorageKey,
@@ -774,21 +775,15 @@ impl IdempotencyStore for PostgresStore {
             .notifier
             .ensure_listening(&self.inner.pool, &self.inner.channel, timeout)
             .await;
-        // Registered before the re-check below, so a change committed after
-        // the re-check is never missed.
-        let registration = self.inner.notifier.register(*key);
-        let notified = registration.notify().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let Some(lease_left) = self.lease_left(key).await? else {
-            return Ok(());
+        let timeout = if listening {
+            timeout
+        } else {
+            timeout.min(POLL_INTERVAL)
         };
-        let mut wait = timeout.min(lease_left + Duration::from_millis(1));
-        if !listening {
-            wait = wait.min(POLL_INTERVAL);
-        }
-        let _ = tokio::time::timeout(wait, notified).await;
-        Ok(())
+        wait::wait_for_change(self.inner.notifier.waiters(), key, timeout, || {
+            self.lease_left(key)
+        })
+        .await
     }
 }
 

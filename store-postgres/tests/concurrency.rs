@@ -91,8 +91,7 @@ async fn replays_do_not_write_or_lock() {
         return;
     };
     let req = common::request(common::key(), 1, Duration::from_secs(30));
-    let (lease, _) = common::acquire(&store, &req).await;
-    store.complete(&lease, common::value("v")).await.unwrap();
+    common::claim_and_complete(&store, &req, common::value("v")).await;
     let xmin = |store: idempotency_postgres::PostgresStore| async move {
         sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
             "SELECT xmin::text FROM {}.records WHERE key = $1",

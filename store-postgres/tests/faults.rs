@@ -285,8 +285,7 @@ async fn undecodable_outcome_on_claim_is_corrupted() {
         return;
     };
     let req = common::request(common::key(), 1, Duration::from_secs(10));
-    let (lease, _) = common::acquire(&store, &req).await;
-    store.complete(&lease, common::value("fine")).await.unwrap();
+    common::claim_and_complete(&store, &req, common::value("fine")).await;
     write_garbage(&store, &req.key, b"\xde\xad\xbe\xef").await;
 
     match store.claim(&req).await.unwrap() {
@@ -323,8 +322,7 @@ async fn undecodable_outcome_on_get_is_corrupted() {
         return;
     };
     let req = common::request(common::key(), 1, Duration::from_secs(10));
-    let (lease, _) = common::acquire(&store, &req).await;
-    store.complete(&lease, common::value("fine")).await.unwrap();
+    common::claim_and_complete(&store, &req, common::value("fine")).await;
     // A valid prefix with a truncated body.
     let mut bytes = idempotency_core::Outcome::Value(bytes::Bytes::from_static(b"hello")).encode();
     bytes.truncate(bytes.len() - 2);

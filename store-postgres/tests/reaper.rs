@@ -23,8 +23,7 @@ async fn short_lived(store: &PostgresStore, n: usize) -> Vec<StorageKey> {
             retention: Duration::from_secs(1),
             ..common::request(common::key(), 1, Duration::from_millis(500))
         };
-        let (lease, _) = common::acquire(store, &req).await;
-        store.complete(&lease, common::value("v")).await.unwrap();
+        common::claim_and_complete(store, &req, common::value("v")).await;
         keys.push(req.key);
     }
     keys
@@ -49,8 +48,7 @@ async fn purges_in_batches_and_keeps_live_records() {
     // Kept: a live completed record, a live lease, a corrupted record, a
     // failure still retained.
     let live = common::request(common::key(), 1, Duration::from_secs(3600));
-    let (l, _) = common::acquire(&store, &live).await;
-    store.complete(&l, common::value("live")).await.unwrap();
+    common::claim_and_complete(&store, &live, common::value("live")).await;
     common::acquire(
         &store,
         &common::request(common::key(), 1, Duration::from_secs(3600)),

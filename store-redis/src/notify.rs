@@ -12,16 +12,14 @@
 //! not connected, and every waiter is woken when the subscriber
 //! (re)subscribes, since notifications may have been lost meanwhile.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use idempotency_core::StorageKey;
+use idempotency_core::wait::{BackgroundTask, Waiters};
 use redis::Client;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -29,79 +27,25 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// The waiters of one store and the state of its subscription.
 #[derive(Default)]
-pub(crate) struct Waiters {
-    map: Mutex<HashMap<StorageKey, Arc<Notify>>>,
+pub(crate) struct Hub {
+    pub(crate) waiters: Waiters,
     subscribed: AtomicBool,
 }
 
-impl Waiters {
-    fn map(&self) -> MutexGuard<'_, HashMap<StorageKey, Arc<Notify>>> {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn wake(&self, key: &StorageKey) {
-        if let Some(n) = self.map().remove(key) {
-            n.notify_waiters();
-        }
-    }
-
-    fn wake_all(&self) {
-        for (_, n) in self.map().drain() {
-            n.notify_waiters();
-        }
-    }
-
-    /// Registers interest in `key`; the returned guard unregisters on drop.
-    pub(crate) fn register(self: &Arc<Self>, key: StorageKey) -> Registration {
-        let notify = self.map().entry(key).or_default().clone();
-        Registration {
-            waiters: self.clone(),
-            key,
-            notify,
-        }
-    }
-
+impl Hub {
     pub(crate) fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
     }
 }
 
-/// A registered waiter.
-pub(crate) struct Registration {
-    waiters: Arc<Waiters>,
-    key: StorageKey,
-    notify: Arc<Notify>,
-}
-
-impl Registration {
-    pub(crate) fn notify(&self) -> &Notify {
-        &self.notify
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut map = self.waiters.map();
-        // The map's reference plus ours: nobody else waits on this entry.
-        if map
-            .get(&self.key)
-            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
-        {
-            map.remove(&self.key);
-        }
-    }
-}
-
 /// The subscriber task of one store (aborted when the store is dropped).
 pub(crate) struct Subscriber {
-    pub(crate) waiters: Arc<Waiters>,
+    pub(crate) hub: Arc<Hub>,
     client: Option<Client>,
     channel: String,
     connect_timeout: Duration,
     response_timeout: Duration,
-    task: Mutex<Option<JoinHandle<()>>>,
+    task: BackgroundTask,
 }
 
 impl Subscriber {
@@ -112,12 +56,12 @@ impl Subscriber {
         response_timeout: Duration,
     ) -> Self {
         Self {
-            waiters: Arc::default(),
+            hub: Arc::default(),
             client,
             channel,
             connect_timeout,
             response_timeout,
-            task: Mutex::new(None),
+            task: BackgroundTask::new(),
         }
     }
 
@@ -127,63 +71,46 @@ impl Subscriber {
         let Some(client) = &self.client else {
             return false;
         };
-        let mut task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if task.as_ref().is_none_or(JoinHandle::is_finished) {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return false;
-            };
-            *task = Some(runtime.spawn(run(
+        let started = self.task.ensure_running(|| {
+            run(
                 client.clone(),
                 self.channel.clone(),
-                self.waiters.clone(),
+                self.hub.clone(),
                 self.connect_timeout,
                 self.response_timeout,
-            )));
+            )
+        });
+        if !started {
+            return false;
         }
-        self.waiters.is_subscribed()
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .task
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
+        self.hub.is_subscribed()
     }
 }
 
 /// Marks the subscription live while it exists.
-struct Live(Arc<Waiters>);
+struct Live(Arc<Hub>);
 
 impl Live {
-    fn new(waiters: Arc<Waiters>) -> Self {
-        waiters.subscribed.store(true, Ordering::Release);
+    fn new(hub: Arc<Hub>) -> Self {
+        hub.subscribed.store(true, Ordering::Release);
         // Notifications published while we were not listening are lost:
         // everyone re-checks.
-        waiters.wake_all();
-        Self(waiters)
+        hub.waiters.wake_all();
+        Self(hub)
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
         self.0.subscribed.store(false, Ordering::Release);
-        self.0.wake_all();
+        self.0.waiters.wake_all();
     }
 }
 
 async fn run(
     client: Client,
     channel: String,
-    waiters: Arc<Waiters>,
+    hub: Arc<Hub>,
     connect_timeout: Duration,
     response_timeout: Duration,
 ) {
@@ -192,8 +119,8 @@ async fn run(
         match subscribe(&client, &channel, connect_timeout, response_timeout).await {
             Ok((sink, stream)) => {
                 backoff = MIN_BACKOFF;
-                let live = Live::new(waiters.clone());
-                listen(sink, stream, &live.0, response_timeout).await;
+                let live = Live::new(hub.clone());
+                listen(sink, stream, &live.0.waiters, response_timeout).await;
                 drop(live);
                 tracing::debug!(%channel, "redis change subscription lost; reconnecting");
             }

@@ -12,6 +12,11 @@ use idempotency_core::{
 use idempotency_core::{Completion, Failure};
 use redis::{RedisWrite, ToRedisArgs, Value};
 
+// Milliseconds passed to a script saturate at a hundred years, so every
+// sum of them stays exact in Lua's doubles.
+use idempotency_core::clamp_millis as ms;
+use idempotency_core::wait;
+
 use crate::codec::{self, array, bytes, int, tag, text, uint};
 use crate::config::RedisConfig;
 use crate::conn::Backend;
@@ -19,17 +24,10 @@ use crate::error::{ConfigError, ProtocolError, map_redis};
 use crate::notify::Subscriber;
 use crate::scripts::{self, Eval};
 
-/// Longest duration passed to a script (100 years): keeps every sum of
-/// milliseconds exact in Lua's doubles.
-const MAX_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
 /// Poll interval while the change subscription is not connected.
 const FALLBACK_POLL: Duration = Duration::from_millis(25);
 /// How often a read retries when the record changes under a corruption mark.
 const MAX_RETRIES: usize = 3;
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).min(MAX_MS)
-}
 
 /// A Redis-backed [`IdempotencyStore`].
 ///
@@ -188,7 +186,7 @@ impl RedisStore {
     /// right now. It starts with the first wait; until it is live, waiting
     /// falls back to polling.
     pub fn change_subscription_live(&self) -> bool {
-        self.inner.subscriber.waiters.is_subscribed()
+        self.inner.subscriber.hub.is_subscribed()
     }
 
     /// Pool statistics in [`ConnectionMode::Pooled`](crate::ConnectionMode::Pooled) mode.
@@ -653,20 +651,11 @@ impl IdempotencyStore for RedisStore {
             tokio::time::sleep(timeout.min(FALLBACK_POLL)).await;
             return Ok(());
         }
-        let registration = subscriber.waiters.register(*key);
-        let notified = registration.notify().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        // Registered before re-checking, so a change racing with this call
-        // is never missed.
-        let Some(lease_left) = self.pending_lease_left(key).await? else {
-            return Ok(());
-        };
-        let bound = timeout
-            .min(lease_left + Duration::from_millis(1))
-            .min(self.inner.config.wait_poll_interval);
-        let _ = tokio::time::timeout(bound, notified).await;
-        Ok(())
+        let timeout = timeout.min(self.inner.config.wait_poll_interval);
+        wait::wait_for_change(&subscriber.hub.waiters, key, timeout, || {
+            self.pending_lease_left(key)
+        })
+        .await
     }
 }
 
@@ -681,6 +670,7 @@ impl ClockControl for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idempotency_core::MAX_STORE_MILLIS as MAX_MS;
 
     /// Redis Cluster's key slot: CRC16 (XMODEM) of the hash tag, mod 16384.
     fn slot(key: &str) -> u16 {

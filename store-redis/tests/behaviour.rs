@@ -6,10 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use idempotency_core::conformance::support::{acquire, claim_and_complete, value};
 use idempotency_core::{
-    Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Fingerprint, IdempotencyStore,
-    Outcome, RecordState, Resolution, StateKind, StorageKey, StoreError,
+    Claim, ClaimKind, ClaimRequest, ClockControl, Fingerprint, IdempotencyStore, Outcome,
+    RecordState, Resolution, StateKind, StorageKey, StoreError,
 };
 use idempotency_redis::redis::{self, AsyncCommands};
 use idempotency_redis::{ConfigError, ConnectionMode, RedisConfig, RedisStore};
@@ -34,17 +34,6 @@ async fn raw() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-async fn acquire(store: &RedisStore, r: &ClaimRequest) -> idempotency_core::Lease {
-    match store.claim(r).await.unwrap() {
-        Claim::Acquired { lease, .. } => lease,
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
-
-fn value(s: &'static str) -> Completion {
-    Completion::new(Outcome::Value(Bytes::from_static(s.as_bytes())))
 }
 
 #[tokio::test]
@@ -91,7 +80,7 @@ async fn px_covers_the_stored_lifetime_and_corrupted_records_persist() {
     let mut raw = raw().await;
     let k = key();
     let rk = store.record_key(&k);
-    let lease = acquire(&store, &req(k)).await;
+    let (lease, _) = acquire(&store, &req(k)).await;
     let pttl: i64 = raw.pttl(&rk).await.unwrap();
     assert!((59_000..=60_000).contains(&pttl), "pending: {pttl}");
 
@@ -118,7 +107,7 @@ async fn px_covers_the_stored_lifetime_and_corrupted_records_persist() {
 
     // Corrupted: no expiry at all.
     let k3 = key();
-    let pending = acquire(&store, &req(k3)).await;
+    let (pending, _) = acquire(&store, &req(k3)).await;
     let observed = idempotency_core::Observed::new(StateKind::Pending, pending.fence);
     store.mark_corrupted(&k3, observed, "gone").await.unwrap();
     let pttl: i64 = raw.pttl(store.record_key(&k3)).await.unwrap();
@@ -146,7 +135,7 @@ async fn fences_keep_increasing_once_the_record_is_gone() {
     let mut raw = raw().await;
     let k = key();
     let (rk, floor) = (store.record_key(&k), store.fence_key(&k));
-    let first = acquire(&store, &req(k)).await;
+    let (first, _) = acquire(&store, &req(k)).await;
     assert_eq!(
         raw.get::<_, u64>(&floor).await.unwrap(),
         first.fence,
@@ -164,17 +153,17 @@ async fn fences_keep_increasing_once_the_record_is_gone() {
     assert!(!raw.exists::<_, bool>(&rk).await.unwrap());
     let floor_ttl: i64 = raw.pttl(&floor).await.unwrap();
     assert!((3_590_000..=3_600_000).contains(&floor_ttl), "{floor_ttl}");
-    let second = acquire(&store, &req(k)).await;
+    let (second, _) = acquire(&store, &req(k)).await;
     assert!(second.fence > first.fence);
 
     // The record vanishes without a script (Redis expired or evicted it).
     let () = raw.del(&rk).await.unwrap();
-    let third = acquire(&store, &req(k)).await;
+    let (third, _) = acquire(&store, &req(k)).await;
     assert!(third.fence > second.fence);
 
     // The floor is gone as well: the server clock still moves forward.
     let () = raw.del(&[&rk, &floor]).await.unwrap();
-    let fourth = acquire(&store, &req(k)).await;
+    let (fourth, _) = acquire(&store, &req(k)).await;
     assert!(fourth.fence > third.fence);
 
     // A floor written by a store whose clock runs ahead wins over this
@@ -182,7 +171,7 @@ async fn fences_keep_increasing_once_the_record_is_gone() {
     let () = raw.del(&rk).await.unwrap();
     let ahead = fourth.fence + 3_600_000_000;
     let () = raw.set(&floor, ahead).await.unwrap();
-    let fifth = acquire(&store, &req(k)).await;
+    let (fifth, _) = acquire(&store, &req(k)).await;
     assert_eq!(fifth.fence, ahead + 1);
     // Completion and renewal keep the floor with the record.
     let fifth = store.renew(&fifth).await.unwrap();
@@ -198,8 +187,7 @@ async fn garbage_outcome_bytes_mark_the_record_corrupted_on_claim() {
     };
     let k = key();
     let r = req(k);
-    let lease = acquire(&store, &r).await;
-    store.complete(&lease, value("fine")).await.unwrap();
+    let lease = claim_and_complete(&store, &r, value("fine")).await;
     let mut raw = raw().await;
     let rk = store.record_key(&k);
     let () = raw
@@ -241,7 +229,7 @@ async fn garbage_outcome_bytes_mark_the_record_corrupted_on_get() {
         return;
     };
     let k = key();
-    let lease = acquire(&store, &req(k)).await;
+    let (lease, _) = acquire(&store, &req(k)).await;
     store
         .complete(&lease, value("fine").with_resource("/things/1"))
         .await
@@ -335,7 +323,7 @@ async fn foreign_and_malformed_values_become_corrupted_records() {
     ));
     // Lease operations never touch what they cannot read.
     let k = key();
-    let lease = acquire(&store, &req(k)).await;
+    let (lease, _) = acquire(&store, &req(k)).await;
     let () = raw
         .hset(store.record_key(&k), "n", "not a number")
         .await
@@ -395,7 +383,7 @@ async fn waiters_are_woken_across_stores_by_notification() {
         lease: Duration::from_secs(120),
         ..req(k)
     };
-    let lease = acquire(&b, &r).await;
+    let (lease, _) = acquire(&b, &r).await;
     let waiter = {
         let a = a.clone();
         tokio::spawn(async move {
@@ -463,8 +451,7 @@ async fn a_completed_record_is_read_whole_on_every_claim() {
     let mut raw = raw().await;
     let completed = async |store: &RedisStore| {
         let k = key();
-        let lease = acquire(store, &req(k)).await;
-        store.complete(&lease, value("done")).await.unwrap();
+        claim_and_complete(store, &req(k), value("done")).await;
         (k, store.record_key(&k))
     };
 

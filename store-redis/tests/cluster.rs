@@ -113,32 +113,7 @@ async fn three_node_cluster() {
     assert_eq!(slots.len(), 3, "records land on all three nodes");
     store.ping().await.unwrap();
 
-    cases!(cluster;
-        claim_then_replay,
-        concurrent_claims_have_one_winner,
-        fingerprint_mismatch_on_every_path,
-        in_flight_while_lease_is_live,
-        stale_lease_is_rejected,
-        takeover_after_lease_expiry,
-        late_completion_without_takeover_succeeds,
-        retryable_failure_is_reclaimed_until_max_attempts,
-        expired_lease_without_attempts_left_fails,
-        terminal_failure_replays,
-        release_frees_the_key,
-        fence_increases_across_release_expiry_and_resolve,
-        retention_expiry,
-        expiry_by_stored_timestamp,
-        corrupted_blocks_until_resolved,
-        mark_corrupted_is_compare_and_set,
-        lease_renewal_by_owner_only,
-        outcomes_round_trip_intact,
-        failure_is_recorded,
-        operations_on_absent_records,
-        waiters_wake_on_completion,
-        runner_executes_once_under_concurrency,
-        runner_failures_and_corruption,
-        runner_cancellation_marks_attempt_failed,
-    );
+    idempotency_core::for_each_conformance_case!(cases, cluster);
 
     // Keys of one store really are on several nodes.
     let mut holding = 0;

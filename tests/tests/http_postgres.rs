@@ -3,19 +3,19 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use idempotency_core::conformance::support;
 use idempotency_postgres::PostgresStore;
 use idempotency_postgres::sqlx;
 use idempotency_postgres::sqlx::postgres::PgPoolOptions;
 
 async fn store() -> Option<PostgresStore> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = support::database_url();
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .connect_lazy(&url)
         .expect("DATABASE_URL parses");
     if let Err(e) = sqlx::query("SELECT 1").execute(&pool).await {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        if support::in_ci() {
             panic!("PostgreSQL at {url} unreachable under CI: {e}");
         }
         println!("skipping: postgres unreachable");

@@ -1,16 +1,17 @@
 //! The HTTP behaviour suite on `RedisStore` (`REDIS_URL`), each test under a
 //! key prefix of its own so clock moves never touch another test's records.
 
+use idempotency_core::conformance::support;
 use idempotency_redis::{RedisConfig, RedisStore};
 
 async fn store() -> Option<RedisStore> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url = support::redis_url();
     let prefix = format!("idem-http-{}", uuid::Uuid::new_v4().simple());
     let store =
         RedisStore::new(RedisConfig::new(url.clone()).prefix(prefix)).expect("valid config");
     match store.ping().await {
         Ok(()) => Some(store),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+        Err(e) if support::in_ci() => {
             panic!("Redis at {url} unreachable under CI: {e}")
         }
         Err(_) => {

@@ -10,13 +10,9 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{free_port, in_ci, quickstart_binary};
+use common::{free_port, quickstart_binary};
+use idempotency_core::conformance::support::{database_url, in_ci};
 use idempotency_postgres::sqlx;
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
 
 async fn database_reachable() -> bool {
     let url = database_url();

@@ -10,12 +10,9 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{free_port, in_ci, quickstart_binary};
+use common::{free_port, quickstart_binary};
+use idempotency_core::conformance::support::{in_ci, redis_url};
 use idempotency_redis::{RedisConfig, RedisStore};
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
 
 async fn redis_reachable() -> bool {
     let url = redis_url();

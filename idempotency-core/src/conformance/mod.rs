@@ -35,6 +35,10 @@ use crate::store::{
 };
 
 pub mod model;
+pub mod support;
+
+pub use support::in_ci;
+use support::{acquire, value};
 
 /// What a conformance case needs of a store.
 pub trait ConformanceStore: IdempotencyStore + ClockControl + Clone + 'static {}
@@ -62,17 +66,6 @@ fn req(key: StorageKey, fingerprint: Fingerprint) -> ClaimRequest {
     }
 }
 
-fn value(s: &str) -> Completion {
-    Completion::new(Outcome::Value(Bytes::copy_from_slice(s.as_bytes())))
-}
-
-async fn acquire<S: IdempotencyStore>(store: &S, r: &ClaimRequest) -> (Lease, ClaimKind) {
-    match store.claim(r).await.expect("claim") {
-        Claim::Acquired { lease, kind } => (lease, kind),
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
-
 fn assert_lease_lost(r: Result<impl std::fmt::Debug, StoreError>, what: &str) {
     match r {
         Err(StoreError::LeaseLost) => {}
@@ -88,11 +81,6 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
         .build()
         .expect("tokio runtime")
         .block_on(f)
-}
-
-/// Whether tests run under CI (`CI=true`), where a missing service must fail the run.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// Claim on an absent key acquires attempt 1 with a fence of at least 1;
@@ -1118,15 +1106,30 @@ pub async fn runner_cancellation_marks_attempt_failed<S: ConformanceStore + Sync
     assert_eq!(again, Execution::Executed(2));
 }
 
-/// Turns every conformance case into a named `#[test]` for a store.
+/// Calls a macro with the name of every conformance case, so code that
+/// runs the cases one by one (a cluster test, another harness) cannot miss
+/// one added later.
 ///
-/// `$factory` is an async block yielding `Option<S>` where
-/// `S: IdempotencyStore + ClockControl + Clone + Sync + 'static`; `None` skips
-/// the case (the block should print why, and panic instead under CI).
+/// `for_each_conformance_case!(m)` (`m` a macro in scope) expands to
+/// `m! { case, case, ... }`; `for_each_conformance_case!(m, tokens...)` to
+/// `m! { tokens...; case, ... }`,
+/// which hands the callback what it needs from the call site:
+///
+/// ```ignore
+/// macro_rules! run_all {
+///     ($store:expr; $($case:ident),* $(,)?) => {
+///         $( idempotency_core::conformance::$case(&$store).await; )*
+///     };
+/// }
+/// idempotency_core::for_each_conformance_case!(run_all, my_store());
+/// ```
+///
+/// Each name is a `pub async fn` of [`conformance`](crate::conformance)
+/// taking `&S` where `S: ConformanceStore + Sync`.
 #[macro_export]
-macro_rules! store_conformance_tests {
-    ($factory:expr) => {
-        $crate::store_conformance_tests!(@cases $factory;
+macro_rules! for_each_conformance_case {
+    (@call [$($callback:tt)+] [$($args:tt)*]) => {
+        $($callback)+! { $($args)*
             claim_then_replay,
             concurrent_claims_have_one_winner,
             fingerprint_mismatch_on_every_path,
@@ -1151,7 +1154,28 @@ macro_rules! store_conformance_tests {
             runner_executes_once_under_concurrency,
             runner_failures_and_corruption,
             runner_cancellation_marks_attempt_failed,
-        );
+        }
+    };
+    ($callback:ident) => {
+        $crate::for_each_conformance_case! { @call [$callback] [] }
+    };
+    ($callback:ident, $($args:tt)+) => {
+        $crate::for_each_conformance_case! { @call [$callback] [$($args)+ ;] }
+    };
+}
+
+/// Turns every conformance case into a named `#[test]` for a store.
+///
+/// `$factory` is an async block yielding `Option<S>` where
+/// `S: IdempotencyStore + ClockControl + Clone + Sync + 'static`; `None` skips
+/// the case (the block should print why, and panic instead under CI). The
+/// cases are those of [`for_each_conformance_case!`](crate::for_each_conformance_case).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($factory:expr) => {
+        $crate::for_each_conformance_case! {
+            @call [$crate::store_conformance_tests] [@cases $factory;]
+        }
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
@@ -1182,4 +1206,29 @@ macro_rules! store_model_test {
             $crate::conformance::model::check(&rt, &store);
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    macro_rules! names {
+        ($($case:ident),* $(,)?) => {
+            [$(stringify!($case)),*]
+        };
+    }
+
+    /// A case written in this file but missing from the list would run
+    /// nowhere: every `pub async fn` taking a store is listed.
+    #[test]
+    fn every_case_is_listed() {
+        let mut listed: Vec<&str> = crate::for_each_conformance_case!(names).to_vec();
+        let mut defined: Vec<&str> = include_str!("mod.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub async fn "))
+            .filter(|l| l.contains("ConformanceStore"))
+            .filter_map(|l| l.split('<').next())
+            .collect();
+        listed.sort_unstable();
+        defined.sort_unstable();
+        assert_eq!(listed, defined);
+    }
 }

@@ -1,5 +1,5 @@
 //! Shared helpers: a real PostgreSQL at `DATABASE_URL`, one fresh schema per store.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,14 +13,9 @@ use idempotency_postgres::sqlx::{self, PgPool};
 /// this are left over from earlier runs and are dropped.
 const STALE_AFTER_SECS: u64 = 3600;
 
-pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+pub use idempotency_core::conformance::support::{
+    acquire, claim_and_complete, database_url, in_ci, value,
+};
 
 /// A pool to the test database, or `None` (after printing why) when it is
 /// unreachable outside CI.
@@ -130,13 +125,6 @@ pub fn request(
     }
 }
 
-/// A completion carrying `s` as a value.
-pub fn value(s: &str) -> idempotency_core::Completion {
-    idempotency_core::Completion::new(idempotency_core::Outcome::Value(
-        bytes::Bytes::copy_from_slice(s.as_bytes()),
-    ))
-}
-
 /// A second store on the same schema over a separate pool: another "process".
 pub async fn other_process(store: &PostgresStore) -> PostgresStore {
     let pool = pool().await.expect("database reachable");
@@ -144,16 +132,4 @@ pub async fn other_process(store: &PostgresStore) -> PostgresStore {
         .schema(store.schema())
         .build(pool)
         .expect("valid schema")
-}
-
-/// The acquired lease, or a panic naming what came instead.
-pub async fn acquire(
-    store: &PostgresStore,
-    req: &idempotency_core::ClaimRequest,
-) -> (idempotency_core::Lease, idempotency_core::ClaimKind) {
-    use idempotency_core::{Claim, IdempotencyStore};
-    match store.claim(req).await.expect("claim") {
-        Claim::Acquired { lease, kind } => (lease, kind),
-        other => panic!("expected Acquired, got {other:?}"),
-    }
 }

@@ -7,13 +7,7 @@ pub mod server;
 
 use idempotency_redis::{ConnectionMode, RedisConfig, RedisStore};
 
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+pub use idempotency_core::conformance::support::{in_ci, redis_url};
 
 /// A random prefix, so tests never see each other's keys.
 pub fn random_prefix() -> String {

@@ -24,10 +24,6 @@ pub const KEYS_AT_ONCE: usize = 4;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// Builds the quickstart binary and returns its path.
 pub fn quickstart_binary() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
