@@ -13,7 +13,7 @@
 //! (re)subscribes, since notifications may have been lost meanwhile.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -30,11 +30,17 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 pub(crate) struct Hub {
     pub(crate) waiters: Waiters,
     subscribed: AtomicBool,
+    /// How many times the subscription was established.
+    established: AtomicU64,
 }
 
 impl Hub {
     pub(crate) fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn established(&self) -> u64 {
+        self.established.load(Ordering::Acquire)
     }
 }
 
@@ -92,6 +98,7 @@ struct Live(Arc<Hub>);
 
 impl Live {
     fn new(hub: Arc<Hub>) -> Self {
+        hub.established.fetch_add(1, Ordering::AcqRel);
         hub.subscribed.store(true, Ordering::Release);
         // Notifications published while we were not listening are lost:
         // everyone re-checks.

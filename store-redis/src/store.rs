@@ -189,6 +189,14 @@ impl RedisStore {
         self.inner.subscriber.hub.is_subscribed()
     }
 
+    /// How many times the change subscription has been established: 1 once
+    /// the first wait started it, one more after each reconnect (a lost
+    /// connection, a restarted or failed-over server). A number that keeps
+    /// growing means an unstable connection to Redis.
+    pub fn change_subscriptions(&self) -> u64 {
+        self.inner.subscriber.hub.established()
+    }
+
     /// Pool statistics in [`ConnectionMode::Pooled`](crate::ConnectionMode::Pooled) mode.
     pub fn pool_status(&self) -> Option<deadpool_redis::Status> {
         self.inner.backend.pool_status()
