@@ -6,7 +6,10 @@
 //! | `idempotency_requests_total` | counter | `outcome` ([`DecisionOutcome::as_str`](crate::DecisionOutcome::as_str)) |
 //! | `idempotency_store_operation_seconds` | histogram | `operation` (`claim`, `claim_wait`, `complete`, `fail`, `release`, `renew`, `mark_corrupted`), `result` (`ok`, `error`, `cancelled` when the call was cut by its timeout) |
 //!
-//! No label ever holds a key, a key hash or a scope.
+//! No label ever holds a key, a key hash or a scope. This module is the only
+//! writer of `idempotency_store_operation_seconds`; the stores time their own
+//! statements under store-specific names (`idempotency_postgres_statement_seconds`,
+//! `idempotency_redis_script_seconds`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -36,8 +36,10 @@ const CLAIM_ROUNDS: u32 = 8;
 /// While the listener is down, waiters re-check at least this often.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Metric: store operation latency in seconds, by `operation`.
-const OPERATION_SECONDS: &str = "idempotency_store_operation_seconds";
+/// Metric: latency of the store's SQL statements in seconds, by `operation`
+/// (the store's own view; `idempotency_store_operation_seconds` is the
+/// caller's view, written once by the layer's timing decorator).
+const STATEMENT_SECONDS: &str = "idempotency_postgres_statement_seconds";
 /// Metric: records deleted by the reaper, by `schema`.
 const REAPED_TOTAL: &str = "idempotency_postgres_reaped_total";
 /// Metric: records found undecodable and marked corrupted, by `schema`.
@@ -379,7 +381,7 @@ impl PostgresStore {
             },
             None => fut.await.map_err(map_sqlx),
         };
-        metrics::histogram!(OPERATION_SECONDS, "store" => "postgres", "operation" => operation)
+        metrics::histogram!(STATEMENT_SECONDS, "operation" => operation)
             .record(start.elapsed().as_secs_f64());
         if let Err(error) = &out {
             tracing::debug!(operation, %error, "postgres store operation failed");

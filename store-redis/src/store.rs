@@ -24,6 +24,14 @@ use crate::error::{ConfigError, ProtocolError, map_redis};
 use crate::notify::Subscriber;
 use crate::scripts::{self, Eval};
 
+/// Metric: latency of the store's scripts in seconds, by `operation` (the
+/// store's own view; `idempotency_store_operation_seconds` is the caller's
+/// view, written once by the layer's timing decorator).
+const SCRIPT_SECONDS: &str = "idempotency_redis_script_seconds";
+
+/// Metric: scripts that failed (connection, timeout, protocol), by `operation`.
+const SCRIPT_ERRORS_TOTAL: &str = "idempotency_redis_script_errors_total";
+
 /// Poll interval while the change subscription is not connected.
 const FALLBACK_POLL: Duration = Duration::from_millis(25);
 /// How often a read retries when the record changes under a corruption mark.
@@ -251,19 +259,10 @@ impl RedisStore {
             result.map_err(map_redis)
         }
         .await;
-        metrics::histogram!(
-            "idempotency_store_operation_seconds",
-            "store" => "redis",
-            "op" => op,
-        )
-        .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(SCRIPT_SECONDS, "operation" => op)
+            .record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
-            metrics::counter!(
-                "idempotency_store_errors_total",
-                "store" => "redis",
-                "op" => op,
-            )
-            .increment(1);
+            metrics::counter!(SCRIPT_ERRORS_TOTAL, "operation" => op).increment(1);
             tracing::warn!(store = "redis", op, error = %e, "redis store operation failed");
         }
         result
