@@ -383,10 +383,12 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
     fn settle_renewal(&mut self, renewed: Result<Lease, StoreError>) {
         match renewed {
             Ok(l) => self.lease = l,
-            // The work completed the record itself, or the final write just
-            // landed: nothing is left to renew.
-            Err(StoreError::LeaseLost)
-                if self.attempt.is_completed() || self.pending.is_none() && self.ended => {}
+            // The work completed the record itself: nothing is left to renew.
+            Err(StoreError::LeaseLost) if self.attempt.is_completed() => {}
+            // A final write is in flight and may be what ended the lease (a
+            // renewal queued behind it finds the record settled): its own
+            // answer decides, and says so.
+            Err(StoreError::LeaseLost) if self.pending.is_some() => self.lost = true,
             Err(StoreError::LeaseLost) => {
                 tracing::warn!(key = %self.lease.key.short(), fence = self.lease.fence, "lease lost while the attempt runs; its outcome will not be recorded");
                 self.lost = true;
@@ -488,27 +490,21 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
                 settlement.clone(),
                 self.policy.store_timeout_duration(),
             );
-            let result = self.run_inner(write).await;
-            let err = match result {
+            let err = match self.run_inner(write).await {
                 Ok(()) => {
                     if tries > 1 {
                         tracing::info!(key = %self.lease.key.short(), tries, "{} recorded after retrying", settlement.name());
                     }
                     return Ok(());
                 }
-                Err(StoreError::LeaseLost) => {
-                    tracing::warn!(key = %self.lease.key.short(), fence = self.lease.fence, "lease lost before the {} was recorded; nothing was written", settlement.name());
-                    self.lost = true;
-                    return Err(SettleError::LeaseLost);
-                }
+                Err(StoreError::LeaseLost) => return Err(self.lease_lost(&settlement)),
                 Err(e) => e,
             };
-            let now = Instant::now();
-            let out_of_time = give_up.is_none_or(|g| now + backoff >= g);
-            if !err.is_transient() || out_of_time || self.lost {
-                if self.lost {
-                    return Err(SettleError::LeaseLost);
-                }
+            if self.lost {
+                return Err(self.lease_lost(&settlement));
+            }
+            let out_of_time = give_up.is_none_or(|g| Instant::now() + backoff >= g);
+            if !err.is_transient() || out_of_time {
                 tracing::error!(
                     key = %self.lease.key.short(),
                     error = %err,
@@ -522,10 +518,17 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
             tracing::warn!(key = %self.lease.key.short(), error = %err, tries, "could not record the {}; retrying while the lease is renewed", settlement.name());
             self.run_inner(tokio::time::sleep(backoff)).await;
             if self.lost {
-                return Err(SettleError::LeaseLost);
+                return Err(self.lease_lost(&settlement));
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// The lease was lost before the final write landed: says so once.
+    fn lease_lost(&mut self, settlement: &Settlement) -> SettleError {
+        tracing::warn!(key = %self.lease.key.short(), fence = self.lease.fence, "lease lost before the {} was recorded; nothing was written", settlement.name());
+        self.lost = true;
+        SettleError::LeaseLost
     }
 }
 

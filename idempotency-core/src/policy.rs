@@ -221,3 +221,71 @@ impl Policy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every documented clamp of the table, at both ends.
+    #[test]
+    fn values_are_clamped_into_their_documented_ranges() {
+        let p = Policy::default()
+            .lease(Duration::ZERO)
+            .heartbeat(Duration::MAX)
+            .retention(Duration::ZERO)
+            .max_attempts(0)
+            .wait(Duration::MAX)
+            .store_timeout(Duration::ZERO)
+            .settle_timeout(Duration::MAX);
+        assert_eq!(p.lease_duration(), MIN_LEASE);
+        assert_eq!(
+            p.heartbeat_interval(),
+            MIN_LEASE / 2,
+            "at most half the lease"
+        );
+        assert_eq!(
+            p.retention_duration(),
+            MIN_LEASE,
+            "never shorter than the lease"
+        );
+        assert_eq!(p.attempt_limit(), 1);
+        assert_eq!(p.wait_timeout(), Some(MAX_DURATION));
+        assert_eq!(p.store_timeout_duration(), Duration::from_millis(1));
+        assert_eq!(p.settle_timeout_duration(), MAX_DURATION);
+        assert_eq!(p.claim_budget(), Duration::from_millis(1) + MAX_DURATION);
+
+        let p = Policy::default()
+            .lease(Duration::MAX)
+            .heartbeat(Duration::ZERO)
+            .retention(Duration::MAX)
+            .store_timeout(Duration::MAX);
+        assert_eq!(p.lease_duration(), MAX_DURATION);
+        assert_eq!(p.heartbeat_interval(), Duration::from_millis(1));
+        assert_eq!(p.retention_duration(), MAX_RETENTION);
+        assert_eq!(p.store_timeout_duration(), MAX_DURATION);
+        assert_eq!(
+            p.claim_request(
+                crate::StorageKey::from_segments(&[b"k"]),
+                crate::Fingerprint::of_bytes("x", b"")
+            )
+            .retention,
+            MAX_RETENTION
+        );
+    }
+
+    /// The default heartbeat is a third of the lease, and follows a lease
+    /// set after it.
+    #[test]
+    fn heartbeat_follows_the_lease() {
+        let p = Policy::default().lease(Duration::from_secs(9));
+        assert_eq!(p.heartbeat_interval(), Duration::from_secs(3));
+        let p = Policy::default()
+            .heartbeat(Duration::from_secs(4))
+            .lease(Duration::from_secs(6));
+        assert_eq!(
+            p.heartbeat_interval(),
+            Duration::from_secs(3),
+            "clamped to lease / 2"
+        );
+    }
+}
