@@ -359,8 +359,22 @@ fn outcome_bytes(c: &Completed) -> u64 {
     outcome + c.resource.as_ref().map_or(0, |r| r.len() as u64)
 }
 
+/// Stops serving when the follower ends, however it ends (a panic included):
+/// a cache nobody keeps coherent must not answer.
+struct Stopped(Weak<Shared>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.upgrade() {
+            s.live.store(false, Ordering::SeqCst);
+            s.clear();
+        }
+    }
+}
+
 /// Follows the store's feed until the cache is dropped or the feed closes.
 async fn follow(shared: Weak<Shared>, mut feed: InvalidationFeed) {
+    let _stopped = Stopped(shared.clone());
     let live = *feed.live.borrow_and_update();
     match shared.upgrade() {
         Some(s) => {
@@ -438,6 +452,12 @@ impl<S> ReplayCache<S> {
 impl<S: IdempotencyStore + Invalidations + Clone + 'static> ReplayCache<S> {
     /// Starts following the store's feed (once; again if the task ended).
     fn follow(&self) {
+        // Live means the follower runs (it clears the flag on every way
+        // out but an abort, which only dropping the cache does): no lock on
+        // the hot path.
+        if self.shared.live.load(Ordering::Relaxed) {
+            return;
+        }
         let weak = Arc::downgrade(&self.shared);
         let inner = self.inner.clone();
         self.shared
