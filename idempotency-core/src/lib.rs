@@ -4,6 +4,7 @@
 pub mod cache;
 mod engine;
 mod fingerprint;
+mod inbox;
 mod key;
 mod memory;
 pub mod metered;
@@ -21,6 +22,11 @@ pub use engine::{
     Attempt, OwnedAttempt, SettleError, claim_with_wait, downstream_key, with_timeout,
 };
 pub use fingerprint::{Fingerprint, FingerprintError, FingerprintMode, canonical_json};
+pub use inbox::{
+    Admission, Delivery, Disposition, HandlerFuture, INBOX_MESSAGES_TOTAL, Inbox, InboxError,
+    InboxMessage, InboxStore, MAX_INBOX_ID_LEN, MAX_VERSION, MemoryInbox, MemoryInboxTx,
+    MessageError,
+};
 pub use key::{
     IdempotencyKey, KeyError, KeySpec, MAX_KEY_LEN, StorageKey, derive_from_json, derive_from_value,
 };

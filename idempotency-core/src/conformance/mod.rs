@@ -35,6 +35,7 @@ use crate::store::{
 };
 
 pub mod cache;
+pub mod inbox;
 pub mod model;
 pub mod support;
 
