@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod inbox;
 mod listen;
 mod migrate;
 mod reaper;
@@ -9,6 +10,7 @@ mod sql;
 mod store;
 
 pub use error::SetupError;
+pub use inbox::PostgresInbox;
 pub use reaper::Reaper;
 pub use store::{DEFAULT_SCHEMA, PostgresStore, PostgresStoreBuilder};
 

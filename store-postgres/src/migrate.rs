@@ -32,7 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "watched",
         sql: include_str!("../migrations/0003_watched.sql"),
     },
-    // Version 4 is the inbox's (`0004_inbox.sql`).
+    Migration {
+        version: 4,
+        description: "inbox",
+        sql: include_str!("../migrations/0004_inbox.sql"),
+    },
     Migration {
         version: 5,
         description: "invalidations",

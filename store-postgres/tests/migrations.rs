@@ -17,7 +17,7 @@ async fn migrate_is_idempotent_and_keeps_its_own_history() {
         .schema(&schema)
         .build(pool.clone())
         .unwrap();
-    assert_eq!(store.migrate().await.unwrap(), 4);
+    assert_eq!(store.migrate().await.unwrap(), 5);
     assert_eq!(store.migrate().await.unwrap(), 0);
     assert_eq!(store.migrate().await.unwrap(), 0);
     let history: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
@@ -32,6 +32,7 @@ async fn migrate_is_idempotent_and_keeps_its_own_history() {
             (1, "records".to_owned()),
             (2, "fences".to_owned()),
             (3, "watched".to_owned()),
+            (4, "inbox".to_owned()),
             (5, "invalidations".to_owned())
         ]
     );
@@ -43,7 +44,10 @@ async fn migrate_is_idempotent_and_keeps_its_own_history() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(tables, ["migrations", "records"]);
+    assert_eq!(
+        tables,
+        ["inbox_entries", "inbox_versions", "migrations", "records"]
+    );
     let expiry_index: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = $1 AND indexname = 'records_expires_at_idx')",
     )
@@ -76,7 +80,7 @@ async fn concurrent_migrations_from_several_processes() {
     for t in tasks {
         applied += t.await.unwrap().expect("every concurrent migrate succeeds");
     }
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
 }
 
 /// A schema created before fences came from a sequence (only migration 1
