@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Makes sure PostgreSQL (127.0.0.1:5432, trust auth, database `test`) and Redis
-# (127.0.0.1:6379) are running: starts them when they are installed but down,
-# installs them with apt-get when they are missing. Idempotent.
+# Makes sure PostgreSQL (127.0.0.1:5432, trust auth, database `test`), Redis
+# (127.0.0.1:6379) and NATS with JetStream (127.0.0.1:4222) are running:
+# starts them when they are installed but down, installs them with apt-get
+# when they are missing. Idempotent.
 #
-#   scripts/services.sh            # both
+#   scripts/services.sh            # all three
 #   scripts/services.sh postgres   # only PostgreSQL
 #   scripts/services.sh redis      # only Redis
+#   scripts/services.sh nats       # only NATS (Debian's nats-server, JetStream on)
 set -euo pipefail
 
 want="${1:-all}"
@@ -59,9 +61,23 @@ ensure_redis() {
   redis_up || { log "redis did not come up"; exit 1; }
 }
 
+nats_up() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
+
+ensure_nats() {
+  if nats_up; then log "nats is up"; return; fi
+  command -v nats-server >/dev/null 2>&1 || apt_install nats-server
+  local dir="${NATS_STORE_DIR:-/tmp/nats-jetstream}"
+  mkdir -p "$dir"
+  log "starting nats-server with JetStream (store $dir)"
+  nohup nats-server -js -a 127.0.0.1 -p 4222 -m 8222 -sd "$dir" >"$dir/server.log" 2>&1 &
+  for _ in $(seq 1 40); do nats_up && break; sleep 0.25; done
+  nats_up || { log "nats did not come up"; exit 1; }
+}
+
 case "$want" in
-  all) ensure_postgres; ensure_redis ;;
+  all) ensure_postgres; ensure_redis; ensure_nats ;;
   postgres) ensure_postgres ;;
   redis) ensure_redis ;;
-  *) echo "usage: $0 [all|postgres|redis]" >&2; exit 2 ;;
+  nats) ensure_nats ;;
+  *) echo "usage: $0 [all|postgres|redis|nats]" >&2; exit 2 ;;
 esac
