@@ -130,7 +130,8 @@ impl Http {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let res = tokio::time::timeout(
             Duration::from_secs(30),
-            self.client.request(req.body(Full::new(Bytes::from(body))).unwrap()),
+            self.client
+                .request(req.body(Full::new(Bytes::from(body))).unwrap()),
         )
         .await
         .expect("the service answers in 30 s")
@@ -308,25 +309,29 @@ impl App {
         start: &str,
         extra: Value,
     ) -> Reply {
-        let mut body = json!({"sourceType": source_type, "sourceId": source, "scheduledStart": start});
+        let mut body =
+            json!({"sourceType": source_type, "sourceId": source, "scheduledStart": start});
         if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
             b.extend(e);
         }
+        // Keys are the caller's: unique per test run.
+        let key = format!("{}-{key}", self.config.instance);
         self.http
             .post(
                 "/appointments",
                 body,
-                &[("authorization", auth), ("idempotency-key", key)],
+                &[("authorization", auth), ("idempotency-key", &key)],
             )
             .await
     }
 
     pub async fn reschedule(&self, auth: &str, key: &str, id: &str, body: Value) -> Reply {
+        let key = format!("{}-{key}", self.config.instance);
         self.http
             .post(
                 &format!("/appointments/{id}/reschedule"),
                 body,
-                &[("authorization", auth), ("idempotency-key", key)],
+                &[("authorization", auth), ("idempotency-key", &key)],
             )
             .await
     }
