@@ -14,7 +14,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::auth::{CREATE_APPOINTMENT, Caller, OVERRIDE_SCHEDULING_CONFLICT};
 use crate::body::{format_time, is_id, new_id, parse, parse_time};
-use crate::fixtures::{BAY_TYPES, ESTIMATE_ELIGIBLE, WORK_ORDER_INELIGIBLE};
+use crate::fixtures::{BAY_TYPES, ESTIMATE_ELIGIBLE, SourceRow, WORK_ORDER_INELIGIBLE};
 use crate::outbox::{self, CREATED, NEEDS_SKILL_RESOLUTION};
 use crate::problem::ApiError;
 use crate::schedule::{self, Slot, conflicts_json};
@@ -159,16 +159,7 @@ async fn run(
     let start = validate(&b, OffsetDateTime::now_utc())?;
     let mut tx = app.pool.begin().await?;
     // The source's row lock serialises creations for one source.
-    let source: Option<(
-        String,
-        String,
-        String,
-        String,
-        String,
-        i32,
-        Vec<String>,
-        String,
-    )> = sqlx::query_as(
+    let source: Option<SourceRow> = sqlx::query_as(
         "SELECT shop_id, customer_id, vehicle_id, status, service_description, duration_minutes, \
                     required_skills, bay_type \
              FROM appointments.sources WHERE source_type = $1 AND id = $2 FOR UPDATE",

@@ -13,6 +13,19 @@ use crate::AppState;
 use crate::body::{format_clock, is_id, new_id, parse, parse_clock};
 use crate::problem::ApiError;
 
+/// A source as the scheduling code reads it: shop, customer, vehicle,
+/// status, service description, duration, required skills, bay type.
+pub(crate) type SourceRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i32,
+    Vec<String>,
+    String,
+);
+
 /// Every bay type.
 pub const BAY_TYPES: &[&str] = &[
     "GENERAL_SERVICE_BAY",
@@ -342,16 +355,7 @@ pub(crate) async fn get_source(
     if !is_id(id) {
         return Err(ApiError::not_found(what, id));
     }
-    let row: Option<(
-        String,
-        String,
-        String,
-        String,
-        String,
-        i32,
-        Vec<String>,
-        String,
-    )> = sqlx::query_as(
+    let row: Option<SourceRow> = sqlx::query_as(
         "SELECT shop_id, customer_id, vehicle_id, status, service_description, duration_minutes, \
                 required_skills, bay_type \
          FROM appointments.sources WHERE source_type = $1 AND id = $2",
