@@ -126,6 +126,17 @@ fn validate(b: &NewAppointment, now: OffsetDateTime) -> Result<OffsetDateTime, A
 }
 
 /// `POST /appointments`.
+#[utoipa::path(post, path = "/appointments", tag = "appointments",
+    security(("demo" = [])),
+    params(("Idempotency-Key" = String, Header, description = "Required; the same key replays the first answer")),
+    request_body(content = crate::openapi::NewAppointment, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The appointment (a replay has `Idempotent-Replayed: true`)", body = crate::openapi::Appointment,
+            headers(("Location" = String, description = "`/appointments/{id}`"))),
+        (status = 400, description = "The idempotency layer: key missing or malformed; `invalid-json`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "`unauthorized`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "`forbidden`: a missing permission", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "`not-found`: no such source", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`source-already-scheduled` (with `Location` of the active one), `scheduling-conflict` (with `conflicts` and `suggestedAlternatives`), `source-not-eligible`, or the idempotency layer's `in-flight`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation-failed`, or the layer's key reused with another request", body = crate::openapi::ValidationProblem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create(
     State(app): State<AppState>,
     caller: Caller,

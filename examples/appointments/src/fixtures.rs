@@ -77,6 +77,9 @@ struct NewShop {
 }
 
 /// `POST /shops` `{"opensAt": "07:00", "closesAt": "19:00", "capacity": 3}` (UTC).
+#[utoipa::path(post, path = "/shops", tag = "fixtures",
+    request_body(content = crate::openapi::NewShop, content_type = "application/json"),
+    responses((status = 201, description = "The shop", body = Object), (status = 400, description = "`invalid-json`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "`validation-failed`", body = crate::openapi::ValidationProblem, content_type = "application/problem+json")))]
 pub(crate) async fn create_shop(
     State(app): State<AppState>,
     body: Bytes,
@@ -125,6 +128,10 @@ struct NewBay {
 }
 
 /// `POST /shops/{id}/bays` `{"bayType": "LIFT_BAY", "name": "Bay 3"}`.
+#[utoipa::path(post, path = "/shops/{id}/bays", tag = "fixtures",
+    params(("id" = String, Path, description = "The shop")),
+    request_body(content = crate::openapi::NewBay, content_type = "application/json"),
+    responses((status = 201, description = "The bay", body = Object), (status = 400, description = "`invalid-json`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "`not-found`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "`validation-failed`", body = crate::openapi::ValidationProblem, content_type = "application/problem+json")))]
 pub(crate) async fn create_bay(
     State(app): State<AppState>,
     Path(shop): Path<String>,
@@ -176,6 +183,10 @@ fn yes() -> bool {
 }
 
 /// `POST /shops/{id}/mechanics` `{"name", "skills": [...], "shiftStart": "07:00", "shiftEnd": "15:00", "phone"?, "active"?}`.
+#[utoipa::path(post, path = "/shops/{id}/mechanics", tag = "fixtures",
+    params(("id" = String, Path, description = "The shop")),
+    request_body(content = crate::openapi::NewMechanic, content_type = "application/json"),
+    responses((status = 201, description = "The mechanic", body = Object), (status = 400, description = "`invalid-json`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "`not-found`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "`validation-failed`", body = crate::openapi::ValidationProblem, content_type = "application/problem+json")))]
 pub(crate) async fn create_mechanic(
     State(app): State<AppState>,
     Path(shop): Path<String>,
@@ -376,6 +387,9 @@ pub(crate) async fn get_source(
 }
 
 /// `POST /estimates`.
+#[utoipa::path(post, path = "/estimates", tag = "fixtures",
+    request_body(content = crate::openapi::NewSource, content_type = "application/json"),
+    responses((status = 201, description = "The estimate", body = crate::openapi::Source), (status = 400, description = "`invalid-json`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "`not-found`: no such shop", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "`validation-failed`", body = crate::openapi::ValidationProblem, content_type = "application/problem+json")))]
 pub(crate) async fn create_estimate(
     State(app): State<AppState>,
     body: Bytes,
@@ -384,6 +398,9 @@ pub(crate) async fn create_estimate(
 }
 
 /// `POST /work-orders`.
+#[utoipa::path(post, path = "/work-orders", tag = "fixtures",
+    request_body(content = crate::openapi::NewSource, content_type = "application/json"),
+    responses((status = 201, description = "The work order", body = crate::openapi::Source), (status = 400, description = "`invalid-json`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "`not-found`: no such shop", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "`validation-failed`", body = crate::openapi::ValidationProblem, content_type = "application/problem+json")))]
 pub(crate) async fn create_work_order(
     State(app): State<AppState>,
     body: Bytes,
@@ -392,6 +409,9 @@ pub(crate) async fn create_work_order(
 }
 
 /// `GET /estimates/{id}`.
+#[utoipa::path(get, path = "/estimates/{id}", tag = "fixtures",
+    params(("id" = String, Path, description = "The estimate")),
+    responses((status = 200, description = "The estimate", body = crate::openapi::Source), (status = 404, description = "`not-found`", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn estimate(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -400,6 +420,9 @@ pub(crate) async fn estimate(
 }
 
 /// `GET /work-orders/{id}`.
+#[utoipa::path(get, path = "/work-orders/{id}", tag = "fixtures",
+    params(("id" = String, Path, description = "The work order")),
+    responses((status = 200, description = "The work order", body = crate::openapi::Source), (status = 404, description = "`not-found`", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn work_order(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -31,6 +31,7 @@ pub mod db;
 pub mod fixtures;
 pub mod gateway;
 pub mod notify;
+pub mod openapi;
 pub mod outbox;
 pub mod problem;
 mod read;
@@ -364,6 +365,9 @@ fn router(state: AppState, store: PostgresStore, wait: Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs_page))
+        .route("/docs/{*file}", get(openapi::docs_asset))
         .merge(writes)
         .fallback(|| async {
             ApiError::new(
@@ -391,7 +395,9 @@ async fn checks(app: &AppState) -> (bool, bool) {
 }
 
 /// `GET /healthz`: the database and NATS, 200 or 503.
-async fn healthz(State(app): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{database, nats}`: both `ok`", body = Object), (status = 503, description = "One is `down`", body = Object)))]
+pub(crate) async fn healthz(State(app): State<AppState>) -> Response {
     let (db, nats) = checks(&app).await;
     let body = json!({
         "database": if db { "ok" } else { "down" },
@@ -406,7 +412,9 @@ async fn healthz(State(app): State<AppState>) -> Response {
 }
 
 /// `GET /readyz`: ready to serve when the database and NATS answer.
-async fn readyz(State(app): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "`ready`", body = String, content_type = "text/plain"), (status = 503, description = "`unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     match checks(&app).await {
         (true, true) => "ready\n".into_response(),
         (db, _) => ApiError::unavailable(if db {
@@ -419,7 +427,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text.
-async fn render_metrics(State(app): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain; version=0.0.4"),
+              (status = 404, description = "Metrics are disabled", body = String, content_type = "text/plain")))]
+pub(crate) async fn render_metrics(State(app): State<AppState>) -> Response {
     match &app.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -70,6 +70,10 @@ pub(crate) async fn appointment_json(
 }
 
 /// `GET /appointments/{id}`.
+#[utoipa::path(get, path = "/appointments/{id}", tag = "appointments", security(("demo" = [])),
+    params(("id" = String, Path, description = "The appointment")),
+    responses((status = 200, description = "The appointment, its assignment view, history and notifications", body = crate::openapi::Appointment),
+        (status = 401, description = "`unauthorized`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "`not-found`", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get(
     State(app): State<AppState>,
     _caller: Caller,
@@ -93,6 +97,10 @@ pub(crate) struct ListQuery {
 }
 
 /// `GET /appointments?sourceId=...`: every appointment of a source, oldest first.
+#[utoipa::path(get, path = "/appointments", tag = "appointments", security(("demo" = [])),
+    params(("sourceId" = String, Query, description = "An estimate or work order")),
+    responses((status = 200, description = "`{sourceId, appointments: [...]}`, oldest first", body = Object),
+        (status = 400, description = "`missing-parameter`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "`unauthorized`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "`validation-failed`", body = crate::openapi::ValidationProblem, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     _caller: Caller,
@@ -123,6 +131,10 @@ pub(crate) async fn list(
 
 /// `GET /work-orders/{id}/planned`: Work Execution's view of the work
 /// order's appointments, written only by its consumer.
+#[utoipa::path(get, path = "/work-orders/{id}/planned", tag = "work-execution", security(("demo" = [])),
+    params(("id" = String, Path, description = "The work order")),
+    responses((status = 200, description = "`{workOrderId, planned: [{appointmentId, plannedStart, durationMinutes, version, updatedAt}]}`, written only by the consumer", body = Object),
+        (status = 401, description = "`unauthorized`", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn planned(
     State(app): State<AppState>,
     _caller: Caller,

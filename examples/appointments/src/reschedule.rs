@@ -94,6 +94,18 @@ fn approval_required(slug: &'static str, detail: String) -> ApiError {
 }
 
 /// `POST /appointments/{id}/reschedule`.
+#[utoipa::path(post, path = "/appointments/{id}/reschedule", tag = "appointments",
+    security(("demo" = [])),
+    params(("id" = String, Path, description = "The appointment"),
+           ("Idempotency-Key" = String, Header, description = "Required; the same key replays the first answer")),
+    request_body(content = crate::openapi::Reschedule, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The rescheduled appointment", body = crate::openapi::Appointment),
+        (status = 400, description = "The idempotency layer: key missing or malformed; `invalid-json`", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "`unauthorized`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`, `minimum-notice` or `reschedule-limit` (need `APPROVE_RESCHEDULE`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not-found`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not-reschedulable`, `scheduling-conflict`, or the layer's `in-flight`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation-failed`", body = crate::openapi::ValidationProblem, content_type = "application/problem+json"), (status = 503, description = "`unavailable`", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn reschedule(
     State(app): State<AppState>,
     Path(id): Path<String>,
