@@ -180,8 +180,25 @@ async fn republished_event_is_applied_once() {
             .state
             .messages
     };
-    // The creation, and its notice (no mechanic has the skills).
+    // The creation, and its notice (no mechanic has the skills): both
+    // published before counting.
+    eventually(Duration::from_secs(10), "the outbox relayed", || {
+        let pool = app.pool.clone();
+        let id = id.clone();
+        async move {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM appointments.outbox WHERE aggregate_id = $1 AND published_at IS NULL",
+            )
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (left == 0).then_some(())
+        }
+    })
+    .await;
     let before = messages().await;
+    assert_eq!(before, 2);
     let (event_id, subject, payload): (uuid::Uuid, String, Value) = sqlx::query_as(
         "UPDATE appointments.outbox SET published_at = NULL WHERE aggregate_id = $1 \
          AND event_type = 'AppointmentCreated' RETURNING event_id, subject, payload",
