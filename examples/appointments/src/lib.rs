@@ -390,7 +390,12 @@ async fn checks(app: &AppState) -> (bool, bool) {
         .await,
         Ok(Ok(_))
     );
-    let nats = app.nats.connection_state() == async_nats::connection::State::Connected;
+    // A round trip (PING/PONG), not the client's idea of its connection.
+    let nats = app.nats.connection_state() == async_nats::connection::State::Connected
+        && matches!(
+            tokio::time::timeout(Duration::from_secs(2), app.nats.flush()).await,
+            Ok(Ok(()))
+        );
     (db, nats)
 }
 

@@ -151,3 +151,32 @@ fn bad_settings_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
 }
+
+/// `/healthz` and `/readyz` say 503 when NATS is gone, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_nats_down() {
+    let Some(app) = app_with(|c| c.parts.consumer = false).await else {
+        return;
+    };
+    let up = app.http.get("/healthz", SCHEDULER).await;
+    assert_eq!(up.status, StatusCode::OK);
+    assert_eq!(up.json(), json!({"database": "ok", "nats": "ok"}));
+    let js = async_nats::jetstream::new(app.nats.clone());
+    let _ = js.delete_stream(&app.config.instance).await;
+    app.nats.drain().await.unwrap();
+    let down = eventually(Duration::from_secs(5), "NATS reported down", || {
+        let http = app.http.clone();
+        async move {
+            let r = http.get("/healthz", SCHEDULER).await;
+            (r.status == StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(down.json(), json!({"database": "ok", "nats": "down"}));
+    let ready = app.http.get("/readyz", SCHEDULER).await;
+    assert_eq!(
+        (ready.status, ready.problem()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable".into())
+    );
+    app.stop().await;
+}
