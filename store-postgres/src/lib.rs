@@ -3,12 +3,16 @@
 mod error;
 mod listen;
 mod migrate;
+pub mod natural;
 mod reaper;
 mod row;
 mod sql;
 mod store;
 
 pub use error::SetupError;
+pub use natural::{
+    Inserted, Isolation, NaturalKey, NaturalKeyError, RetryPolicy, retry_transaction,
+};
 pub use reaper::Reaper;
 pub use store::{DEFAULT_SCHEMA, PostgresStore, PostgresStoreBuilder};
 
