@@ -340,10 +340,9 @@ trait Body {
     type Output;
     type Error: From<sqlx::Error> + TransactionRetry;
 
-    fn run<'c>(
-        &'c mut self,
-        conn: &'c mut PgConnection,
-    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
+    /// Boxed, so the retry loop's future is `Send` without a higher-ranked
+    /// bound on the body's future type.
+    fn run<'c>(&'c mut self, conn: &'c mut PgConnection) -> TxFuture<'c, Self::Output, Self::Error>;
 }
 
 /// A [`retry_transaction`] body.
@@ -357,10 +356,7 @@ where
     type Output = T;
     type Error = E;
 
-    fn run<'c>(
-        &'c mut self,
-        conn: &'c mut PgConnection,
-    ) -> impl Future<Output = Result<T, E>> + Send {
+    fn run<'c>(&'c mut self, conn: &'c mut PgConnection) -> TxFuture<'c, T, E> {
         (self.0)(conn)
     }
 }
@@ -511,7 +507,17 @@ where
     ///
     /// Dropping the future leaves the transaction in an unknown state (the
     /// savepoint may be open): roll it back.
-    pub async fn insert_or_get_in(
+    ///
+    /// The future is boxed: it is `Send` wherever it is awaited (an axum
+    /// handler, a spawned task), whatever closures the key holds.
+    pub fn insert_or_get_in<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+    ) -> TxFuture<'a, Inserted<T>, NaturalKeyError> {
+        Box::pin(self.find_or_insert(conn))
+    }
+
+    async fn find_or_insert(
         &self,
         conn: &mut PgConnection,
     ) -> Result<Inserted<T>, NaturalKeyError> {
@@ -563,20 +569,24 @@ where
     ///
     /// Dropping the future rolls the open transaction back; a commit
     /// already sent may have landed (the next call finds its row).
-    pub async fn insert_or_get(
-        &self,
-        pool: &PgPool,
+    ///
+    /// The future is boxed, as [`insert_or_get_in`](Self::insert_or_get_in)'s.
+    pub fn insert_or_get<'a>(
+        &'a self,
+        pool: &'a PgPool,
         isolation: Isolation,
         retry: RetryPolicy,
-    ) -> Result<Inserted<T>, NaturalKeyError> {
-        match run(pool, isolation, retry, &mut InsertBody(self)).await {
-            Ok(row) => Ok(row),
-            Err((attempts, e)) if e.must_retry() => Err(NaturalKeyError::Exhausted {
-                attempts,
-                last: Box::new(e),
-            }),
-            Err((_, e)) => Err(e),
-        }
+    ) -> TxFuture<'a, Inserted<T>, NaturalKeyError> {
+        Box::pin(async move {
+            match run(pool, isolation, retry, &mut InsertBody(self)).await {
+                Ok(row) => Ok(row),
+                Err((attempts, e)) if e.must_retry() => Err(NaturalKeyError::Exhausted {
+                    attempts,
+                    last: Box::new(e),
+                }),
+                Err((_, e)) => Err(e),
+            }
+        })
     }
 
     fn is_natural_key_violation(&self, e: &sqlx::Error) -> bool {
@@ -605,7 +615,7 @@ where
     fn run<'c>(
         &'c mut self,
         conn: &'c mut PgConnection,
-    ) -> impl Future<Output = Result<Inserted<T>, NaturalKeyError>> + Send {
+    ) -> TxFuture<'c, Inserted<T>, NaturalKeyError> {
         self.0.insert_or_get_in(conn)
     }
 }
