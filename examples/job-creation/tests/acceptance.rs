@@ -456,20 +456,24 @@ async fn job_status_transitions_are_guarded() {
     app.drop().await;
 }
 
+/// A request and the problem it must get: method, path, body, headers,
+/// status, problem slug.
+type Case = (
+    Method,
+    String,
+    Option<&'static str>,
+    Vec<(&'static str, &'static str)>,
+    StatusCode,
+    &'static str,
+);
+
 #[tokio::test]
 async fn every_bad_input_is_a_problem_and_changes_nothing() {
     let Some(app) = app(config()).await else {
         return;
     };
     let id = app.assessment("stress").await;
-    let cases: Vec<(
-        Method,
-        String,
-        Option<&str>,
-        Vec<(&str, &str)>,
-        StatusCode,
-        &str,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             format!(
