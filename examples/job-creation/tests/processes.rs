@@ -199,7 +199,7 @@ async fn a_worker_killed_mid_stage_and_restarted_runs_each_stage_once() {
     let Some(pool) = pool(4).await else { return };
     let config = Config {
         worker: true,
-        stage_time: Duration::from_millis(400),
+        stage_time: Duration::from_millis(600),
         lease: Duration::from_millis(1000),
         ..config()
     };
