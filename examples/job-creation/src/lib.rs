@@ -242,6 +242,13 @@ impl Service {
             })));
         audit.migrate().await?;
         let buffer = BufferedSink::new(audit, 10_000);
+        // The counters exist from the start, at zero.
+        for name in [
+            "processing_jobs_created_total",
+            "processing_job_creation_failed_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         let faults = Faults::default();
         if let Some(fault) = config.fault {
             faults.set(fault, true);
