@@ -1,13 +1,19 @@
 //! [`EventTime`]: a UTC instant with microsecond precision, written as RFC 3339.
+//!
+//! Calendar arithmetic and RFC 3339 parsing are the `time` crate's; this
+//! module adds the one thing the audit trail needs on top: a single,
+//! fixed-width text form (six fractional digits, `Z`), so the canonical
+//! encoding of an event never depends on how its time was written.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 const MICROS_PER_SEC: i64 = 1_000_000;
-const SECS_PER_DAY: i64 = 86_400;
 /// 0000-01-01T00:00:00Z in microseconds since the Unix epoch.
 const MIN_MICROS: i64 = -62_167_219_200 * MICROS_PER_SEC;
 /// 9999-12-31T23:59:59.999999Z in microseconds since the Unix epoch.
@@ -91,162 +97,59 @@ impl EventTime {
     /// Parses RFC 3339 (`2025-03-01T09:30:00Z`, `2025-03-01t10:30:00.5+01:00`).
     ///
     /// Fractions finer than a microsecond are truncated. Leap seconds
-    /// (`:60`) are rejected.
+    /// (`:60`) are rejected: the instant they name has no form of its own
+    /// in a count of microseconds, and reading one as `:59.999999` would
+    /// give two different texts one instant.
     ///
     /// # Errors
     ///
     /// [`TimeParseError`] when the text is not RFC 3339 or the instant is out of range.
     pub fn parse_rfc3339(s: &str) -> Result<Self, TimeParseError> {
-        let b = s.as_bytes();
-        if b.len() < 20 {
-            return Err(TimeParseError::new("too short"));
-        }
-        let year = digits(b, 0, 4)?;
-        expect(b, 4, b'-')?;
-        let month = digits(b, 5, 2)?;
-        expect(b, 7, b'-')?;
-        let day = digits(b, 8, 2)?;
-        if !matches!(b[10], b'T' | b't') {
+        // Two readings of `time`'s that this type narrows, checked on the
+        // fixed positions of every RFC 3339 date-time: the date and the
+        // time are separated by `T` (`time` also takes a space, which RFC
+        // 3339 leaves to applications), and a leap second is refused
+        // (`time` reads it as the last nanosecond of its minute).
+        if !matches!(s.as_bytes().get(10), Some(b'T' | b't')) {
             return Err(TimeParseError::new("expected 'T' between date and time"));
         }
-        let hour = digits(b, 11, 2)?;
-        expect(b, 13, b':')?;
-        let minute = digits(b, 14, 2)?;
-        expect(b, 16, b':')?;
-        let second = digits(b, 17, 2)?;
-        let mut i = 19;
-        let mut micros = 0i64;
-        if b.get(i) == Some(&b'.') {
-            i += 1;
-            let start = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                if i - start < 6 {
-                    micros = micros * 10 + i64::from(b[i] - b'0');
-                }
-                i += 1;
-            }
-            let n = i - start;
-            if n == 0 {
-                return Err(TimeParseError::new("empty fraction"));
-            }
-            for _ in n..6 {
-                micros *= 10;
-            }
-        }
-        let offset_secs = match b.get(i) {
-            Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-            Some(&sign @ (b'+' | b'-')) if i + 6 == b.len() => {
-                let oh = digits(b, i + 1, 2)?;
-                expect(b, i + 3, b':')?;
-                let om = digits(b, i + 4, 2)?;
-                if oh > 23 || om > 59 {
-                    return Err(TimeParseError::new("offset out of range"));
-                }
-                let secs = oh * 3600 + om * 60;
-                if sign == b'+' { secs } else { -secs }
-            }
-            _ => {
-                return Err(TimeParseError::new(
-                    "expected 'Z' or a ±HH:MM offset at the end",
-                ));
-            }
-        };
-        if !(1..=12).contains(&month) {
-            return Err(TimeParseError::new("month out of range"));
-        }
-        if day < 1 || day > days_in_month(year, month) {
-            return Err(TimeParseError::new("day out of range"));
-        }
-        if hour > 23 || minute > 59 {
-            return Err(TimeParseError::new("time of day out of range"));
-        }
-        if second == 60 {
+        if s.get(17..19) == Some("60") {
             return Err(TimeParseError::new("leap seconds are not supported"));
         }
-        if second > 59 {
-            return Err(TimeParseError::new("second out of range"));
-        }
-        let days = days_from_civil(year, month, day);
-        let secs = days * SECS_PER_DAY + hour * 3600 + minute * 60 + second - offset_secs;
-        Self::from_unix_micros(secs * MICROS_PER_SEC + micros)
+        let parsed = OffsetDateTime::parse(s, &Rfc3339)
+            .map_err(|_| TimeParseError::new("not an RFC 3339 date-time"))?;
+        let micros = parsed.unix_timestamp_nanos().div_euclid(1_000);
+        i64::try_from(micros)
+            .ok()
+            .and_then(Self::from_unix_micros)
             .ok_or(TimeParseError::new("outside years 0000 to 9999 in UTC"))
     }
-}
 
-fn digits(b: &[u8], at: usize, n: usize) -> Result<i64, TimeParseError> {
-    let part = b.get(at..at + n).ok_or(TimeParseError::new("truncated"))?;
-    part.iter().try_fold(0i64, |acc, &c| {
-        if c.is_ascii_digit() {
-            Ok(acc * 10 + i64::from(c - b'0'))
-        } else {
-            Err(TimeParseError::new("expected a digit"))
-        }
-    })
-}
-
-fn expect(b: &[u8], at: usize, c: u8) -> Result<(), TimeParseError> {
-    if b.get(at) == Some(&c) {
-        Ok(())
-    } else {
-        Err(TimeParseError::new("unexpected separator"))
+    fn to_offset_date_time(self) -> OffsetDateTime {
+        // Every value of this type is within years 0000 to 9999, which
+        // `time` represents.
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            .to_offset(UtcOffset::UTC)
     }
-}
-
-const fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-const fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-const fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01.
-const fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m, d)
 }
 
 impl fmt::Display for EventTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.div_euclid(MICROS_PER_SEC);
-        let micros = self.0.rem_euclid(MICROS_PER_SEC);
-        let days = secs.div_euclid(SECS_PER_DAY);
-        let sod = secs.rem_euclid(SECS_PER_DAY);
-        let (y, m, d) = civil_from_days(days);
+        let t = self.to_offset_date_time();
         write!(
             f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            sod / 3600,
-            sod / 60 % 60,
-            sod % 60
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.microsecond()
         )
     }
 }
-
 impl fmt::Debug for EventTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "EventTime({self})")

@@ -1,7 +1,9 @@
 //! Concurrent-duplicate throughput benchmark.
 //!
-//! Starts each server variant in-process on 127.0.0.1, drives it with an
-//! in-process hyper client over keep-alive connections, and after every run
+//! Starts each server variant in its own child process on 127.0.0.1 (as
+//! the peers always are; `--in-process` keeps this project's variants in
+//! the load generator's process), drives it with an in-process hyper client
+//! over keep-alive connections, and after every run
 //! counts the handler's side effects per key, so a variant that executes a
 //! key twice is flagged, not assumed away.
 //!
@@ -80,7 +82,7 @@ idempotency-benches: concurrent-duplicate throughput, exactly-once checked
 
 USAGE: cargo run --release -p idempotency-benches -- [OPTIONS]
 
-  --quick               small run (200 keys x 20 copies, 2,000 unique), under a minute
+  --quick               small run (200 keys x 20 copies, 2,000 unique, 1 round), under a minute
   --variants LIST       comma-separated: bare,memory,redis,redis-pooled,postgres,postgres-tx,
                         axum-idempotent-{memory,redis,postgres},
                         idempotent-{memory,redis,postgres} (default: all)
@@ -91,9 +93,11 @@ USAGE: cargo run --release -p idempotency-benches -- [OPTIONS]
   --unique N            requests of the unique workload (default 20000)
   --max-seconds S       stop a run after S seconds whatever is left (default 120)
   --rounds N            run every variant x workload N times, round after round;
-                        the tables show the median req/s run and the spread (default 1)
-  --isolate             run this harness's own variants as child processes too (as
-                        the peers always are), not in the load generator's process
+                        the tables show the median req/s run and the spread (default 3)
+  --isolate             every server in its own child process, as the peers always
+                        are (the default: the like-for-like comparison)
+  --in-process          this harness's own variants inside the load generator's
+                        process instead (peers stay child processes)
   --json PATH           also write the results as JSON
   --markdown PATH       also write the markdown table
   DATABASE_URL / REDIS_URL select the servers for the postgres and redis variants.
@@ -113,8 +117,8 @@ fn parse_args() -> Result<Options, String> {
         copies: 50,
         unique: 20_000,
         max_duration: Duration::from_secs(120),
-        rounds: 1,
-        isolate: false,
+        rounds: 3,
+        isolate: true,
         json: None,
         markdown: None,
     };
@@ -143,6 +147,7 @@ fn parse_args() -> Result<Options, String> {
                 o.unique = 2_000;
                 o.connections = 32;
                 o.max_duration = Duration::from_secs(20);
+                o.rounds = 1;
             }
             "--variants" => {
                 let v = args.next().ok_or("--variants needs a value")?;
@@ -164,6 +169,7 @@ fn parse_args() -> Result<Options, String> {
             "--unique" => o.unique = num(args.next(), "--unique")?,
             "--rounds" => o.rounds = num(args.next(), "--rounds")?,
             "--isolate" => o.isolate = true,
+            "--in-process" => o.isolate = false,
             "--max-seconds" => {
                 o.max_duration = Duration::from_secs(num(args.next(), "--max-seconds")? as u64)
             }

@@ -113,12 +113,18 @@ impl Group<'_> {
     /// req/s in the same round and workload: a comparison that a change in
     /// the machine's speed between rounds does not move.
     fn vs(&self, bare: &Group<'_>) -> Option<f64> {
+        self.ratio(bare).map(|(median, _, _)| median)
+    }
+
+    /// This variant's req/s over `other`'s, round by round (same round,
+    /// same workload): `(median, lowest, highest)` over the rounds both ran.
+    fn ratio(&self, other: &Group<'_>) -> Option<(f64, f64, f64)> {
         let mut ratios: Vec<f64> = self
             .runs
             .iter()
             .filter_map(|r| {
-                let b = bare.runs.iter().find(|b| b.round == r.round)?;
-                (b.rps > 0.0).then(|| r.rps / b.rps)
+                let o = other.runs.iter().find(|o| o.round == r.round)?;
+                (o.rps > 0.0).then(|| r.rps / o.rps)
             })
             .collect();
         if ratios.is_empty() {
@@ -126,11 +132,12 @@ impl Group<'_> {
         }
         ratios.sort_by(f64::total_cmp);
         let mid = ratios.len() / 2;
-        Some(if ratios.len() % 2 == 1 {
+        let median = if ratios.len() % 2 == 1 {
             ratios[mid]
         } else {
             (ratios[mid - 1] + ratios[mid]) / 2.0
-        })
+        };
+        Some((median, ratios[0], ratios[ratios.len() - 1]))
     }
 
     /// Exactly once per key in every round.
@@ -152,6 +159,19 @@ impl Group<'_> {
         }
     }
 }
+
+/// The pairs the headline compares: this project against each peer on the
+/// same store, against `bare`, and the shared stores against memory.
+const HEADLINE_PAIRS: &[(&str, &str)] = &[
+    ("memory", "idempotent-memory"),
+    ("memory", "axum-idempotent-memory"),
+    ("memory", "bare"),
+    ("redis", "idempotent-redis"),
+    ("postgres", "axum-idempotent-postgres"),
+    ("postgres-tx", "axum-idempotent-postgres"),
+    ("redis", "memory"),
+    ("postgres", "memory"),
+];
 
 /// All rows of a run.
 pub(crate) struct Report {
@@ -200,8 +220,63 @@ impl Report {
         groups
     }
 
+    /// The like-for-like ratios: each pair of variants, per workload, as
+    /// the median over rounds of the same-round req/s ratio, with its range.
+    pub(crate) fn headline(&self) -> String {
+        let groups = self.groups();
+        let find = |variant: &str, workload: &str| {
+            groups
+                .iter()
+                .find(|g| g.runs[0].variant == variant && g.runs[0].workload == workload)
+        };
+        let mut workloads: Vec<&str> = Vec::new();
+        for g in &groups {
+            if !workloads.contains(&g.runs[0].workload) {
+                workloads.push(g.runs[0].workload);
+            }
+        }
+        let mut s = String::from("| ratio (same round, median of rounds, range) |");
+        for w in &workloads {
+            s.push_str(&format!(" {w} |"));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---:|".repeat(workloads.len()));
+        s.push('\n');
+        let mut any = false;
+        for (a, b) in HEADLINE_PAIRS {
+            let cells: Vec<String> = workloads
+                .iter()
+                .map(|w| match (find(a, w), find(b, w)) {
+                    (Some(x), Some(y)) => match x.ratio(y) {
+                        Some((m, lo, hi)) if x.runs.len() > 1 => {
+                            format!("{m:.2}× ({lo:.2}–{hi:.2})")
+                        }
+                        Some((m, _, _)) => format!("{m:.2}×"),
+                        None => "—".to_owned(),
+                    },
+                    _ => "—".to_owned(),
+                })
+                .collect();
+            if cells.iter().all(|c| c == "—") {
+                continue;
+            }
+            any = true;
+            s.push_str(&format!("| `{a}` / `{b}` |"));
+            for c in cells {
+                s.push_str(&format!(" {c} |"));
+            }
+            s.push('\n');
+        }
+        if any { s } else { String::new() }
+    }
+
     pub(crate) fn markdown(&self) -> String {
         let mut s = format!("Settings: {}\n\n", self.settings);
+        let headline = self.headline();
+        if !headline.is_empty() {
+            s.push_str(&headline);
+            s.push('\n');
+        }
         let spread = self.rounds > 1;
         let groups = self.groups();
         let bare_of = |workload: &str| {
@@ -380,7 +455,34 @@ mod tests {
         };
         // Rounds 1 and 2 only: 0.5 and 1.0.
         assert_eq!(g.vs(&b), Some(0.75));
+        assert_eq!(g.ratio(&b), Some((0.75, 0.5, 1.0)));
         let none = Group { runs: Vec::new() };
         assert_eq!(g.vs(&none), None);
+    }
+
+    #[test]
+    fn the_headline_compares_pairs_round_by_round() {
+        let mut report = Report {
+            rows: Vec::new(),
+            skipped: Vec::new(),
+            rounds: 3,
+            settings: String::new(),
+        };
+        for (round, memory, bare) in [(1, 18, 20), (2, 10, 20), (3, 20, 20)] {
+            report.rows.push(run(round, memory, 1));
+            let mut b = run(round, bare, 1);
+            b.variant = Variant::Bare.name();
+            report.rows.push(b);
+        }
+        let table = report.headline();
+        // Same-round ratios 0.9, 0.5, 1.0: median 0.9, range 0.5 to 1.0.
+        assert!(
+            table.contains("| `memory` / `bare` | 0.90× (0.50–1.00) |"),
+            "{table}"
+        );
+        assert!(
+            !table.contains("idempotent-memory"),
+            "pairs not run are left out"
+        );
     }
 }

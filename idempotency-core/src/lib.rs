@@ -5,6 +5,7 @@ mod engine;
 mod fingerprint;
 mod key;
 mod memory;
+pub mod metered;
 mod once;
 mod policy;
 mod record;

@@ -730,7 +730,7 @@ impl IdempotencyStore for MemoryStore {
                 return Ok(());
             }
             let waiters = &self.inner.waiters[self.slot(&key)];
-            wait::wait_for_change(waiters, &key, timeout, || async {
+            wait::wait_for_change(waiters, &key, timeout, |_| async {
                 Ok(self.pending_lease_left(&key))
             })
             .await

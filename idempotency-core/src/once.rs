@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::engine::{Attempt, OwnedAttempt, SettleError, claim_with_wait, with_timeout};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
+use crate::metered::{MeteredStore, measure};
 use crate::policy::Policy;
 use crate::record::Outcome;
 use crate::store::{Claim, Completion, Failure, IdempotencyStore, Observed, StoreError};
@@ -220,9 +221,18 @@ where
         C: FnOnce(&E) -> FailureClass,
     {
         let req = self.policy.claim_request(key, fingerprint);
-        let claim = with_timeout(
-            self.policy.claim_budget(),
-            claim_with_wait(&self.store, &req, self.policy.wait_timeout()),
+        let wait = self.policy.wait_timeout();
+        let operation = if wait.is_some() {
+            "claim_wait"
+        } else {
+            "claim"
+        };
+        let claim = measure(
+            operation,
+            with_timeout(
+                self.policy.claim_budget(),
+                claim_with_wait(&self.store, &req, wait),
+            ),
         )
         .await
         .map_err(RunError::Store)?;
@@ -235,7 +245,8 @@ where
             Claim::Corrupted { detail } => return Err(RunError::Corrupted { detail }),
         };
 
-        let mut owned = OwnedAttempt::new(self.store.clone(), self.policy.clone(), lease, kind);
+        let store = MeteredStore::new(self.store.clone());
+        let mut owned = OwnedAttempt::new(store, self.policy.clone(), lease, kind);
         let attempt = owned.attempt().clone();
         let result = owned.run(op(attempt.clone())).await;
         if owned.is_lost() {
@@ -299,7 +310,8 @@ where
         // re-claimed meanwhile (`Conflict`, `NotFound`) is left alone.
         let timeout = self.policy.store_timeout_duration();
         let observed = Observed::completed(fence);
-        match with_timeout(timeout, self.store.mark_corrupted(key, observed, &detail)).await {
+        let mark = self.store.mark_corrupted(key, observed, &detail);
+        match measure("mark_corrupted", with_timeout(timeout, mark)).await {
             Ok(()) | Err(StoreError::NotFound | StoreError::Conflict) => {}
             Err(e) => return Err(RunError::Store(e)),
         }

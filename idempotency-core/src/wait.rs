@@ -76,12 +76,14 @@ impl Waiters {
             waiters: 0,
         });
         entry.waiters += 1;
+        let first = entry.waiters == 1;
         let notify = Arc::clone(&entry.notify);
         drop(map);
         Waiter {
             waiters: self,
             key,
             notify,
+            first,
         }
     }
 
@@ -116,6 +118,7 @@ pub struct Waiter<'a> {
     waiters: &'a Waiters,
     key: StorageKey,
     notify: Arc<Notify>,
+    first: bool,
 }
 
 impl std::fmt::Debug for Waiter<'_> {
@@ -129,6 +132,12 @@ impl Waiter<'_> {
     /// made after this call, whether or not it has been polled by then.
     pub fn notified(&self) -> Notified<'_> {
         self.notify.notified()
+    }
+
+    /// Whether this waiter made its key's entry: nobody else in this
+    /// registry waited on the key when it registered.
+    pub fn is_first(&self) -> bool {
+        self.first
     }
 }
 
@@ -150,6 +159,15 @@ impl Drop for Waiter<'_> {
 /// then waits for a wake of `key`, at most `timeout` and never more than
 /// 1 ms past the lease deadline.
 ///
+/// `lease_left` is told whether this is the key's first waiter in
+/// `waiters`: a store that must tell its server somebody waits (the
+/// PostgreSQL store marks the record, so that only watched records are
+/// notified) does so for the first waiter only, and the others of the same
+/// process read. When the re-check finds the record no longer live, the
+/// key's other waiters are woken to re-check too, so a waiter that relied
+/// on the first one's mark is never left waiting for news the mark came too
+/// late to produce.
+///
 /// A store whose notifications may be lost or not yet flowing caps `timeout`
 /// itself with its polling interval.
 ///
@@ -167,7 +185,7 @@ pub async fn wait_for_change<F, Fut>(
     lease_left: F,
 ) -> Result<(), StoreError>
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(bool) -> Fut,
     Fut: Future<Output = Result<Option<Duration>, StoreError>>,
 {
     let waiter = waiters.register(*key);
@@ -176,7 +194,8 @@ where
     notified.as_mut().enable();
     // Registered before re-checking, so a change racing with this call is
     // never missed.
-    let Some(left) = lease_left().await? else {
+    let Some(left) = lease_left(waiter.is_first()).await? else {
+        waiters.wake(key);
         return Ok(());
     };
     let bound = timeout.min(left.saturating_add(Duration::from_millis(1)));
@@ -309,7 +328,7 @@ mod tests {
     async fn a_cancelled_wait_unregisters() {
         let waiters = Waiters::new();
         let k = key(1);
-        let wait = wait_for_change(&waiters, &k, Duration::from_secs(60), || async {
+        let wait = wait_for_change(&waiters, &k, Duration::from_secs(60), |_| async {
             Ok(Some(Duration::from_secs(60)))
         });
         assert!(
@@ -324,7 +343,9 @@ mod tests {
     async fn the_wait_returns_at_once_when_the_record_left_pending() {
         let waiters = Waiters::new();
         let k = key(1);
-        let wait = wait_for_change(&waiters, &k, Duration::from_secs(60), || async { Ok(None) });
+        let wait = wait_for_change(&waiters, &k, Duration::from_secs(60), |_| async {
+            Ok(None)
+        });
         assert!(
             tokio::time::timeout(Duration::from_secs(5), wait)
                 .await
@@ -339,7 +360,7 @@ mod tests {
         let (checked_tx, checked_rx) = tokio::sync::oneshot::channel();
         let w = Arc::clone(&waiters);
         let wait = tokio::spawn(async move {
-            wait_for_change(&w, &key(1), Duration::from_secs(60), || async move {
+            wait_for_change(&w, &key(1), Duration::from_secs(60), |_| async move {
                 let _ = checked_tx.send(());
                 Ok(Some(Duration::from_secs(60)))
             })
@@ -356,7 +377,7 @@ mod tests {
     async fn the_wait_is_bounded_by_the_lease() {
         let waiters = Waiters::new();
         let k = key(1);
-        let wait = wait_for_change(&waiters, &k, Duration::from_secs(60), || async {
+        let wait = wait_for_change(&waiters, &k, Duration::from_secs(60), |_| async {
             Ok(Some(Duration::from_millis(5)))
         });
         assert!(

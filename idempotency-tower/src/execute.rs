@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
+use idempotency_core::metered::MeteredStore;
 use idempotency_core::{
     ClaimKind, Completion, Failure, IdempotencyStore, Lease, Outcome, OwnedAttempt, SettleError,
 };
@@ -19,7 +20,6 @@ use tracing::Instrument;
 use crate::body::{Collected, RequestBody, ResponseBody, collect_response};
 use crate::context::IdempotencyContext;
 use crate::hook::DecisionOutcome;
-use crate::metrics::Metered;
 use crate::observe::Ctx;
 use crate::policy::OutcomeAction;
 use crate::problem::{Problem, ProblemType};
@@ -101,7 +101,7 @@ where
     // One engine owns the attempt from here to its final record write: it
     // renews the lease while the handler runs *and* while its body is
     // collected, and retries the final write while it still holds the lease.
-    let mut owned = OwnedAttempt::new(Metered(store), config.policy.clone(), lease, kind);
+    let mut owned = OwnedAttempt::new(MeteredStore::new(store), config.policy.clone(), lease, kind);
     let context = IdempotencyContext::new(owned.attempt().clone(), config);
     req.extensions_mut().insert(context.clone());
     let call = AssertUnwindSafe(inner.call(req)).catch_unwind();

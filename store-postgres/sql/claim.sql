@@ -72,6 +72,8 @@ written AS (
             ELSE excluded.lease_deadline END,
         outcome = NULL,
         resource = NULL,
+        -- A new attempt starts unwatched: its first waiter marks it again.
+        watched = false,
         reason = CASE
             WHEN NOT {schema}.is_expired(r.state, r.expires_at, r.lease_deadline, excluded.created_at)
                  AND r.state = 'PENDING' AND r.attempts >= $6

@@ -27,6 +27,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "fences",
         sql: include_str!("../migrations/0002_fences.sql"),
     },
+    Migration {
+        version: 3,
+        description: "watched",
+        sql: include_str!("../migrations/0003_watched.sql"),
+    },
 ];
 
 /// Applies every embedded migration not yet applied to `schema`.

@@ -51,6 +51,7 @@ macro_rules! statements {
 
 statements! {
     claim => "claim.sql",
+    peek => "peek.sql",
     complete => "complete.sql",
     fail => "fail.sql",
     release => "release.sql",
@@ -62,6 +63,7 @@ statements! {
     resolve_delete => "resolve_delete.sql",
     resolve_fail => "resolve_fail.sql",
     lease_left => "lease_left.sql",
+    watch => "watch.sql",
     purge => "purge.sql",
     reaper_lock => "reaper_lock.sql",
     migrate_lock => "migrate_lock.sql",

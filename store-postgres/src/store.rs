@@ -69,7 +69,6 @@ struct Inner {
     channel: Box<str>,
     sql: Queries,
     offset_ms: AtomicU64,
-    timeout: Option<Duration>,
     notifier: Notifier,
 }
 
@@ -77,7 +76,6 @@ impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
             .field("schema", &self.inner.schema)
-            .field("statement_timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -128,13 +126,20 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Upper bound on every store operation (default 5 s); `None` disables it.
+    /// PostgreSQL's `statement_timeout` on the connections of the pool
+    /// [`connect_lazy`](Self::connect_lazy) builds (default 5 s, the
+    /// default `Policy::store_timeout`); `None` leaves the server's setting.
     ///
-    /// Enforced by the client on every operation (the caller gets
-    /// [`StoreError::Timeout`]); a pool built by
-    /// [`connect_lazy`](Self::connect_lazy) also sets PostgreSQL's
-    /// `statement_timeout` on its connections, so the server gives up too.
-    /// With your own pool, set `statement_timeout` in its connect options.
+    /// The store keeps no timer of its own on the client: the caller's
+    /// deadline (`Policy::store_timeout`, applied to every store call by the
+    /// lease engine, the `Idempotent` runner and the HTTP layer) is the one
+    /// client-side bound. This is its server-side half: a statement whose
+    /// caller gave up is cancelled by PostgreSQL (the store answers
+    /// [`StoreError::Timeout`] to anyone still waiting) instead of running on
+    /// behind a lock and landing later, unseen, as a claim nobody holds.
+    /// Keep it at or below the caller's store timeout. With your own pool
+    /// (`build`), set it in the pool's connect options:
+    /// `PgConnectOptions::options([("statement_timeout", "5s")])`.
     pub fn statement_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.statement_timeout = timeout.into();
         self
@@ -170,7 +175,6 @@ impl PostgresStoreBuilder {
                 schema: self.schema.into_boxed_str(),
                 channel: channel.into_boxed_str(),
                 offset_ms: AtomicU64::new(0),
-                timeout: self.statement_timeout,
                 notifier: Notifier::new(),
             }),
         })
@@ -364,23 +368,16 @@ impl PostgresStore {
         i64::try_from(self.inner.offset_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
     }
 
-    /// Runs one database operation under the statement timeout, mapping its
-    /// error and recording its latency.
+    /// Runs one database operation, mapping its error and recording its
+    /// latency. No client-side timer: the caller's deadline bounds the call,
+    /// PostgreSQL's `statement_timeout` the statement.
     async fn run<T>(
         &self,
         operation: &'static str,
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
-        let out = match self.inner.timeout {
-            Some(limit) => match tokio::time::timeout(limit, fut).await {
-                Ok(r) => r.map_err(map_sqlx),
-                Err(elapsed) => Err(StoreError::Timeout {
-                    source: Some(Box::new(elapsed)),
-                }),
-            },
-            None => fut.await.map_err(map_sqlx),
-        };
+        let out = fut.await.map_err(map_sqlx);
         metrics::histogram!(STATEMENT_SECONDS, "operation" => operation)
             .record(start.elapsed().as_secs_f64());
         if let Err(error) = &out {
@@ -414,6 +411,26 @@ impl PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let written: bool = row.try_get("written").map_err(map_sqlx)?;
         Ok(Some((written, RawRecord::from_row(&row)?)))
+    }
+
+    /// The record when a claim would leave it untouched (`peek.sql`).
+    async fn peek(
+        &self,
+        req: &ClaimRequest,
+        max_attempts: u32,
+    ) -> Result<Option<RawRecord>, StoreError> {
+        let row = self
+            .run(
+                "peek",
+                sqlx::query(self.inner.sql.peek.sql())
+                    .bind(&req.key.as_bytes()[..])
+                    .bind(&req.fingerprint.as_bytes()[..])
+                    .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
+                    .bind(self.offset())
+                    .fetch_optional(&self.inner.pool),
+            )
+            .await?;
+        row.map(|row| RawRecord::from_row(&row)).transpose()
     }
 
     /// Turns the claim statement's row into the decision.
@@ -505,11 +522,24 @@ impl PostgresStore {
         Ok(detail)
     }
 
-    async fn lease_left(&self, key: &StorageKey) -> Result<Option<Duration>, StoreError> {
+    /// Milliseconds left on the live lease of `key`, `None` when it is not a
+    /// live `PENDING` record. The first waiter of this process also marks
+    /// the record watched, so its completion notifies (migration 0003);
+    /// later ones only read.
+    async fn lease_left(
+        &self,
+        key: &StorageKey,
+        watch: bool,
+    ) -> Result<Option<Duration>, StoreError> {
+        let (operation, stmt) = if watch {
+            ("watch", &self.inner.sql.watch)
+        } else {
+            ("lease_left", &self.inner.sql.lease_left)
+        };
         let left: Option<i64> = self
             .run(
-                "lease_left",
-                sqlx::query_scalar(self.inner.sql.lease_left.sql())
+                operation,
+                sqlx::query_scalar(stmt.sql())
                     .bind(&key.as_bytes()[..])
                     .bind(self.offset())
                     .fetch_optional(&self.inner.pool),
@@ -564,6 +594,10 @@ impl IdempotencyStore for PostgresStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
         let max_attempts = req.max_attempts.max(1);
         let token = LeaseToken::new();
+        // A replay, a refusal or an in-flight answer is one indexed read.
+        if let Some(raw) = self.peek(req, max_attempts).await? {
+            return self.decide(req, token, false, raw).await;
+        }
         for _ in 0..CLAIM_ROUNDS {
             if let Some((written, raw)) = self.claim_once(req, token, max_attempts).await? {
                 return self.decide(req, token, written, raw).await;
@@ -782,8 +816,8 @@ impl IdempotencyStore for PostgresStore {
         } else {
             timeout.min(POLL_INTERVAL)
         };
-        wait::wait_for_change(self.inner.notifier.waiters(), key, timeout, || {
-            self.lease_left(key)
+        wait::wait_for_change(self.inner.notifier.waiters(), key, timeout, |first| {
+            self.lease_left(key, first)
         })
         .await
     }

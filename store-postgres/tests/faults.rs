@@ -226,25 +226,73 @@ async fn server_statement_timeout_is_timeout() {
     }
 }
 
-/// The store's own operation timeout bounds a claim too (for pools without a
-/// server-side statement timeout).
+/// One timeout, two halves: the caller's deadline (`Policy::store_timeout`,
+/// here `with_timeout`) ends the call on the client, and the store keeps no
+/// second timer; PostgreSQL's `statement_timeout` on the store's pool ends
+/// the abandoned statement on the server, so it cannot land later, behind
+/// the lock, as a takeover nobody holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_operation_timeout_is_timeout() {
+async fn an_abandoned_claim_ends_on_the_server_too() {
     let Some(base) = common::store().await else {
         return;
     };
     let store = PostgresStore::builder()
         .schema(base.schema())
-        .statement_timeout(Duration::from_millis(200))
-        .build(common::pool().await.unwrap())
+        .statement_timeout(Duration::from_secs(1))
+        .max_connections(2)
+        .connect_lazy(&common::database_url())
         .unwrap();
-    let (req, blocker) = lock_expired_record(&base).await;
+    let (req, mut blocker) = lock_expired_record(&base).await;
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    let before = base.get(&req.key).await.unwrap().expect("record");
     store.advance(Duration::from_secs(5));
-    assert!(matches!(
-        store.claim(&req).await,
-        Err(StoreError::Timeout { .. })
-    ));
+
+    let started = std::time::Instant::now();
+    let deadline = Duration::from_millis(300);
+    match idempotency_core::with_timeout(deadline, store.claim(&req)).await {
+        Err(StoreError::Timeout { .. }) => {}
+        other => panic!("expected the caller's Timeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the caller's deadline ended it"
+    );
+
+    // The statement was still queued behind the lock when its caller gave
+    // up, and PostgreSQL ends it at its statement_timeout.
+    let waiting = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(blocker_pid)
+        .fetch_one(base.pool())
+        .await
+        .unwrap();
+        n
+    };
+    assert_eq!(waiting().await, 1, "the abandoned claim waits on the lock");
+    let mut ended = false;
+    for _ in 0..150 {
+        if waiting().await == 0 {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ended, "the server did not end the abandoned statement");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ended by statement_timeout"
+    );
+
+    // The lock goes away; nothing the abandoned claim would have written lands.
     blocker.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = base.get(&req.key).await.unwrap().expect("record");
+    assert_eq!(after, before, "no ghost takeover");
     // The pool is usable afterwards.
     assert!(store.get(&common::key()).await.unwrap().is_none());
 }

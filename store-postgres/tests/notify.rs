@@ -192,3 +192,106 @@ async fn cancelled_waiters_unregister() {
     );
     assert_eq!(a.waiting_keys(), 0);
 }
+
+/// Only a record somebody waits on is notified: a completion nobody waits
+/// for commits without `NOTIFY` (which would serialise its commit with every
+/// other notifying commit), and one with a waiter notifies and wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_a_watched_record_is_notified() {
+    let Some(a) = common::store().await else {
+        return;
+    };
+    let b = common::other_process(&a).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(a.pool())
+        .await
+        .unwrap();
+    listener.listen(a.channel()).await.unwrap();
+
+    // Nobody waits: completed without a notification.
+    let quiet = common::request(common::key(), 1, LEASE);
+    let (lease, _) = common::acquire(&a, &quiet).await;
+    a.complete(&lease, common::value("quiet")).await.unwrap();
+
+    // A waiter in another pool marks the record; its completion notifies.
+    let watched = common::request(common::key(), 1, LEASE);
+    let (lease, _) = common::acquire(&a, &watched).await;
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        let req = watched.clone();
+        async move { claim_with_wait(&b, &req, Some(WAIT)).await }
+    });
+    let marked = format!(
+        "SELECT watched FROM \"{}\".records WHERE key = $1",
+        a.schema()
+    );
+    let deadline = Instant::now() + WOKEN_WITHIN;
+    loop {
+        let is: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(marked.clone()))
+            .bind(&watched.key.as_bytes()[..])
+            .fetch_one(a.pool())
+            .await
+            .unwrap();
+        if is {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never marked the record"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.complete(&lease, common::value("watched")).await.unwrap();
+    match tokio::time::timeout(WOKEN_WITHIN, waiter).await {
+        Ok(Ok(Ok(Claim::Completed(_)))) => {}
+        other => panic!("the waiter was not woken with the outcome: {other:?}"),
+    }
+    // Notifications arrive in commit order: had the quiet completion
+    // notified, its key would come first.
+    let first = tokio::time::timeout(WOKEN_WITHIN, listener.recv())
+        .await
+        .expect("the watched completion notified")
+        .unwrap();
+    assert_eq!(first.payload(), watched.key.to_hex());
+    // The record nobody waited on was never marked.
+    let again: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(marked))
+        .bind(&quiet.key.as_bytes()[..])
+        .fetch_one(a.pool())
+        .await
+        .unwrap();
+    assert!(!again, "nobody waited on the quiet record");
+}
+
+/// Waiters marking a record race its completion, over and over: the first
+/// waiter of a process marks it, the second relies on that mark, a waiter
+/// of a third pool marks it too, and the completion lands before, during or
+/// after the marks. No waiter is ever left for its 30 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_racing_the_completion_are_never_stranded() {
+    let Some(a) = common::store().await else {
+        return;
+    };
+    let b = common::other_process(&a).await;
+    let c = common::other_process(&a).await;
+    for round in 0u64..60 {
+        let req = common::request(common::key(), 1, LEASE);
+        let (lease, _) = common::acquire(&a, &req).await;
+        let waiters: Vec<_> = [&b, &b, &c]
+            .into_iter()
+            .map(|store| {
+                let store = store.clone();
+                let req = req.clone();
+                tokio::spawn(async move { claim_with_wait(&store, &req, Some(WAIT)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_micros(round % 5 * 700)).await;
+        a.complete(&lease, common::value("done")).await.unwrap();
+        for w in waiters {
+            match tokio::time::timeout(WOKEN_WITHIN, w).await {
+                Ok(Ok(Ok(Claim::Completed(_)))) => {}
+                other => panic!("round {round}: a waiter was stranded: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(b.waiting_keys(), 0);
+    assert_eq!(c.waiting_keys(), 0);
+}

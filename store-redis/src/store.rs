@@ -659,7 +659,7 @@ impl IdempotencyStore for RedisStore {
             return Ok(());
         }
         let timeout = timeout.min(self.inner.config.wait_poll_interval);
-        wait::wait_for_change(&subscriber.hub.waiters, key, timeout, || {
+        wait::wait_for_change(&subscriber.hub.waiters, key, timeout, |_| {
             self.pending_lease_left(key)
         })
         .await

@@ -4,90 +4,45 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, percent_encode};
+
 use super::{KeyInput, KeyMaterial, KeyRejection, KeySource};
+
+/// The unreserved characters of RFC 3986 (section 2.3) stay as they are;
+/// every other byte is escaped, so one value has one canonical spelling.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Percent-decodes a path segment, strictly: every `%` starts an escape of
 /// two hex digits, and the result is UTF-8.
 pub(crate) fn percent_decode(raw: &str) -> Result<Cow<'_, str>, &'static str> {
-    if !raw.contains('%') {
-        return Ok(Cow::Borrowed(raw));
+    let well_formed = raw.split('%').skip(1).all(|escape| {
+        escape
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return Err("has a `%` that is not followed by two hex digits");
     }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_value);
-            let lo = bytes.get(i + 2).copied().and_then(hex_value);
-            let (Some(hi), Some(lo)) = (hi, lo) else {
-                return Err("has a `%` that is not followed by two hex digits");
-            };
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
-        .map(Cow::Owned)
+    percent_decode_str(raw)
+        .decode_utf8()
         .map_err(|_| "is not UTF-8 once percent-decoded")
 }
 
 /// Percent-decodes leniently, as axum does: a `%` without two hex digits
 /// is kept as it is, and the bytes need not be UTF-8.
 pub(super) fn percent_decode_lenient(raw: &str) -> Cow<'_, [u8]> {
-    if !raw.contains('%') {
-        return Cow::Borrowed(raw.as_bytes());
-    }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = (bytes[i] == b'%')
-            .then(|| {
-                let hi = hex_value(*bytes.get(i + 1)?)?;
-                let lo = hex_value(*bytes.get(i + 2)?)?;
-                Some(hi << 4 | lo)
-            })
-            .flatten();
-        match escape {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    Cow::Owned(out)
+    percent_decode_str(raw).into()
 }
 
-pub(super) fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Appends `bytes` percent-encoded, everything but RFC 3986's unreserved
-/// characters escaped (uppercase hex): one spelling per value, and a `/`
-/// inside a value never reads as a segment boundary.
+/// Appends `bytes` percent-encoded, uppercase hex, all but the unreserved
+/// characters escaped.
 pub(super) fn percent_encode_into(bytes: &[u8], out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-    }
+    out.extend(percent_encode(bytes, ESCAPED));
 }
 
 pub(crate) fn path_param<'p>(template: &str, path: &'p str, name: &str) -> Option<&'p str> {
