@@ -162,7 +162,15 @@ async fn work(app: &AppState, worker: &str, job: &Claimed) {
             tracing::warn!(job = %job.id, "job claim lost; another worker goes on");
             return;
         }
-        match run_stage(app, job, &stage).await {
+        let mut ran = run_stage(app, job, &stage).await;
+        if matches!(ran, Err(RunError::LeaseLost)) {
+            // A heartbeat renewal queued behind the stage's own commit finds
+            // the record completed and reports the lease lost; asking again
+            // replays the committed result (or, if another worker really
+            // took the stage over, says so).
+            ran = run_stage(app, job, &stage).await;
+        }
+        match ran {
             Ok(execution) => {
                 metrics::counter!(
                     "processing_job_stage_runs_total",

@@ -180,7 +180,10 @@ async fn degradation_with_the_insert_fault_then_recovery_after_a_restart() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    assert!(text.contains("processing_job_creation_failed_total 0"), "{text}");
+    assert!(
+        text.contains("processing_job_creation_failed_total 0"),
+        "{text}"
+    );
     assert_eq!(counter(&text, "processing_jobs_created_total"), 1);
     // SIGTERM: the audit buffer writes what it holds before the exit.
     healthy.signal("TERM");
@@ -218,19 +221,26 @@ async fn a_worker_killed_mid_stage_and_restarted_runs_each_stage_once() {
         async move { !stage_outputs(&p, &s, job_id).await.is_empty() }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(5));
+    // Killed inside a stage: the job is held, its stage has no output yet
+    // (or, killed in the instant after the stage committed, has it).
     let at_kill = job(&pool, &config.schema, job_id).await;
     assert_eq!(at_kill.status, "in_progress", "{at_kill:?}");
-    assert_eq!(at_kill.stage, "ranking", "{at_kill:?}");
-    assert_eq!(
-        stage_outputs(&pool, &config.schema, job_id).await,
-        [("risk".to_owned(), 1)]
+    let running = STAGES
+        .iter()
+        .position(|s| *s == at_kill.stage)
+        .unwrap_or_else(|| panic!("not inside a stage: {at_kill:?}"));
+    let outputs = stage_outputs(&pool, &config.schema, job_id).await;
+    assert!(
+        outputs.len() == running || outputs.len() == running + 1,
+        "{at_kill:?}: {outputs:?}"
     );
+    assert!(outputs.iter().all(|(_, n)| *n == 1), "{outputs:?}");
     drop(first);
 
-    let _second = spawn(&config, &[]).await;
+    let second = spawn(&config, &[("RUST_LOG", "info")]).await;
     eventually(
         Duration::from_secs(15),
         "the job completes after the restart",
@@ -241,7 +251,12 @@ async fn a_worker_killed_mid_stage_and_restarted_runs_each_stage_once() {
     )
     .await;
     let done = job(&pool, &config.schema, job_id).await;
-    assert_eq!((done.stage.as_str(), done.attempt), ("done", 2));
+    assert_eq!(
+        (done.stage.as_str(), done.attempt),
+        ("done", 2),
+        "{done:?}\n{}",
+        second.log_text()
+    );
     let once: Vec<(String, i64)> = STAGES.iter().map(|s| ((*s).to_owned(), 1)).collect();
     assert_eq!(stage_outputs(&pool, &config.schema, job_id).await, once);
     common::drop_schemas(&pool, &config).await;

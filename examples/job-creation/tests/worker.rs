@@ -174,3 +174,36 @@ async fn two_workers_share_the_queue_and_each_stage_runs_once() {
     second.service.shutdown().await;
     first.drop().await;
 }
+
+/// Short leases, so heartbeat renewals often run while a stage commits: a
+/// renewal queued behind the stage's own completion finds the record
+/// completed; the stage's result still counts, and the job is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_racing_a_stages_commit_does_not_cost_an_attempt() {
+    let Some(app) = app(Config {
+        lease: Duration::from_millis(150),
+        stage_time: Duration::from_millis(45),
+        ..with_worker()
+    })
+    .await
+    else {
+        return;
+    };
+    let mut jobs = Vec::new();
+    for _ in 0..8 {
+        let id = app.assessment("stress").await;
+        jobs.push(app.complete("stress", id, &[]).await.job_id().unwrap());
+    }
+    let (pool, schema) = (app.pool.clone(), app.config.schema.clone());
+    for job_id in jobs {
+        eventually(Duration::from_secs(20), "every job completes", || {
+            let (pool, schema) = (pool.clone(), schema.clone());
+            async move { job(&pool, &schema, job_id).await.status == "completed" }
+        })
+        .await;
+        let row = job(&pool, &schema, job_id).await;
+        assert_eq!(row.attempt, 1, "{row:?}");
+        assert_eq!(stage_outputs(&pool, &schema, job_id).await, once_each());
+    }
+    app.drop().await;
+}
