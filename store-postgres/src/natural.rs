@@ -342,7 +342,8 @@ trait Body {
 
     /// Boxed, so the retry loop's future is `Send` without a higher-ranked
     /// bound on the body's future type.
-    fn run<'c>(&'c mut self, conn: &'c mut PgConnection) -> TxFuture<'c, Self::Output, Self::Error>;
+    fn run<'c>(&'c mut self, conn: &'c mut PgConnection)
+    -> TxFuture<'c, Self::Output, Self::Error>;
 }
 
 /// A [`retry_transaction`] body.
