@@ -93,6 +93,8 @@ pub struct Config {
     pub schema: String,
     /// The schema of the audit trail (the audit sink's `events` table).
     pub audit_schema: String,
+    /// The schema of the idempotency store (the stages' records).
+    pub store_schema: String,
     /// The isolation level of the job creation's transaction.
     pub isolation: Isolation,
     /// Whether this process runs a worker.
@@ -115,6 +117,7 @@ impl Default for Config {
         Self {
             schema: "job_creation".into(),
             audit_schema: "audit".into(),
+            store_schema: idempotency_postgres::DEFAULT_SCHEMA.into(),
             isolation: Isolation::ReadCommitted,
             worker: true,
             lease: Duration::from_secs(10),
@@ -219,13 +222,15 @@ impl Service {
         config: Config,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, StartError> {
-        for name in [&config.schema, &config.audit_schema] {
+        for name in [&config.schema, &config.audit_schema, &config.store_schema] {
             if !db::is_schema_name(name) {
                 return Err(StartError::Schema(name.clone()));
             }
         }
         db::migrate(&pool, &config.schema).await?;
-        let store = PostgresStore::builder().build(pool.clone())?;
+        let store = PostgresStore::builder()
+            .schema(&config.store_schema)
+            .build(pool.clone())?;
         store.migrate().await?;
         // One hash chain per assessment: creations of different assessments
         // never wait on each other.

@@ -15,6 +15,7 @@
 //! | `DATABASE_URL` | required | a `postgres://` URL | the PostgreSQL database |
 //! | `JOB_CREATION_SCHEMA` | `job_creation` | 1 to 48 of `a-z0-9_` | the schema of the service's tables |
 //! | `JOB_CREATION_AUDIT_SCHEMA` | `audit` | 1 to 48 of `a-z0-9_` | the schema of the audit trail |
+//! | `JOB_CREATION_STORE_SCHEMA` | `idempotency` | 1 to 48 of `a-z0-9_` | the schema of the idempotency store (the stages' records) |
 //! | `JOB_CREATION_ISOLATION` | `read-committed` | `read-committed`, `repeatable-read`, `serializable` | isolation of the job creation's transaction |
 //! | `JOB_CREATION_WORKER` | `on` | `on`, `off` | whether this process runs a worker |
 //! | `JOB_CREATION_LEASE_MS` | 10000 | 500 to 3600000 | lease of a claimed job and of a running stage: how soon a crashed worker's job is taken over |
@@ -45,7 +46,8 @@ const DEFAULT_BIND: &str = "127.0.0.1:3003";
 const USAGE: &str = "usage: example-job-creation [--bind ADDR]
 
 Environment (see README.md for the accepted values): DATABASE_URL (required), BIND_ADDR,
-JOB_CREATION_SCHEMA, JOB_CREATION_AUDIT_SCHEMA, JOB_CREATION_ISOLATION, JOB_CREATION_WORKER,
+JOB_CREATION_SCHEMA, JOB_CREATION_AUDIT_SCHEMA, JOB_CREATION_STORE_SCHEMA, JOB_CREATION_ISOLATION,
+JOB_CREATION_WORKER,
 JOB_CREATION_LEASE_MS, JOB_CREATION_STAGE_MS, JOB_CREATION_POLL_MS, JOB_CREATION_RETRY_MS,
 JOB_CREATION_FAULT (tests only), RUST_LOG";
 
@@ -133,6 +135,7 @@ fn config(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
     Ok(Config {
         schema: schema("JOB_CREATION_SCHEMA", &defaults.schema)?,
         audit_schema: schema("JOB_CREATION_AUDIT_SCHEMA", &defaults.audit_schema)?,
+        store_schema: schema("JOB_CREATION_STORE_SCHEMA", &defaults.store_schema)?,
         isolation,
         worker,
         lease: millis("JOB_CREATION_LEASE_MS", defaults.lease, LEASE_MS)?,
@@ -326,6 +329,7 @@ mod tests {
             ("JOB_CREATION_ISOLATION", "snapshot"),
             ("JOB_CREATION_SCHEMA", "Bad-Name"),
             ("JOB_CREATION_AUDIT_SCHEMA", "pg_audit"),
+            ("JOB_CREATION_STORE_SCHEMA", "1store"),
         ] {
             let err = config(|n: &str| (n == name).then(|| value.to_owned())).unwrap_err();
             assert!(err.contains(name), "{err}");

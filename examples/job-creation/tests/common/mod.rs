@@ -83,8 +83,8 @@ async fn drop_stale_schemas(pool: &PgPool) {
     }
 }
 
-/// A fresh pair of schema names: the service's and its audit trail's.
-pub fn fresh_schemas() -> (String, String) {
+/// Fresh schema names: the service's, its audit trail's and its store's.
+pub fn fresh_schemas() -> (String, String, String) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -92,12 +92,13 @@ pub fn fresh_schemas() -> (String, String) {
     let rand = Uuid::new_v4().simple().to_string();
     let schema = format!("jobs_t_{secs}_{}", &rand[..10]);
     let audit = format!("{schema}_audit");
-    (schema, audit)
+    let store = format!("{schema}_idem");
+    (schema, audit, store)
 }
 
 /// Drops the test's schemas.
 pub async fn drop_schemas(pool: &PgPool, config: &Config) {
-    for s in [&config.schema, &config.audit_schema] {
+    for s in [&config.schema, &config.audit_schema, &config.store_schema] {
         sqlx::raw_sql(AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{s}\" CASCADE"
         )))
@@ -109,10 +110,11 @@ pub async fn drop_schemas(pool: &PgPool, config: &Config) {
 
 /// Settings for a test: fresh schemas, fast leases and retries, no worker.
 pub fn config() -> Config {
-    let (schema, audit_schema) = fresh_schemas();
+    let (schema, audit_schema, store_schema) = fresh_schemas();
     Config {
         schema,
         audit_schema,
+        store_schema,
         worker: false,
         lease: Duration::from_millis(1000),
         stage_time: Duration::from_millis(20),
@@ -434,6 +436,7 @@ pub fn env_of(config: &Config) -> Vec<(&'static str, String)> {
     vec![
         ("JOB_CREATION_SCHEMA", config.schema.clone()),
         ("JOB_CREATION_AUDIT_SCHEMA", config.audit_schema.clone()),
+        ("JOB_CREATION_STORE_SCHEMA", config.store_schema.clone()),
         (
             "JOB_CREATION_WORKER",
             if config.worker { "on" } else { "off" }.into(),
