@@ -1,7 +1,7 @@
 //! Running binaries on one database: 100 concurrent completions of one
 //! assessment split over two processes; graceful degradation and recovery
 //! across a restart; a worker killed with SIGKILL mid-stage and restarted;
-//! SIGTERM; a missing `DATABASE_URL`.
+//! SIGTERM with a job in hand; a missing `DATABASE_URL`.
 
 mod common;
 
@@ -259,6 +259,49 @@ async fn a_worker_killed_mid_stage_and_restarted_runs_each_stage_once() {
     );
     let once: Vec<(String, i64)> = STAGES.iter().map(|s| ((*s).to_owned(), 1)).collect();
     assert_eq!(stage_outputs(&pool, &config.schema, job_id).await, once);
+    common::drop_schemas(&pool, &config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_worker_finish_its_job_then_exits_zero() {
+    let Some(pool) = pool(4).await else { return };
+    let config = Config {
+        worker: true,
+        stage_time: Duration::from_millis(300),
+        ..config()
+    };
+    let client = client();
+    let mut server = spawn(&config, &[]).await;
+    let assessment = assessment_on(&client, &server, "stress").await;
+    let url = format!("/api/funnels/stress/assessments/{assessment}/complete");
+    let r = send(&client, Method::POST, &server.url(&url), None, &[])
+        .await
+        .unwrap();
+    let job_id = r.job_id().unwrap();
+    let (p, s) = (pool.clone(), config.schema.clone());
+    eventually(Duration::from_secs(10), "the first stage's output", || {
+        let (p, s) = (p.clone(), s.clone());
+        async move { !stage_outputs(&p, &s, job_id).await.is_empty() }
+    })
+    .await;
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    // The job in hand was finished before the exit, in its one attempt.
+    let done = job(&pool, &config.schema, job_id).await;
+    assert_eq!(
+        (done.status.as_str(), done.stage.as_str(), done.attempt),
+        ("completed", "done", 1),
+        "{done:?}"
+    );
+    let once: Vec<(String, i64)> = STAGES.iter().map(|s| ((*s).to_owned(), 1)).collect();
+    assert_eq!(stage_outputs(&pool, &config.schema, job_id).await, once);
+    drop(server);
+    assert_eq!(
+        audit_events(&pool, &config.audit_schema, assessment)
+            .await
+            .len(),
+        1
+    );
     common::drop_schemas(&pool, &config).await;
 }
 
