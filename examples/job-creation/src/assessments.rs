@@ -84,7 +84,13 @@ pub(crate) async fn create(
     if !is_funnel_slug(&slug) {
         return Err(ApiError::funnel_not_found());
     }
-    let body = body.map_err(|_| ApiError::body_too_large(MAX_BODY))?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::body_too_large(MAX_BODY)
+        } else {
+            ApiError::invalid_json("the body could not be read")
+        }
+    })?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid_json(format!("the body is not JSON: {e}")))?;
     let Value::Object(obj) = value else {
