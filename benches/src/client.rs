@@ -81,6 +81,10 @@ fn shuffle<T>(v: &mut [T], mut seed: u64) {
 pub(crate) struct Stats {
     pub(crate) elapsed: Duration,
     pub(crate) latencies_us: Vec<u64>,
+    /// p99 latency (ms) of the requests that finished in the first and in
+    /// the last quarter of the run's time: a p99 that grows with run length
+    /// shows up as the second exceeding the first.
+    pub(crate) p99_quarters_ms: (f64, f64),
     pub(crate) statuses: HashMap<u16, u64>,
     pub(crate) transport_errors: u64,
     pub(crate) cut_short: bool,
@@ -123,13 +127,17 @@ async fn send(
 #[derive(Default)]
 struct Local {
     lat: Vec<u64>,
+    /// (µs since the run started when the request finished, latency µs).
+    timed: Vec<(u64, u64)>,
     statuses: HashMap<u16, u64>,
     errors: u64,
 }
 
 impl Local {
-    fn record(&mut self, (status, us): (Option<u16>, u64)) {
+    fn record(&mut self, start: Instant, (status, us): (Option<u16>, u64)) {
         self.lat.push(us);
+        let at = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.timed.push((at, us));
         match status {
             Some(s) => *self.statuses.entry(s).or_default() += 1,
             None => self.errors += 1,
@@ -171,7 +179,7 @@ pub(crate) async fn drive(
                         .iter()
                         .map(|k| send(&client, addr, cookie.as_deref(), k));
                     for r in futures_util::future::join_all(sends).await {
-                        local.record(r);
+                        local.record(start, r);
                     }
                 }
                 local
@@ -190,30 +198,69 @@ pub(crate) async fn drive(
                     if i >= queue.len() || Instant::now() > deadline {
                         break;
                     }
-                    local.record(send(&client, addr, cookie.as_deref(), &queue[i]).await);
+                    local.record(
+                        start,
+                        send(&client, addr, cookie.as_deref(), &queue[i]).await,
+                    );
                 }
                 local
             }));
         }
     }
     let mut stats = Stats::default();
+    let mut timed = Vec::new();
     for w in workers {
         let local = w.await.expect("worker");
         stats.latencies_us.extend(local.lat);
+        timed.extend(local.timed);
         stats.transport_errors += local.errors;
         for (s, n) in local.statuses {
             *stats.statuses.entry(s).or_default() += n;
         }
     }
     stats.elapsed = start.elapsed();
+    stats.p99_quarters_ms = p99_quarters(&timed, stats.elapsed);
     stats.cut_short = stats.latencies_us.len() < plan.requests();
     stats.latencies_us.sort_unstable();
     stats
 }
 
+/// p99 (ms) of the requests finished in the first and in the last quarter
+/// of `elapsed`.
+fn p99_quarters(timed: &[(u64, u64)], elapsed: Duration) -> (f64, f64) {
+    let total = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let p99 = |pick: &dyn Fn(u64) -> bool| {
+        let mut v: Vec<u64> = timed
+            .iter()
+            .filter(|(at, _)| pick(*at))
+            .map(|(_, us)| *us)
+            .collect();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_unstable();
+        let idx = ((v.len() as f64 - 1.0) * 0.99).round() as usize;
+        v[idx] as f64 / 1000.0
+    };
+    (
+        p99(&|at| at <= total / 4),
+        p99(&|at| at >= total - total / 4),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quarters_split_by_finishing_time() {
+        // 100 requests of 1 ms in the first quarter, 100 of 9 ms in the last.
+        let mut timed: Vec<(u64, u64)> = (0..100).map(|i| (i * 100, 1000)).collect();
+        timed.extend((0..100).map(|i| (31_000 + i * 90, 9000)));
+        let (first, last) = p99_quarters(&timed, Duration::from_millis(40));
+        assert_eq!((first, last), (1.0, 9.0));
+        assert_eq!(p99_quarters(&[], Duration::from_secs(1)), (0.0, 0.0));
+    }
 
     #[test]
     fn shuffle_is_a_permutation() {

@@ -83,7 +83,8 @@ idempotency-benches: concurrent-duplicate throughput, exactly-once checked
 USAGE: cargo run --release -p idempotency-benches -- [OPTIONS]
 
   --quick               small run (200 keys x 20 copies, 2,000 unique, 1 round), under a minute
-  --variants LIST       comma-separated: bare,memory,redis,redis-pooled,postgres,postgres-tx,
+  --variants LIST       comma-separated: bare,memory,redis,redis-pooled,redis-cached,
+                        postgres,postgres-tx,postgres-cached,
                         axum-idempotent-{memory,redis,postgres},
                         idempotent-{memory,redis,postgres} (default: all)
   --workloads LIST      comma-separated: unique,duplicates,burst,slow (default: all)

@@ -19,6 +19,8 @@ pub(crate) struct Row {
     p50_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
+    /// p99 of the first and of the last quarter of the run's time.
+    p99_quarters_ms: (f64, f64),
     statuses: Vec<(u16, u64)>,
     transport_errors: u64,
     distinct_keys: usize,
@@ -61,6 +63,7 @@ impl Row {
             p50_ms: pct(&stats.latencies_us, 0.50),
             p90_ms: pct(&stats.latencies_us, 0.90),
             p99_ms: pct(&stats.latencies_us, 0.99),
+            p99_quarters_ms: stats.p99_quarters_ms,
             statuses,
             transport_errors: stats.transport_errors,
             distinct_keys: plan.distinct_keys,
@@ -169,8 +172,12 @@ const HEADLINE_PAIRS: &[(&str, &str)] = &[
     ("redis", "idempotent-redis"),
     ("postgres", "axum-idempotent-postgres"),
     ("postgres-tx", "axum-idempotent-postgres"),
+    ("redis-cached", "idempotent-redis"),
+    ("postgres-cached", "axum-idempotent-postgres"),
     ("redis", "memory"),
     ("postgres", "memory"),
+    ("redis-cached", "memory"),
+    ("postgres-cached", "memory"),
 ];
 
 /// All rows of a run.
@@ -296,10 +303,10 @@ impl Report {
         s.push_str("\n| variant | workload | requests | req/s |");
         s.push_str(if spread { " req/s range |" } else { "" });
         s.push_str(if with_bare { " × bare |" } else { "" });
-        s.push_str(" p50 ms | p90 ms | p99 ms | non-2xx | executions / keys | once per key |\n|---|---|---:|---:|");
+        s.push_str(" p50 ms | p90 ms | p99 ms | p99 first ¼ / last ¼ | non-2xx | executions / keys | once per key |\n|---|---|---:|---:|");
         s.push_str(if spread { "---:|" } else { "" });
         s.push_str(if with_bare { "---:|" } else { "" });
-        s.push_str("---:|---:|---:|---|---:|---|\n");
+        s.push_str("---:|---:|---:|---:|---|---:|---|\n");
         for g in &groups {
             let r = g.median();
             let mut extra = String::new();
@@ -314,7 +321,7 @@ impl Report {
                 }
             }
             s.push_str(&format!(
-                "| {} | {} | {}{} | {:.0} |{} {:.2} | {:.2} | {:.2} | {} | {} / {} | {} |\n",
+                "| {} | {} | {}{} | {:.0} |{} {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {} / {} | {} |\n",
                 r.variant,
                 r.workload,
                 r.completed,
@@ -328,6 +335,8 @@ impl Report {
                 r.p50_ms,
                 r.p90_ms,
                 r.p99_ms,
+                r.p99_quarters_ms.0,
+                r.p99_quarters_ms.1,
                 r.non_2xx(),
                 r.executions,
                 r.distinct_keys,
@@ -371,7 +380,8 @@ impl Report {
                     "requests_completed": r.completed,
                     "seconds": r.seconds,
                     "requests_per_second": r.rps,
-                    "latency_ms": {"p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms},
+                    "latency_ms": {"p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms,
+                        "p99_first_quarter": r.p99_quarters_ms.0, "p99_last_quarter": r.p99_quarters_ms.1},
                     "statuses": r.statuses.iter().map(|(s, n)| (s.to_string(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
                     "transport_errors": r.transport_errors,
                     "distinct_keys": r.distinct_keys,

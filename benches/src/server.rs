@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use idempotency_core::MemoryStore;
+use idempotency_core::cache::{ReplayCache, ReplayCacheConfig};
 use idempotency_postgres::PostgresStore;
 use idempotency_redis::{ConnectionMode, RedisConfig, RedisStore};
 use idempotency_tower::{IdempotencyContext, IdempotencyLayer};
@@ -39,6 +40,10 @@ pub(crate) enum Variant {
     /// As `Postgres`, but the handler inserts its row and completes the
     /// record in one transaction (`PostgresStore::complete_in`).
     PostgresTx,
+    /// As `Redis`, behind the opt-in replay cache (`idempotency_core::cache`).
+    RedisCached,
+    /// As `Postgres`, behind the opt-in replay cache.
+    PostgresCached,
     /// A published peer, run as a child process (see `benches/peers`).
     Peer(Peer, PeerStore),
 }
@@ -61,13 +66,15 @@ pub(crate) enum PeerStore {
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 12] = [
+    pub(crate) const ALL: [Variant; 14] = [
         Variant::Bare,
         Variant::Memory,
         Variant::Redis,
         Variant::RedisPooled,
+        Variant::RedisCached,
         Variant::Postgres,
         Variant::PostgresTx,
+        Variant::PostgresCached,
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Memory),
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Redis),
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Postgres),
@@ -88,6 +95,8 @@ impl Variant {
             Self::RedisPooled => "redis-pooled",
             Self::Postgres => "postgres",
             Self::PostgresTx => "postgres-tx",
+            Self::RedisCached => "redis-cached",
+            Self::PostgresCached => "postgres-cached",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Memory) => "axum-idempotent-memory",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Redis) => "axum-idempotent-redis",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Postgres) => "axum-idempotent-postgres",
@@ -482,7 +491,7 @@ async fn build(
             .unwrap_or(0)
     );
     let pool = match variant {
-        Variant::Postgres | Variant::PostgresTx => Some(pg_pool().await?),
+        Variant::Postgres | Variant::PostgresTx | Variant::PostgresCached => Some(pg_pool().await?),
         _ => None,
     };
     let app = App {
@@ -507,11 +516,11 @@ async fn build(
         Variant::Memory => {
             router.layer(IdempotencyLayer::new(MemoryStore::new()).namespace("bench"))
         }
-        Variant::Redis | Variant::RedisPooled => {
-            let mode = if variant == Variant::Redis {
-                ConnectionMode::Multiplexed
-            } else {
+        Variant::Redis | Variant::RedisPooled | Variant::RedisCached => {
+            let mode = if variant == Variant::RedisPooled {
                 ConnectionMode::Pooled
+            } else {
+                ConnectionMode::Multiplexed
             };
             let prefix = format!("bench-{run}");
             leftovers = Leftovers::RedisPrefix(prefix.clone());
@@ -521,14 +530,24 @@ async fn build(
                 .ping()
                 .await
                 .map_err(|e| format!("Redis at REDIS_URL unreachable: {e}"))?;
-            router.layer(IdempotencyLayer::new(store).namespace("bench"))
+            if variant == Variant::RedisCached {
+                let cached = ReplayCache::new(store, ReplayCacheConfig::default());
+                router.layer(IdempotencyLayer::new(cached).namespace("bench"))
+            } else {
+                router.layer(IdempotencyLayer::new(store).namespace("bench"))
+            }
         }
-        Variant::Postgres => {
+        Variant::Postgres | Variant::PostgresCached => {
             let store = PostgresStore::builder()
                 .build(pool.clone().expect("pool"))
                 .map_err(|e| e.to_string())?;
             store.migrate().await.map_err(|e| e.to_string())?;
-            router.layer(IdempotencyLayer::new(store).namespace("bench"))
+            if variant == Variant::PostgresCached {
+                let cached = ReplayCache::new(store, ReplayCacheConfig::default());
+                router.layer(IdempotencyLayer::new(cached).namespace("bench"))
+            } else {
+                router.layer(IdempotencyLayer::new(store).namespace("bench"))
+            }
         }
         Variant::PostgresTx => {
             let store = PostgresStore::builder()

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::cache::{InvalidationFeed, InvalidationHub, Invalidations};
 use crate::key::StorageKey;
 use crate::record::{
     Completed, Corrupted, Failed, Lease, LeaseToken, Outcome, Pending, Record, RecordState,
@@ -126,6 +127,8 @@ struct Inner {
     budget: Budget,
     /// When (store clock, ms) the store was last swept because it was full.
     pressure_swept_at: AtomicU64,
+    /// Replay caches over this store (every change is seen here: always live).
+    invalidations: InvalidationHub,
 }
 
 impl Default for Inner {
@@ -147,6 +150,7 @@ impl Inner {
                 max: max_bytes,
             },
             pressure_swept_at: AtomicU64::new(0),
+            invalidations: InvalidationHub::always_live(1024),
         }
     }
 }
@@ -666,6 +670,7 @@ impl IdempotencyStore for MemoryStore {
             };
             if out.is_ok() {
                 self.wake(key);
+                self.inner.invalidations.invalidate(key);
             }
             out
         };
@@ -714,6 +719,7 @@ impl IdempotencyStore for MemoryStore {
                 }
             }
             self.wake(key);
+            self.inner.invalidations.invalidate(key);
             Ok(before)
         })();
         async move { out }
@@ -757,6 +763,16 @@ impl ClockControl for MemoryStore {
     fn advance(&self, by: Duration) {
         let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
         self.inner.offset_ms.fetch_add(ms, Ordering::Relaxed);
+        // Caches keep time by the process's clock: records that expired at
+        // the store's new time must not be served, so they start over.
+        self.inner.invalidations.set_live(false);
+        self.inner.invalidations.set_live(true);
+    }
+}
+
+impl Invalidations for MemoryStore {
+    fn invalidations(&self) -> InvalidationFeed {
+        self.inner.invalidations.subscribe()
     }
 }
 

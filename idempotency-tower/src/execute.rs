@@ -3,8 +3,10 @@
 //! record settled (completed, failed or released) before the answer.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -22,7 +24,6 @@ use crate::context::IdempotencyContext;
 use crate::hook::DecisionOutcome;
 use crate::observe::Ctx;
 use crate::policy::OutcomeAction;
-use crate::problem::{Problem, ProblemType};
 use crate::replay::{stored_response, stored_trailers};
 use crate::service::{Inner, ResBodyOf, SharedStore};
 
@@ -47,8 +48,11 @@ enum TaskError<E> {
     Panic(Box<dyn Any + Send>),
 }
 
-/// Runs the owned request on its own task and waits for it. Dropping this
-/// future detaches the task: the handler and the record's completion go on.
+/// Runs the owned request to its end, in place. Dropping this future (the
+/// client went away, a timeout above the layer) does not cut it short: what
+/// is left of it is handed to the runtime as a task of its own, so the
+/// handler and the record's completion go on. The common case, a request
+/// that is not dropped, pays for no task and no cross-task wake-up.
 pub(crate) async fn execute<S, St, ReqBody, ResBody>(
     inner: S,
     store: St,
@@ -64,18 +68,62 @@ where
     ResBody: ResBodyOf,
 {
     let span = ctx.span.clone();
-    let task = tokio::spawn(run_owned(inner, store, ctx, lease, kind, req).instrument(span));
-    match task.await {
-        Ok(Ok(res)) => Ok(res),
-        Ok(Err(TaskError::Service(e))) => Err(e),
-        Ok(Err(TaskError::Panic(payload))) => std::panic::resume_unwind(payload),
-        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-        Err(_) => {
-            // The runtime is shutting down and cancelled the task.
-            let problem =
-                Problem::new(ProblemType::StoreUnavailable, "the server is shutting down")
-                    .retry_after(Duration::from_secs(1));
-            Ok(problem.into_response())
+    let owned = DetachOnDrop::new(run_owned(inner, store, ctx, lease, kind, req).instrument(span));
+    match owned.await {
+        Ok(res) => Ok(res),
+        Err(TaskError::Service(e)) => Err(e),
+        Err(TaskError::Panic(payload)) => std::panic::resume_unwind(payload),
+    }
+}
+
+/// Polls a future in place; if dropped before it finished, spawns the rest
+/// on the current runtime so that it still runs to its end (its output is
+/// then dropped). Outside a runtime nothing can be spawned, and a dropped
+/// future is dropped: the record then stays pending until its lease expires
+/// (see the crate docs on cancellation).
+struct DetachOnDrop<F: Future + Send + 'static>
+where
+    F::Output: Send + 'static,
+{
+    fut: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> DetachOnDrop<F>
+where
+    F::Output: Send + 'static,
+{
+    fn new(fut: F) -> Self {
+        Self {
+            fut: Some(Box::pin(fut)),
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for DetachOnDrop<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            panic!("DetachOnDrop polled after it finished");
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for DetachOnDrop<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            drop(runtime.spawn(fut));
         }
     }
 }
@@ -286,4 +334,46 @@ async fn record_failure<St: IdempotencyStore + Clone + 'static>(
     }
     let outcome = settled(owned.fail(failure).await, DecisionOutcome::Failed);
     ctx.decide(outcome, status);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::DetachOnDrop;
+
+    #[tokio::test]
+    async fn a_finished_future_answers_in_place() {
+        assert_eq!(DetachOnDrop::new(async { 7 }).await, 7);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_future_runs_to_its_end_on_its_own() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let work = DetachOnDrop::new({
+            let finished = Arc::clone(&finished);
+            async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                finished.store(true, Ordering::SeqCst);
+            }
+        });
+        // Dropped while it waits, the way hyper drops a service future
+        // whose client went away.
+        tokio::select! {
+            () = work => panic!("finished too early"),
+            _ = started => {}
+        }
+        assert!(!finished.load(Ordering::SeqCst));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !finished.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the rest of the work ran after the drop");
+    }
 }

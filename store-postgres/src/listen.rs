@@ -2,7 +2,10 @@
 //! notifications out to the waiters of each key.
 //!
 //! The table's triggers `NOTIFY` the store's channel with the record's key
-//! (hex) whenever a record leaves `PENDING`. The listener task is started by
+//! (hex) whenever a watched record leaves `PENDING` (migration 3) and
+//! whenever a completed record stops counting before its expiry (migration
+//! 5); every key heard wakes its waiters and invalidates it in the replay
+//! caches following this store. The listener task is started by
 //! the first waiter, runs on its own one-connection pool (built from the
 //! store pool's connect options, so it never holds one of the application's
 //! connections) and reconnects by itself. While it is not listening, waiters
@@ -12,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::StorageKey;
+use idempotency_core::cache::InvalidationHub;
 use idempotency_core::wait::{BackgroundTask, Waiters};
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -30,6 +34,16 @@ pub(crate) struct Notifier {
 struct Shared {
     waiters: Waiters,
     listening: watch::Sender<bool>,
+    /// Replay caches: every notified key is invalidated, and they are live
+    /// exactly while the listener listens.
+    hub: InvalidationHub,
+}
+
+impl Shared {
+    fn set_listening(&self, listening: bool) {
+        self.listening.send_replace(listening);
+        self.hub.set_live(listening);
+    }
 }
 
 impl Notifier {
@@ -38,6 +52,7 @@ impl Notifier {
             shared: Arc::new(Shared {
                 waiters: Waiters::new(),
                 listening: watch::Sender::new(false),
+                hub: InvalidationHub::new(4096),
             }),
             task: BackgroundTask::new(),
         }
@@ -46,6 +61,21 @@ impl Notifier {
     /// The waiters this listener wakes.
     pub(crate) fn waiters(&self) -> &Waiters {
         &self.shared.waiters
+    }
+
+    /// The replay caches' feed (see `idempotency_core::cache`); starts the
+    /// listener if needed.
+    pub(crate) fn invalidations(
+        &self,
+        pool: &PgPool,
+        channel: &str,
+    ) -> idempotency_core::cache::InvalidationFeed {
+        let feed = self.shared.hub.subscribe();
+        self.task.ensure_running(|| {
+            self.shared.set_listening(false);
+            listen(Arc::clone(&self.shared), pool.clone(), channel.to_owned())
+        });
+        feed
     }
 
     /// Starts the listener if needed and waits (bounded) until it listens.
@@ -57,7 +87,7 @@ impl Notifier {
         max_wait: Duration,
     ) -> bool {
         let started = self.task.ensure_running(|| {
-            let _ = self.shared.listening.send(false);
+            self.shared.set_listening(false);
             listen(Arc::clone(&self.shared), pool.clone(), channel.to_owned())
         });
         if !started {
@@ -93,7 +123,7 @@ async fn listen(shared: Arc<Shared>, store_pool: PgPool, channel: String) {
             Ok(l) => l,
             Err(error) => {
                 tracing::warn!(%error, channel, "cannot listen for record changes; waiters poll meanwhile");
-                let _ = shared.listening.send(false);
+                shared.set_listening(false);
                 shared.waiters.wake_all();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -105,12 +135,13 @@ async fn listen(shared: Arc<Shared>, store_pool: PgPool, channel: String) {
         // listener was down: they re-check. Waiters registering from now on
         // re-check after LISTEN took effect, so they miss nothing.
         shared.waiters.wake_all();
-        let _ = shared.listening.send(true);
+        shared.set_listening(true);
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => {
                     if let Some(key) = StorageKey::from_hex(n.payload()) {
                         shared.waiters.wake(&key);
+                        shared.hub.invalidate(&key);
                     }
                 }
                 Ok(None) => {
@@ -118,10 +149,12 @@ async fn listen(shared: Arc<Shared>, store_pool: PgPool, channel: String) {
                     // notified in between is gone.
                     tracing::debug!(channel, "listener reconnected");
                     shared.waiters.wake_all();
+                    shared.set_listening(false);
+                    shared.set_listening(true);
                 }
                 Err(error) => {
                     tracing::warn!(%error, channel, "listener failed; reconnecting");
-                    let _ = shared.listening.send(false);
+                    shared.set_listening(false);
                     shared.waiters.wake_all();
                     break;
                 }

@@ -32,6 +32,12 @@ const MIGRATIONS: &[Migration] = &[
         description: "watched",
         sql: include_str!("../migrations/0003_watched.sql"),
     },
+    // Version 4 is the inbox's (`0004_inbox.sql`).
+    Migration {
+        version: 5,
+        description: "invalidations",
+        sql: include_str!("../migrations/0005_invalidations.sql"),
+    },
 ];
 
 /// Applies every embedded migration not yet applied to `schema`.

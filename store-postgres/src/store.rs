@@ -823,6 +823,16 @@ impl IdempotencyStore for PostgresStore {
     }
 }
 
+/// The feed of `idempotency_core::cache::ReplayCache`: the store's
+/// `LISTEN` connection (migrations 3 and 5), live while it listens.
+impl idempotency_core::cache::Invalidations for PostgresStore {
+    fn invalidations(&self) -> idempotency_core::cache::InvalidationFeed {
+        self.inner
+            .notifier
+            .invalidations(&self.inner.pool, &self.inner.channel)
+    }
+}
+
 /// The record as it was before an operator's resolution (an undecodable
 /// outcome reads as corrupted).
 fn resolve_before(key: StorageKey, row: &sqlx::postgres::PgRow) -> Result<Record, StoreError> {

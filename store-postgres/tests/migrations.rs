@@ -17,7 +17,7 @@ async fn migrate_is_idempotent_and_keeps_its_own_history() {
         .schema(&schema)
         .build(pool.clone())
         .unwrap();
-    assert_eq!(store.migrate().await.unwrap(), 3);
+    assert_eq!(store.migrate().await.unwrap(), 4);
     assert_eq!(store.migrate().await.unwrap(), 0);
     assert_eq!(store.migrate().await.unwrap(), 0);
     let history: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
@@ -31,7 +31,8 @@ async fn migrate_is_idempotent_and_keeps_its_own_history() {
         [
             (1, "records".to_owned()),
             (2, "fences".to_owned()),
-            (3, "watched".to_owned())
+            (3, "watched".to_owned()),
+            (5, "invalidations".to_owned())
         ]
     );
     // Everything the store made lives in its schema.
@@ -75,7 +76,7 @@ async fn concurrent_migrations_from_several_processes() {
     for t in tasks {
         applied += t.await.unwrap().expect("every concurrent migrate succeeds");
     }
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
 }
 
 /// A schema created before fences came from a sequence (only migration 1

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use idempotency_core::StorageKey;
+use idempotency_core::cache::InvalidationHub;
 use idempotency_core::wait::{BackgroundTask, Waiters};
 use redis::Client;
 
@@ -26,12 +27,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// The waiters of one store and the state of its subscription.
-#[derive(Default)]
 pub(crate) struct Hub {
     pub(crate) waiters: Waiters,
     subscribed: AtomicBool,
     /// How many times the subscription was established.
     established: AtomicU64,
+    /// Replay caches: every published key is invalidated (a superset of
+    /// the completed records that changed), live while subscribed.
+    pub(crate) invalidations: InvalidationHub,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            waiters: Waiters::default(),
+            subscribed: AtomicBool::new(false),
+            established: AtomicU64::new(0),
+            invalidations: InvalidationHub::new(4096),
+        }
+    }
 }
 
 impl Hub {
@@ -101,8 +115,9 @@ impl Live {
         hub.established.fetch_add(1, Ordering::AcqRel);
         hub.subscribed.store(true, Ordering::Release);
         // Notifications published while we were not listening are lost:
-        // everyone re-checks.
+        // everyone re-checks, and caches start over.
         hub.waiters.wake_all();
+        hub.invalidations.set_live(true);
         Self(hub)
     }
 }
@@ -110,6 +125,7 @@ impl Live {
 impl Drop for Live {
     fn drop(&mut self) {
         self.0.subscribed.store(false, Ordering::Release);
+        self.0.invalidations.set_live(false);
         self.0.waiters.wake_all();
     }
 }
@@ -127,7 +143,7 @@ async fn run(
             Ok((sink, stream)) => {
                 backoff = MIN_BACKOFF;
                 let live = Live::new(hub.clone());
-                listen(sink, stream, &live.0.waiters, response_timeout).await;
+                listen(sink, stream, &live.0, response_timeout).await;
                 drop(live);
                 tracing::debug!(%channel, "redis change subscription lost; reconnecting");
             }
@@ -162,7 +178,7 @@ async fn subscribe(
 async fn listen(
     mut sink: redis::aio::PubSubSink,
     mut stream: redis::aio::PubSubStream,
-    waiters: &Waiters,
+    hub: &Hub,
     response_timeout: Duration,
 ) {
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -173,7 +189,9 @@ async fn listen(
             msg = stream.next() => {
                 let Some(msg) = msg else { return };
                 if let Ok(bytes) = <[u8; 32]>::try_from(msg.get_payload_bytes()) {
-                    waiters.wake(&StorageKey::from_bytes(bytes));
+                    let key = StorageKey::from_bytes(bytes);
+                    hub.waiters.wake(&key);
+                    hub.invalidations.invalidate(&key);
                 }
             }
             _ = ping.tick() => {

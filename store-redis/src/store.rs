@@ -666,6 +666,21 @@ impl IdempotencyStore for RedisStore {
     }
 }
 
+/// The feed of `idempotency_core::cache::ReplayCache`: every key published
+/// on `<prefix>:changes` (a superset of the completed records that changed:
+/// marked corrupted, resolved, re-claimed), live while subscribed. Redis
+/// removes an expired record by itself, unannounced; a cache stops serving
+/// an entry before its expiry anyway. A record deleted by hand (`DEL`) is
+/// not announced either.
+impl idempotency_core::cache::Invalidations for RedisStore {
+    fn invalidations(&self) -> idempotency_core::cache::InvalidationFeed {
+        let subscriber = &self.inner.subscriber;
+        let feed = subscriber.hub.invalidations.subscribe();
+        subscriber.ensure_running();
+        feed
+    }
+}
+
 impl ClockControl for RedisStore {
     /// Adds `by` to the offset every script adds to the Redis server's clock.
     /// Per store value (and its clones); other processes are unaffected.

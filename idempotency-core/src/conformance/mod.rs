@@ -34,6 +34,7 @@ use crate::store::{
     Resolution, StateKind, StoreError,
 };
 
+pub mod cache;
 pub mod model;
 pub mod support;
 

@@ -1,0 +1,685 @@
+//! [`ReplayCache`]: an opt-in, in-process cache of completed outcomes in
+//! front of any store whose changes reach every process
+//! ([`Invalidations`]).
+//!
+//! A completed record is immutable until it expires or an operator (or a
+//! replay that found it unusable) changes it, so its replay can be served
+//! from memory: a duplicate then costs a hash lookup instead of a store
+//! round trip. The cache stays coherent with the store:
+//!
+//! | the record … | the cache |
+//! |---|---|
+//! | is marked corrupted, deleted, or re-claimed, in **any** process | drops the entry when the store's change feed says so ([`Invalidations`]: PostgreSQL `NOTIFY`, Redis pub/sub) |
+//! | expires | stops serving it `expiry_margin` before its expiry (the store's clock and this process's clock must agree within that margin) and after `max_age` in any case |
+//! | — the change feed is down or lagged | empties itself and fills again only once the feed is back |
+//!
+//! What it can serve stale, exactly: between a change committed in the
+//! store and its notification reaching this process (on loopback well under
+//! a millisecond; the bound is the feed's delivery latency), the previous
+//! outcome. Nothing else: a fill that raced with any invalidation is
+//! discarded, a request with another fingerprint is sent to the store, and
+//! only `Completed` answers are cached (never in-flight, failed, or
+//! corrupted ones).
+//!
+//! Off by default: wrap the store to use it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use idempotency_core::cache::{ReplayCache, ReplayCacheConfig};
+//! use idempotency_core::MemoryStore;
+//!
+//! let store = ReplayCache::new(
+//!     MemoryStore::new(),
+//!     ReplayCacheConfig::default()
+//!         .max_bytes(32 * 1024 * 1024)
+//!         .max_age(Duration::from_secs(60)),
+//! );
+//! assert_eq!(store.len(), 0);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, watch};
+
+use crate::wait::BackgroundTask;
+use crate::{
+    Claim, ClaimRequest, Completed, Completion, Failure, Fingerprint, IdempotencyStore, Lease,
+    Observed, Outcome, Record, RecordState, Resolution, StorageKey, StoreError, Timestamp,
+};
+
+/// Counter of cache lookups, labelled `result` (`hit`, `miss`).
+pub const LOOKUPS_TOTAL: &str = "idempotency_replay_cache_lookups_total";
+/// Counter of entries dropped because the store said the record changed
+/// (or the feed was lost and the cache emptied itself: one per entry).
+pub const INVALIDATIONS_TOTAL: &str = "idempotency_replay_cache_invalidations_total";
+
+const SHARDS: usize = 16;
+/// Bookkeeping per entry, beyond the outcome's bytes.
+const ENTRY_OVERHEAD: u64 = 160;
+
+/// A store's cross-process change feed for cached outcomes: which keys'
+/// completed records changed (marked corrupted, deleted, re-claimed) in any
+/// process sharing the store, and whether that news is flowing.
+#[derive(Debug)]
+pub struct InvalidationFeed {
+    keys: broadcast::Receiver<StorageKey>,
+    live: watch::Receiver<bool>,
+}
+
+/// The sending side of an [`InvalidationFeed`], kept by a store.
+///
+/// A store calls [`invalidate`](Self::invalidate) for every key its change
+/// channel reports and [`set_live`](Self::set_live) when the channel
+/// connects (`true`) or may have lost messages (`false`).
+#[derive(Debug)]
+pub struct InvalidationHub {
+    keys: broadcast::Sender<StorageKey>,
+    live: watch::Sender<bool>,
+}
+
+impl InvalidationHub {
+    /// A hub buffering up to `capacity` keys per slow subscriber (a
+    /// subscriber that falls further behind empties its cache), not live.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            keys: broadcast::Sender::new(capacity.max(1)),
+            live: watch::Sender::new(false),
+        }
+    }
+
+    /// A hub that is live from the start (a store whose every change is
+    /// seen in this process, such as [`MemoryStore`](crate::MemoryStore)).
+    pub fn always_live(capacity: usize) -> Self {
+        let hub = Self::new(capacity);
+        hub.set_live(true);
+        hub
+    }
+
+    /// Reports that `key`'s completed record changed.
+    pub fn invalidate(&self, key: &StorageKey) {
+        // No subscriber: nothing is cached.
+        let _ = self.keys.send(*key);
+    }
+
+    /// Reports whether every change is being heard.
+    pub fn set_live(&self, live: bool) {
+        self.live.send_replace(live);
+    }
+
+    /// Whether every change is being heard.
+    pub fn is_live(&self) -> bool {
+        *self.live.borrow()
+    }
+
+    /// A new subscription.
+    pub fn subscribe(&self) -> InvalidationFeed {
+        InvalidationFeed {
+            keys: self.keys.subscribe(),
+            live: self.live.subscribe(),
+        }
+    }
+}
+
+/// Optional ability of a store: a change feed that a [`ReplayCache`] can
+/// trust. Implemented by the memory, PostgreSQL and Redis stores.
+pub trait Invalidations: Send + Sync {
+    /// Subscribes to the store's invalidations (starting its change
+    /// listener if it has one).
+    fn invalidations(&self) -> InvalidationFeed;
+}
+
+impl<T: Invalidations + ?Sized> Invalidations for Arc<T> {
+    fn invalidations(&self) -> InvalidationFeed {
+        (**self).invalidations()
+    }
+}
+
+/// Settings of a [`ReplayCache`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ReplayCacheConfig {
+    max_bytes: u64,
+    max_age: Duration,
+    expiry_margin: Duration,
+}
+
+impl Default for ReplayCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            max_age: Duration::from_secs(300),
+            expiry_margin: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ReplayCacheConfig {
+    /// Upper bound on the cached outcomes' bytes (default 64 MiB); the
+    /// oldest entries make room for new ones.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// The longest an entry is served after it was read (default 5 min),
+    /// whatever its record's retention.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// How long before its record's expiry an entry stops being served
+    /// (default 1 s): the tolerated disagreement between the store's clock
+    /// and this process's.
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.expiry_margin = margin;
+        self
+    }
+}
+
+/// A store with an in-process cache of completed outcomes; see the
+/// [module docs](self) for what it serves and when it stops.
+///
+/// Cloning is cheap and shares the cache.
+pub struct ReplayCache<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for ReplayCache<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for ReplayCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayCache")
+            .field("entries", &self.shared.len())
+            .field("live", &self.shared.live.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    shards: Box<[Mutex<Shard>]>,
+    config: ReplayCacheConfig,
+    /// Bumped by every invalidation: a fill that started before a bump is
+    /// discarded, so news that overtook a read never leaves a stale entry.
+    epoch: AtomicU64,
+    /// Whether the feed is flowing; nothing is filled while it is not.
+    live: AtomicBool,
+    follower: BackgroundTask,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<StorageKey, Entry>,
+    fifo: VecDeque<(StorageKey, u64)>,
+    bytes: u64,
+    next_gen: u64,
+}
+
+struct Entry {
+    fingerprint: Fingerprint,
+    completed: Completed,
+    fresh_until: Instant,
+    bytes: u64,
+    generation: u64,
+}
+
+impl Shared {
+    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, Shard> {
+        let i = usize::from(key.as_bytes()[0]) % self.shards.len();
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .map
+                    .len()
+            })
+            .sum()
+    }
+
+    fn lookup(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Completed> {
+        let mut shard = self.shard(key);
+        let entry = shard.map.get(key)?;
+        if entry.fresh_until <= Instant::now() {
+            let gone = shard.map.remove(key).map_or(0, |e| e.bytes);
+            shard.bytes -= gone;
+            return None;
+        }
+        (entry.fingerprint == *fingerprint).then(|| entry.completed.clone())
+    }
+
+    fn invalidate(&self, key: &StorageKey) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut shard = self.shard(key);
+        if let Some(e) = shard.map.remove(key) {
+            shard.bytes -= e.bytes;
+            metrics::counter!(INVALIDATIONS_TOTAL).increment(1);
+        }
+    }
+
+    fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for s in &*self.shards {
+            let mut shard = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = shard.map.len() as u64;
+            shard.map.clear();
+            shard.fifo.clear();
+            shard.bytes = 0;
+            if n > 0 {
+                metrics::counter!(INVALIDATIONS_TOTAL).increment(n);
+            }
+        }
+    }
+
+    fn insert(
+        &self,
+        key: StorageKey,
+        fingerprint: Fingerprint,
+        completed: Completed,
+        ttl: Duration,
+        epoch: u64,
+    ) {
+        let bytes = outcome_bytes(&completed) + ENTRY_OVERHEAD;
+        let budget = self.config.max_bytes / self.shards.len() as u64;
+        if bytes > budget || ttl.is_zero() {
+            return;
+        }
+        let mut shard = self.shard(&key);
+        // Checked under the shard lock: an invalidation of this key bumps
+        // the epoch before it takes this lock, so it either ran before this
+        // check (the fill is discarded) or runs after the insert (and
+        // removes it).
+        if self.epoch.load(Ordering::SeqCst) != epoch || !self.live.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(old) = shard.map.remove(&key) {
+            shard.bytes -= old.bytes;
+        }
+        while shard.bytes + bytes > budget {
+            let Some((oldest, generation)) = shard.fifo.pop_front() else {
+                break;
+            };
+            if shard
+                .map
+                .get(&oldest)
+                .is_some_and(|e| e.generation == generation)
+                && let Some(e) = shard.map.remove(&oldest)
+            {
+                shard.bytes -= e.bytes;
+            }
+        }
+        let generation = shard.next_gen;
+        shard.next_gen += 1;
+        shard.fifo.push_back((key, generation));
+        shard.bytes += bytes;
+        shard.map.insert(
+            key,
+            Entry {
+                fingerprint,
+                completed,
+                fresh_until: Instant::now() + ttl,
+                bytes,
+                generation,
+            },
+        );
+    }
+}
+
+fn outcome_bytes(c: &Completed) -> u64 {
+    let headers = |h: &[(String, bytes::Bytes)]| {
+        h.iter()
+            .map(|(n, v)| (n.len() + v.len()) as u64)
+            .sum::<u64>()
+    };
+    let outcome = match &c.outcome {
+        Outcome::Response(r) => headers(&r.headers) + headers(&r.trailers) + r.body.len() as u64,
+        Outcome::Value(v) => v.len() as u64,
+        Outcome::Tombstone {
+            headers: h, reason, ..
+        } => headers(h) + reason.len() as u64,
+    };
+    outcome + c.resource.as_ref().map_or(0, |r| r.len() as u64)
+}
+
+/// Stops serving when the follower ends, however it ends (a panic included):
+/// a cache nobody keeps coherent must not answer.
+struct Stopped(Weak<Shared>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.upgrade() {
+            s.live.store(false, Ordering::SeqCst);
+            s.clear();
+        }
+    }
+}
+
+/// Follows the store's feed until the cache is dropped or the feed closes.
+async fn follow(shared: Weak<Shared>, mut feed: InvalidationFeed) {
+    let _stopped = Stopped(shared.clone());
+    let live = *feed.live.borrow_and_update();
+    match shared.upgrade() {
+        Some(s) => {
+            s.clear();
+            s.live.store(live, Ordering::SeqCst);
+        }
+        None => return,
+    }
+    loop {
+        tokio::select! {
+            key = feed.keys.recv() => {
+                let Some(s) = shared.upgrade() else { return };
+                match key {
+                    Ok(key) => s.invalidate(&key),
+                    Err(broadcast::error::RecvError::Lagged(_)) => s.clear(),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        s.live.store(false, Ordering::SeqCst);
+                        s.clear();
+                        return;
+                    }
+                }
+            }
+            changed = feed.live.changed() => {
+                let Some(s) = shared.upgrade() else { return };
+                let live = changed.is_ok() && *feed.live.borrow_and_update();
+                // Up or down, news may have been missed in between.
+                s.live.store(false, Ordering::SeqCst);
+                s.clear();
+                s.live.store(live, Ordering::SeqCst);
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl<S> ReplayCache<S> {
+    /// A cache in front of `inner`.
+    pub fn new(inner: S, config: ReplayCacheConfig) -> Self {
+        Self {
+            inner,
+            shared: Arc::new(Shared {
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                config,
+                epoch: AtomicU64::new(0),
+                live: AtomicBool::new(false),
+                follower: BackgroundTask::new(),
+            }),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Cached outcomes (expired ones not yet dropped included).
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the store's change feed is flowing (nothing is cached while
+    /// it is not).
+    pub fn is_live(&self) -> bool {
+        self.shared.live.load(Ordering::SeqCst)
+    }
+}
+
+impl<S: IdempotencyStore + Invalidations + Clone + 'static> ReplayCache<S> {
+    /// Starts following the store's feed (once; again if the task ended).
+    fn follow(&self) {
+        // Live means the follower runs (it clears the flag on every way
+        // out but an abort, which only dropping the cache does): no lock on
+        // the hot path.
+        if self.shared.live.load(Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.shared);
+        let inner = self.inner.clone();
+        self.shared
+            .follower
+            .ensure_running(move || follow(weak, inner.invalidations()));
+    }
+
+    /// Reads the record's expiry and caches the replay the store answered.
+    async fn fill(&self, req: &ClaimRequest, completed: &Completed, epoch: u64) {
+        if !self.shared.live.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(Some(record)) = self.inner.get(&req.key).await else {
+            return;
+        };
+        let same = matches!(&record.state, RecordState::Completed(c) if c.fence == completed.fence);
+        if !same || record.fingerprint != req.fingerprint {
+            return;
+        }
+        let ttl = time_left(record.expires_at, self.shared.config.expiry_margin)
+            .min(self.shared.config.max_age);
+        self.shared
+            .insert(req.key, req.fingerprint, completed.clone(), ttl, epoch);
+    }
+}
+
+/// Wall-clock time until `expires_at`, less `margin`.
+fn time_left(expires_at: Timestamp, margin: Duration) -> Duration {
+    expires_at
+        .saturating_since(Timestamp::now_system())
+        .saturating_sub(margin)
+}
+
+impl<S: IdempotencyStore + Invalidations + Clone + 'static> IdempotencyStore for ReplayCache<S> {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        self.follow();
+        if let Some(completed) = self.shared.lookup(&req.key, &req.fingerprint) {
+            metrics::counter!(LOOKUPS_TOTAL, "result" => "hit").increment(1);
+            return Ok(Claim::Completed(completed));
+        }
+        metrics::counter!(LOOKUPS_TOTAL, "result" => "miss").increment(1);
+        let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        let claim = self.inner.claim(req).await?;
+        if let Claim::Completed(completed) = &claim {
+            self.fill(req, completed, epoch).await;
+        }
+        Ok(claim)
+    }
+
+    fn complete(
+        &self,
+        lease: &Lease,
+        completion: Completion,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.complete(lease, completion)
+    }
+
+    fn fail(
+        &self,
+        lease: &Lease,
+        failure: Failure,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.fail(lease, failure)
+    }
+
+    fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.release(lease)
+    }
+
+    fn renew(&self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send {
+        self.inner.renew(lease)
+    }
+
+    fn get(
+        &self,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.inner.get(key)
+    }
+
+    async fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.shared.invalidate(key);
+        let out = self.inner.mark_corrupted(key, observed, detail).await;
+        self.shared.invalidate(key);
+        out
+    }
+
+    async fn resolve(
+        &self,
+        key: &StorageKey,
+        resolution: Resolution,
+    ) -> Result<Record, StoreError> {
+        let out = self.inner.resolve(key, resolution).await;
+        self.shared.invalidate(key);
+        out
+    }
+
+    fn wait_for_change(
+        &self,
+        key: &StorageKey,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.wait_for_change(key, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completed(fence: u64) -> Completed {
+        Completed {
+            outcome: Outcome::Value(bytes::Bytes::from_static(b"v")),
+            resource: None,
+            completed_at: Timestamp::now_system(),
+            fence,
+        }
+    }
+
+    fn live() -> ReplayCache<()> {
+        let cache = ReplayCache::new((), ReplayCacheConfig::default().max_bytes(16 * 1024));
+        cache.shared.live.store(true, Ordering::SeqCst);
+        cache
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_discarded() {
+        let cache = live();
+        let key = StorageKey::from_segments(&[b"k".as_slice()]);
+        let fp = Fingerprint::of_bytes("t", b"");
+        let epoch = cache.shared.epoch.load(Ordering::SeqCst);
+        // The store's news about the key arrives while the fill's read is
+        // under way: the fill must not resurrect what it read.
+        cache.shared.invalidate(&key);
+        cache
+            .shared
+            .insert(key, fp, completed(1), Duration::from_secs(60), epoch);
+        assert!(cache.is_empty());
+        let epoch = cache.shared.epoch.load(Ordering::SeqCst);
+        cache
+            .shared
+            .insert(key, fp, completed(1), Duration::from_secs(60), epoch);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.shared.lookup(&key, &fp).is_some());
+        assert!(
+            cache
+                .shared
+                .lookup(&key, &Fingerprint::of_bytes("t", b"other"))
+                .is_none(),
+            "another fingerprint is the store's to answer"
+        );
+    }
+
+    #[test]
+    fn nothing_is_filled_while_the_feed_is_down() {
+        let cache = live();
+        cache.shared.live.store(false, Ordering::SeqCst);
+        let key = StorageKey::from_segments(&[b"k".as_slice()]);
+        let epoch = cache.shared.epoch.load(Ordering::SeqCst);
+        let fp = Fingerprint::of_bytes("t", b"");
+        cache
+            .shared
+            .insert(key, fp, completed(1), Duration::from_secs(60), epoch);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_oldest() {
+        // 16 KiB over 16 shards: 1 KiB a shard, about five entries each.
+        let cache = live();
+        let fp = Fingerprint::of_bytes("t", b"");
+        for i in 0..2000u32 {
+            let key = StorageKey::from_segments(&[i.to_be_bytes().as_slice()]);
+            let epoch = cache.shared.epoch.load(Ordering::SeqCst);
+            cache
+                .shared
+                .insert(key, fp, completed(1), Duration::from_secs(60), epoch);
+        }
+        let per_entry = ENTRY_OVERHEAD + 1;
+        let most = (16 * 1024 / 16 / per_entry as usize) * 16;
+        assert!(cache.len() <= most, "{} entries", cache.len());
+        assert!(cache.len() >= most / 2, "{} entries", cache.len());
+        let bytes: u64 = cache
+            .shared
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().bytes)
+            .sum();
+        assert!(bytes <= 16 * 1024);
+        // The newest key is still there.
+        let newest = StorageKey::from_segments(&[1999u32.to_be_bytes().as_slice()]);
+        assert!(cache.shared.lookup(&newest, &fp).is_some());
+    }
+
+    #[test]
+    fn an_expired_entry_is_dropped_on_lookup() {
+        let cache = live();
+        let key = StorageKey::from_segments(&[b"k".as_slice()]);
+        let fp = Fingerprint::of_bytes("t", b"");
+        let epoch = cache.shared.epoch.load(Ordering::SeqCst);
+        cache
+            .shared
+            .insert(key, fp, completed(1), Duration::from_millis(1), epoch);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(cache.shared.lookup(&key, &fp).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn time_left_keeps_the_margin() {
+        let in_ten = Timestamp::now_system().saturating_add(Duration::from_secs(10));
+        let left = time_left(in_ten, Duration::from_secs(1));
+        assert!(
+            left <= Duration::from_secs(9) && left > Duration::from_secs(8),
+            "{left:?}"
+        );
+        let past = Timestamp::from_millis(1);
+        assert_eq!(time_left(past, Duration::ZERO), Duration::ZERO);
+    }
+}
