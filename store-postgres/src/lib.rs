@@ -4,6 +4,7 @@ mod error;
 mod inbox;
 mod listen;
 mod migrate;
+pub mod natural;
 mod reaper;
 mod row;
 mod sql;
@@ -11,6 +12,9 @@ mod store;
 
 pub use error::SetupError;
 pub use inbox::PostgresInbox;
+pub use natural::{
+    Inserted, Isolation, NaturalKey, NaturalKeyError, RetryPolicy, retry_transaction,
+};
 pub use reaper::Reaper;
 pub use store::{DEFAULT_SCHEMA, PostgresStore, PostgresStoreBuilder};
 
