@@ -249,14 +249,17 @@ where
         let mut owned = OwnedAttempt::new(store, self.policy.clone(), lease, kind);
         let attempt = owned.attempt().clone();
         let result = owned.run(op(attempt.clone())).await;
+        // Checked before the lease: an operation that completed the record in
+        // its own transaction did so under its fence, whatever a renewal
+        // queued behind that transaction's row lock answered meanwhile (it
+        // finds the record settled, which reads as a lost lease).
+        if attempt.is_completed() {
+            owned.finish();
+            return result.map(Execution::Executed).map_err(RunError::Operation);
+        }
         if owned.is_lost() {
             owned.finish();
             return Err(RunError::LeaseLost);
-        }
-        if attempt.is_completed() {
-            // The operation completed the record in its own transaction.
-            owned.finish();
-            return result.map(Execution::Executed).map_err(RunError::Operation);
         }
         match result {
             Ok(value) => {

@@ -30,6 +30,10 @@ struct Switches {
     /// The next completion announces itself and then never answers.
     hang_next_complete: AtomicBool,
     complete_entered: Notify,
+    /// Renewals announce themselves, then wait for `renew_release`.
+    hold_renew: AtomicBool,
+    renew_entered: Notify,
+    renew_release: Notify,
     renewals: AtomicU32,
     completions: AtomicU32,
 }
@@ -73,6 +77,10 @@ impl IdempotencyStore for Faulty {
         self.switches.renewals.fetch_add(1, Ordering::SeqCst);
         if self.switches.hang_renew.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self.switches.hold_renew.load(Ordering::SeqCst) {
+            self.switches.renew_entered.notify_one();
+            self.switches.renew_release.notified().await;
         }
         self.inner.renew(lease).await
     }
@@ -329,6 +337,51 @@ async fn an_operation_that_completes_the_record_itself() {
         .await
         .unwrap();
     assert_eq!(again, Execution::Replayed(9));
+}
+
+/// A renewal queued behind the operation's own completion (PostgreSQL: the
+/// renewal waits on the row lock of the operation's transaction) finds the
+/// record settled and answers `LeaseLost` before the operation says it
+/// completed the record. The result is recorded under the attempt's fence:
+/// the run is `Executed`, not `LeaseLost`.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_behind_the_operations_own_completion_is_no_lost_lease() {
+    let store = Faulty::default();
+    store.switches.hold_renew.store(true, Ordering::SeqCst);
+    let policy = Policy::default()
+        .lease(Duration::from_millis(300))
+        .heartbeat(Duration::from_millis(50));
+    let runner = Idempotent::new(store.clone(), policy);
+    let faulty = store.clone();
+    let out = runner
+        .run(key(9), fp(), |a: Attempt| async move {
+            // A heartbeat's renewal is under way and waits on the record.
+            faulty.switches.renew_entered.notified().await;
+            let value = bytes::Bytes::from_static(b"5");
+            faulty
+                .inner
+                .complete(
+                    a.lease(),
+                    Completion::new(idempotency_core::Outcome::Value(value)),
+                )
+                .await
+                .unwrap();
+            // The transaction committed: the renewal goes on, finds the
+            // record completed, and its answer reaches the engine before
+            // the operation marks the attempt completed.
+            faulty.switches.renew_release.notify_one();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            a.mark_completed(None);
+            Ok::<_, std::io::Error>(5)
+        })
+        .await;
+    assert_eq!(out.unwrap(), Execution::Executed(5));
+    assert!(store.switches.renewals.load(Ordering::SeqCst) >= 1);
+    let again = runner
+        .run(key(9), fp(), |_| async { Ok::<_, std::io::Error>(0) })
+        .await
+        .unwrap();
+    assert_eq!(again, Execution::Replayed(5));
 }
 
 /// One rule for "first attempt", whoever asks.

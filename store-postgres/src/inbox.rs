@@ -136,14 +136,16 @@ impl PostgresInbox {
         conn: &mut PgConnection,
         msg: &InboxMessage,
     ) -> Result<Admission, StoreError> {
-        let row = sqlx::query(sql(&self.sql.admit))
-            .bind(msg.consumer())
-            .bind(msg.message_id())
-            .bind(msg.aggregate())
-            .bind(version_param(msg))
-            .fetch_one(conn)
-            .await
-            .map_err(map_sqlx)?;
+        let row = timed(
+            "inbox_admit",
+            sqlx::query(sql(&self.sql.admit))
+                .bind(msg.consumer())
+                .bind(msg.message_id())
+                .bind(msg.aggregate())
+                .bind(version_param(msg))
+                .fetch_one(conn),
+        )
+        .await?;
         let decision: String = row.try_get(0).map_err(map_sqlx)?;
         let last: Option<i64> = row.try_get(1).map_err(map_sqlx)?;
         let last = || unsigned(last.unwrap_or(0));
@@ -179,19 +181,34 @@ impl PostgresInbox {
         let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
         let mut total = 0;
         loop {
-            let done = sqlx::query(sql(&self.sql.purge))
-                .bind(ms)
-                .bind(batch)
-                .execute(&self.pool)
-                .await
-                .map_err(map_sqlx)?
-                .rows_affected();
+            let done = timed(
+                "inbox_purge",
+                sqlx::query(sql(&self.sql.purge))
+                    .bind(ms)
+                    .bind(batch)
+                    .execute(&self.pool),
+            )
+            .await?
+            .rows_affected();
             total += done;
             if done < batch.unsigned_abs() {
                 return Ok(total);
             }
         }
     }
+}
+
+/// Runs one statement, mapping its error and timing it under the store's
+/// `idempotency_postgres_statement_seconds{operation}`.
+async fn timed<T>(
+    operation: &'static str,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    let start = std::time::Instant::now();
+    let out = statement.await.map_err(map_sqlx);
+    metrics::histogram!(crate::store::STATEMENT_SECONDS, "operation" => operation)
+        .record(start.elapsed().as_secs_f64());
+    out
 }
 
 impl InboxStore for PostgresInbox {

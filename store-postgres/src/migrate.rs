@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "invalidations",
         sql: include_str!("../migrations/0005_invalidations.sql"),
     },
+    Migration {
+        version: 6,
+        description: "epoch_ms",
+        sql: include_str!("../migrations/0006_epoch_ms.sql"),
+    },
 ];
 
 /// Applies every embedded migration not yet applied to `schema`.

@@ -39,7 +39,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Metric: latency of the store's SQL statements in seconds, by `operation`
 /// (the store's own view; `idempotency_store_operation_seconds` is the
 /// caller's view, written once by the layer's timing decorator).
-const STATEMENT_SECONDS: &str = "idempotency_postgres_statement_seconds";
+pub(crate) const STATEMENT_SECONDS: &str = "idempotency_postgres_statement_seconds";
 /// Metric: records deleted by the reaper, by `schema`.
 const REAPED_TOTAL: &str = "idempotency_postgres_reaped_total";
 /// Metric: records found undecodable and marked corrupted, by `schema`.
