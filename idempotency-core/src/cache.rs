@@ -48,7 +48,7 @@ use tokio::sync::{broadcast, watch};
 use crate::wait::BackgroundTask;
 use crate::{
     Claim, ClaimRequest, Completed, Completion, Failure, Fingerprint, IdempotencyStore, Lease,
-    Observed, Outcome, Record, RecordState, Resolution, StorageKey, StoreError, Timestamp,
+    Observed, Record, RecordState, Resolution, StorageKey, StoreError, Timestamp,
 };
 
 /// Counter of cache lookups, labelled `result` (`hit`, `miss`).
@@ -297,7 +297,7 @@ impl Shared {
         ttl: Duration,
         epoch: u64,
     ) {
-        let bytes = outcome_bytes(&completed) + ENTRY_OVERHEAD;
+        let bytes = completed.data_bytes() + ENTRY_OVERHEAD;
         let budget = self.config.max_bytes / self.shards.len() as u64;
         if bytes > budget || ttl.is_zero() {
             return;
@@ -341,22 +341,6 @@ impl Shared {
             },
         );
     }
-}
-
-fn outcome_bytes(c: &Completed) -> u64 {
-    let headers = |h: &[(String, bytes::Bytes)]| {
-        h.iter()
-            .map(|(n, v)| (n.len() + v.len()) as u64)
-            .sum::<u64>()
-    };
-    let outcome = match &c.outcome {
-        Outcome::Response(r) => headers(&r.headers) + headers(&r.trailers) + r.body.len() as u64,
-        Outcome::Value(v) => v.len() as u64,
-        Outcome::Tombstone {
-            headers: h, reason, ..
-        } => headers(h) + reason.len() as u64,
-    };
-    outcome + c.resource.as_ref().map_or(0, |r| r.len() as u64)
 }
 
 /// Stops serving when the follower ends, however it ends (a panic included):
@@ -572,6 +556,7 @@ impl<S: IdempotencyStore + Invalidations + Clone + 'static> IdempotencyStore for
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Outcome;
 
     fn completed(fence: u64) -> Completed {
         Completed {

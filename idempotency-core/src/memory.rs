@@ -10,8 +10,7 @@ use std::time::Duration;
 use crate::cache::{InvalidationFeed, InvalidationHub, Invalidations};
 use crate::key::StorageKey;
 use crate::record::{
-    Completed, Corrupted, Failed, Lease, LeaseToken, Outcome, Pending, Record, RecordState,
-    Timestamp,
+    Completed, Corrupted, Failed, Lease, LeaseToken, Pending, Record, RecordState, Timestamp,
 };
 use crate::store::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Failure, IdempotencyStore, Observed,
@@ -193,23 +192,9 @@ impl Budget {
 /// What a record counts against the budget.
 fn record_bytes(r: &Record) -> u64 {
     let len = |n: usize| n as u64;
-    let headers = |h: &[(String, bytes::Bytes)]| {
-        h.iter()
-            .map(|(name, value)| len(name.len() + value.len()))
-            .sum::<u64>()
-    };
     let data = match &r.state {
         RecordState::Pending(_) => 0,
-        RecordState::Completed(c) => {
-            let outcome = match &c.outcome {
-                Outcome::Response(resp) => headers(&resp.headers) + len(resp.body.len()),
-                Outcome::Value(v) => len(v.len()),
-                Outcome::Tombstone {
-                    headers: h, reason, ..
-                } => headers(h) + len(reason.len()),
-            };
-            outcome + c.resource.as_ref().map_or(0, |s| len(s.len()))
-        }
+        RecordState::Completed(c) => c.data_bytes(),
         RecordState::Failed(f) => len(f.reason.len()),
         RecordState::Corrupted(c) => len(c.detail.len()),
     };
@@ -782,7 +767,7 @@ mod tests {
 
     use super::*;
     use crate::fingerprint::Fingerprint;
-    use crate::record::StoredResponse;
+    use crate::record::{Outcome, StoredResponse};
 
     impl MemoryStore {
         /// The budget recomputed from the records themselves.

@@ -349,6 +349,25 @@ pub struct Completed {
     pub fence: u64,
 }
 
+impl Completed {
+    /// The bytes this outcome holds in memory (headers, trailers, body or
+    /// value, tombstone reason, resource reference): what the in-memory
+    /// store and the replay cache count against their byte budgets.
+    pub(crate) fn data_bytes(&self) -> u64 {
+        fn fields(h: &[(String, Bytes)]) -> u64 {
+            h.iter().map(|(n, v)| (n.len() + v.len()) as u64).sum()
+        }
+        let outcome = match &self.outcome {
+            Outcome::Response(r) => fields(&r.headers) + fields(&r.trailers) + r.body.len() as u64,
+            Outcome::Value(v) => v.len() as u64,
+            Outcome::Tombstone {
+                headers, reason, ..
+            } => fields(headers) + reason.len() as u64,
+        };
+        outcome + self.resource.as_ref().map_or(0, |r| r.len() as u64)
+    }
+}
+
 /// Executed and failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failed {
@@ -439,6 +458,32 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_bytes_count_every_stored_part() {
+        let completed = |outcome, resource: Option<&str>| Completed {
+            outcome,
+            resource: resource.map(str::to_owned),
+            completed_at: Timestamp::from_millis(1),
+            fence: 1,
+        };
+        let response = Outcome::Response(StoredResponse {
+            status: 200,
+            headers: vec![("ab".into(), Bytes::from_static(b"cde"))],
+            body: Bytes::from_static(b"0123456789"),
+            trailers: vec![("grpc-status".into(), Bytes::from_static(b"0"))],
+        });
+        // 2 + 3 header, 10 body, 11 + 1 trailer, 4 resource.
+        assert_eq!(completed(response, Some("/w/1")).data_bytes(), 31);
+        let value = Outcome::Value(Bytes::from_static(b"42"));
+        assert_eq!(completed(value, None).data_bytes(), 2);
+        let tombstone = Outcome::Tombstone {
+            status: Some(201),
+            headers: vec![("x".into(), Bytes::from_static(b"y"))],
+            reason: "too big".into(),
+        };
+        assert_eq!(completed(tombstone, None).data_bytes(), 9);
+    }
 
     #[test]
     fn outcome_round_trips() {

@@ -12,6 +12,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row, Transaction};
 use crate::PostgresStore;
 use crate::error::{UnexpectedRow, map_sqlx};
 use crate::sql::substitute;
+use crate::store::timed_statement;
 
 struct Queries {
     admit: Arc<str>,
@@ -136,7 +137,7 @@ impl PostgresInbox {
         conn: &mut PgConnection,
         msg: &InboxMessage,
     ) -> Result<Admission, StoreError> {
-        let row = timed(
+        let row = timed_statement(
             "inbox_admit",
             sqlx::query(sql(&self.sql.admit))
                 .bind(msg.consumer())
@@ -181,7 +182,7 @@ impl PostgresInbox {
         let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
         let mut total = 0;
         loop {
-            let done = timed(
+            let done = timed_statement(
                 "inbox_purge",
                 sqlx::query(sql(&self.sql.purge))
                     .bind(ms)
@@ -196,19 +197,6 @@ impl PostgresInbox {
             }
         }
     }
-}
-
-/// Runs one statement, mapping its error and timing it under the store's
-/// `idempotency_postgres_statement_seconds{operation}`.
-async fn timed<T>(
-    operation: &'static str,
-    statement: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, StoreError> {
-    let start = std::time::Instant::now();
-    let out = statement.await.map_err(map_sqlx);
-    metrics::histogram!(crate::store::STATEMENT_SECONDS, "operation" => operation)
-        .record(start.elapsed().as_secs_f64());
-    out
 }
 
 impl InboxStore for PostgresInbox {

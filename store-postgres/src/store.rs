@@ -39,7 +39,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Metric: latency of the store's SQL statements in seconds, by `operation`
 /// (the store's own view; `idempotency_store_operation_seconds` is the
 /// caller's view, written once by the layer's timing decorator).
-pub(crate) const STATEMENT_SECONDS: &str = "idempotency_postgres_statement_seconds";
+const STATEMENT_SECONDS: &str = "idempotency_postgres_statement_seconds";
 /// Metric: records deleted by the reaper, by `schema`.
 const REAPED_TOTAL: &str = "idempotency_postgres_reaped_total";
 /// Metric: records found undecodable and marked corrupted, by `schema`.
@@ -376,14 +376,7 @@ impl PostgresStore {
         operation: &'static str,
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
-        let start = Instant::now();
-        let out = fut.await.map_err(map_sqlx);
-        metrics::histogram!(STATEMENT_SECONDS, "operation" => operation)
-            .record(start.elapsed().as_secs_f64());
-        if let Err(error) = &out {
-            tracing::debug!(operation, %error, "postgres store operation failed");
-        }
-        out
+        timed_statement(operation, fut).await
     }
 
     /// One run of the claim statement: `None` when a concurrent writer
@@ -821,6 +814,23 @@ impl IdempotencyStore for PostgresStore {
         })
         .await
     }
+}
+
+/// Runs one statement, mapping its error and timing it under
+/// `idempotency_postgres_statement_seconds{operation}` (the store's
+/// operations and its inbox's alike).
+pub(crate) async fn timed_statement<T>(
+    operation: &'static str,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    let start = Instant::now();
+    let out = statement.await.map_err(map_sqlx);
+    metrics::histogram!(STATEMENT_SECONDS, "operation" => operation)
+        .record(start.elapsed().as_secs_f64());
+    if let Err(error) = &out {
+        tracing::debug!(operation, %error, "postgres store operation failed");
+    }
+    out
 }
 
 /// The feed of `idempotency_core::cache::ReplayCache`: the store's
