@@ -9,6 +9,7 @@ mod key;
 mod memory;
 pub mod metered;
 mod once;
+pub mod peek;
 mod policy;
 mod record;
 mod store;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use idempotency_core::peek::{PeekGate, ReadFirst};
 use idempotency_core::wait;
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completion, Corrupted, Failure, IdempotencyStore,
@@ -70,6 +71,8 @@ struct Inner {
     sql: Queries,
     offset_ms: AtomicU64,
     notifier: Notifier,
+    /// Whether a claim runs `peek.sql` first.
+    peek: PeekGate,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -103,6 +106,7 @@ pub struct PostgresStoreBuilder {
     statement_timeout: Option<Duration>,
     max_connections: u32,
     acquire_timeout: Duration,
+    read_first: ReadFirst,
 }
 
 impl Default for PostgresStoreBuilder {
@@ -112,6 +116,7 @@ impl Default for PostgresStoreBuilder {
             statement_timeout: Some(Duration::from_secs(5)),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            read_first: ReadFirst::Adaptive,
         }
     }
 }
@@ -159,6 +164,17 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Whether a claim first runs the read-only `peek.sql` (one indexed
+    /// read, no row lock, no WAL) and answers a replay, an in-flight
+    /// duplicate, a terminal failure or a fingerprint mismatch from it; the
+    /// claim statement runs only when the read says it must. Default
+    /// [`ReadFirst::Adaptive`]: read first while most recent claims were
+    /// such answers (see [`idempotency_core::peek`]).
+    pub fn read_first(mut self, read_first: ReadFirst) -> Self {
+        self.read_first = read_first;
+        self
+    }
+
     /// A store over an existing pool (shared with the application, so
     /// [`PostgresStore::complete_in`] can join its transactions).
     ///
@@ -176,6 +192,7 @@ impl PostgresStoreBuilder {
                 channel: channel.into_boxed_str(),
                 offset_ms: AtomicU64::new(0),
                 notifier: Notifier::new(),
+                peek: PeekGate::new(self.read_first),
             }),
         })
     }
@@ -588,11 +605,20 @@ impl IdempotencyStore for PostgresStore {
         let max_attempts = req.max_attempts.max(1);
         let token = LeaseToken::new();
         // A replay, a refusal or an in-flight answer is one indexed read.
-        if let Some(raw) = self.peek(req, max_attempts).await? {
-            return self.decide(req, token, false, raw).await;
+        let gate = &self.inner.peek;
+        let peeked = gate.should_peek();
+        if peeked {
+            let raw = self.peek(req, max_attempts).await?;
+            gate.observe(raw.is_some());
+            if let Some(raw) = raw {
+                return self.decide(req, token, false, raw).await;
+            }
         }
         for _ in 0..CLAIM_ROUNDS {
             if let Some((written, raw)) = self.claim_once(req, token, max_attempts).await? {
+                if !peeked {
+                    gate.observe(!written);
+                }
                 return self.decide(req, token, written, raw).await;
             }
         }

@@ -1,7 +1,22 @@
 //! The core store conformance suite and the model-based lifecycle test, on
-//! PostgreSQL (each case in a schema of its own).
+//! PostgreSQL (each case in a schema of its own): every claim reading the
+//! record first (`peek.sql`), and, in `claim_only`, none.
 
 mod common;
 
-idempotency_core::store_conformance_tests!(async { common::store().await });
-idempotency_core::store_model_test!(async { common::store().await });
+use idempotency_core::peek::ReadFirst;
+
+async fn store(read_first: ReadFirst) -> Option<idempotency_postgres::PostgresStore> {
+    let pool = common::pool().await?;
+    Some(common::store_reading(pool, &common::fresh_schema(), read_first).await)
+}
+
+idempotency_core::store_conformance_tests!(store(ReadFirst::Always));
+idempotency_core::store_model_test!(store(ReadFirst::Always));
+
+mod claim_only {
+    use super::{ReadFirst, store};
+
+    idempotency_core::store_conformance_tests!(store(ReadFirst::Never));
+    idempotency_core::store_model_test!(store(ReadFirst::Never));
+}

@@ -18,7 +18,9 @@ local retention = tonumber(ARGV[4])
 local max_attempts = math.max(tonumber(ARGV[5]), 1)
 local token = ARGV[6]
 
-local r, bad = load(key)
+-- The record as claim_replay.lua read it (the same script: nothing has
+-- changed since).
+local r, bad = decode(PRELOADED)
 if bad then
   corrupt(key, bad, now)
   notify(ARGV[7], ARGV[8])
@@ -32,11 +34,12 @@ if r and expired(r, now) then
 end
 
 if r == nil then
-  local fence = next_fence(last, ARGV[1])
   local deadline = now + lease
+  local ttl = math.max(math.max(now + retention, deadline) - now, 1)
+  local fence = draw_fence(last, ARGV[1], ttl)
   redis.call('HSET', key, 's', 'P', 'f', fingerprint, 'n', int(fence), 'a', '1', 'c', int(now),
     'e', int(now + retention), 't', token, 'd', int(deadline))
-  keep_until(key, math.max(now + retention, deadline), now, fence)
+  redis.call('PEXPIRE', key, int(ttl))
   return { 'A', 'N', fence, 1, deadline }
 end
 
@@ -57,9 +60,9 @@ if r.s == 'P' then
       .. ': no attempts left'
     redis.call('HSET', key, 's', 'F', 'x', reason, 'y', '0', 'w', int(now),
       'e', int(now + retention))
-    redis.call('HDEL', key, 't', 'd')
-    keep_until(key, now + retention, now, r.n)
-    notify(ARGV[7], ARGV[8])
+    redis.call('HDEL', key, 't', 'd', 'v')
+    keep_owned(key, r, now + retention, now)
+    notify_watchers(r, ARGV[7], ARGV[8])
     return { 'F', reason, 0, now }
   end
   kind = 'T'
@@ -71,12 +74,14 @@ else
   return { 'F', r.x, tonumber(r.y), r.w }
 end
 
-local fence = next_fence(r.n, ARGV[1])
 local attempt = r.a + 1
 local deadline = now + lease
 local expires = math.max(r.e, deadline)
+local ttl = math.max(expires - now, 1)
+local fence = draw_fence(r.n, ARGV[1], ttl)
 redis.call('HSET', key, 's', 'P', 'n', int(fence), 'a', int(attempt), 't', token,
   'd', int(deadline), 'e', int(expires))
+-- A takeover keeps `v`: the waiters of the lost lease wait on.
 redis.call('HDEL', key, 'o', 'r', 'x', 'y', 'w')
-keep_until(key, expires, now, fence)
+redis.call('PEXPIRE', key, int(ttl))
 return { 'A', kind, fence, attempt, deadline }

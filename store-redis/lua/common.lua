@@ -14,6 +14,7 @@
 --   x  failure reason / corruption detail         F, X
 --   y  retryable: 1 or 0                          F
 --   w  completed_at / failed_at / detected_at (ms) C, F, X
+--   v  watched: 1 once a waiter asked to be woken P
 --
 -- "Store clock" = Redis TIME in ms + the offset passed as ARGV[1] (zero
 -- except in tests that move the clock). The key's PX is always at least
@@ -33,13 +34,28 @@ if redis.replicate_commands then
   redis.replicate_commands()
 end
 
-local FIELDS = { 's', 'f', 'n', 'a', 'c', 'e', 't', 'd', 'o', 'r', 'x', 'y', 'w' }
+local FIELDS = { 's', 'f', 'n', 'a', 'c', 'e', 't', 'd', 'o', 'r', 'x', 'y', 'w', 'v' }
 local DAY_MS = 86400000
 local FLOOR = KEYS[2]
-local FLOOR_MARGIN_MS = 3600000
+-- The floor is written to outlive the record by FLOOR_MARGIN_MS and is
+-- rewritten whenever it would otherwise outlive it by less than
+-- FLOOR_KEEP_MS (the documented guarantee).
+local FLOOR_MARGIN_MS = 7200000
+local FLOOR_KEEP_MS = 3600000
+
+-- The server's TIME, read once per script: every "now" of one decision is
+-- the same instant.
+local TIME
+
+local function server_time()
+  if TIME == nil then
+    TIME = redis.call('TIME')
+  end
+  return TIME
+end
 
 local function clock(offset)
-  local t = redis.call('TIME')
+  local t = server_time()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(offset)
 end
 
@@ -56,12 +72,12 @@ local function count(v)
   return n
 end
 
--- Reads the record at `key`. Returns (rec, bad):
+-- Decodes `raw`, the reply of HMGET <record> FIELDS (a pcall: an error
+-- reply when the key is not a hash). Returns (rec, bad):
 --   nil, nil     absent
 --   rec, nil     a well-formed record (rec.raw holds the HMGET array)
 --   rec?, bad    present but unreadable; `bad` says why
-local function load(key)
-  local raw = redis.pcall('HMGET', key, unpack(FIELDS))
+local function decode(raw)
   if type(raw) == 'table' and raw.err then
     return nil, 'record is not a hash'
   end
@@ -78,7 +94,7 @@ local function load(key)
   local r = {
     raw = raw, s = raw[1], f = raw[2], n = count(raw[3]), a = count(raw[4]),
     c = count(raw[5]), e = count(raw[6]), t = raw[7], d = count(raw[8]),
-    o = raw[9], r = raw[10], x = raw[11], y = raw[12], w = count(raw[13]),
+    o = raw[9], r = raw[10], x = raw[11], y = raw[12], w = count(raw[13]), v = raw[14],
   }
   if r.s == 'X' then
     return r, nil
@@ -104,6 +120,11 @@ local function load(key)
   return r, nil
 end
 
+-- Reads and decodes the record at `key` (see `decode`).
+local function load(key)
+  return decode(redis.pcall('HMGET', key, unpack(FIELDS)))
+end
+
 -- Whether a record no longer counts at `now` (mirrors Record::is_expired).
 local function expired(r, now)
   if r.s == 'X' then
@@ -116,17 +137,35 @@ end
 
 -- The store clock in microseconds (fences are drawn from it).
 local function clock_us(offset)
-  local t = redis.call('TIME')
+  local t = server_time()
   return tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(offset) * 1000
 end
 
--- The fence a claim draws: above the last one known for the key (`last`,
--- from the record, or nil to read the floor), and never below the clock.
-local function next_fence(last, offset)
-  if last == nil and FLOOR then
-    last = count(redis.pcall('GET', FLOOR))
+-- The fence a claim that acquires draws: above the last one known for the
+-- key (`last`: the record's, even an expired one's; nil when there was no
+-- record, and then the floor's), and never below the clock. It is written to
+-- the fence floor with a PX of `ttl` (the record's) + FLOOR_MARGIN_MS; when
+-- the floor must be read, it is read and written by one SET ... GET.
+local function draw_fence(last, offset, ttl)
+  local fence = clock_us(offset)
+  local px = int(ttl + FLOOR_MARGIN_MS)
+  if last ~= nil then
+    fence = math.max(last + 1, fence)
+    redis.call('SET', FLOOR, int(fence), 'PX', px)
+    return fence
   end
-  return math.max((last or 0) + 1, clock_us(offset))
+  local old = redis.pcall('SET', FLOOR, int(fence), 'PX', px, 'GET')
+  if type(old) == 'table' and old.err then
+    -- Not a string: replaced, as a plain SET would.
+    redis.call('SET', FLOOR, int(fence), 'PX', px)
+    return fence
+  end
+  local floor = count(old)
+  if floor ~= nil and floor >= fence then
+    fence = floor + 1
+    redis.call('SET', FLOOR, int(fence), 'PX', px)
+  end
+  return fence
 end
 
 -- Keeps the key at least until `at` (store clock), counted from `now`, and
@@ -136,6 +175,18 @@ local function keep_until(key, at, now, fence)
   redis.call('PEXPIRE', key, int(ttl))
   if FLOOR and fence then
     redis.call('SET', FLOOR, int(fence), 'PX', int(ttl + FLOOR_MARGIN_MS))
+  end
+end
+
+-- Keeps a record that a lease owned (`r`, as read) at least until `at`.
+-- Its fence floor, written by the claim or the last renewal to expire
+-- FLOOR_MARGIN_MS after max(r.e, r.d), is rewritten only if it would
+-- otherwise outlive the record by less than FLOOR_KEEP_MS.
+local function keep_owned(key, r, at, now)
+  local ttl = math.max(at - now, 1)
+  redis.call('PEXPIRE', key, int(ttl))
+  if FLOOR and math.max(r.e, r.d) + FLOOR_MARGIN_MS < at + FLOOR_KEEP_MS then
+    redis.call('SET', FLOOR, int(r.n), 'PX', int(ttl + FLOOR_MARGIN_MS))
   end
 end
 
@@ -150,6 +201,16 @@ end
 -- channel is not a key, so this is cluster-safe).
 local function notify(channel, message)
   redis.call('PUBLISH', channel, message)
+end
+
+-- Wakes them only if one is waiting: a waiter marks the pending record it
+-- waits on (`v`, see get.lua) before it sleeps, in the same order as the
+-- transition that ends the wait, so a record left unmarked has no waiter
+-- that has not yet seen its change.
+local function notify_watchers(r, channel, message)
+  if r.v then
+    notify(channel, message)
+  end
 end
 
 -- Turns whatever is at `key` into a corrupted record that never expires.

@@ -10,13 +10,13 @@ if r == nil then
   return 0
 end
 local expires = now + tonumber(ARGV[4])
-redis.call('HSET', key, 's', 'C', 'o', ARGV[5], 'w', int(now), 'e', int(expires))
 if ARGV[6] == '1' then
-  redis.call('HSET', key, 'r', ARGV[7])
-  redis.call('HDEL', key, 't', 'd', 'x', 'y')
+  redis.call('HSET', key, 's', 'C', 'o', ARGV[5], 'w', int(now), 'e', int(expires), 'r', ARGV[7])
+  redis.call('HDEL', key, 't', 'd', 'x', 'y', 'v')
 else
-  redis.call('HDEL', key, 't', 'd', 'x', 'y', 'r')
+  redis.call('HSET', key, 's', 'C', 'o', ARGV[5], 'w', int(now), 'e', int(expires))
+  redis.call('HDEL', key, 't', 'd', 'x', 'y', 'v', 'r')
 end
-keep_until(key, expires, now, r.n)
-notify(ARGV[8], ARGV[9])
+keep_owned(key, r, expires, now)
+notify_watchers(r, ARGV[8], ARGV[9])
 return 1

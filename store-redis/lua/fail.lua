@@ -11,7 +11,7 @@ if r == nil then
 end
 local expires = now + tonumber(ARGV[4])
 redis.call('HSET', key, 's', 'F', 'x', ARGV[5], 'y', ARGV[6], 'w', int(now), 'e', int(expires))
-redis.call('HDEL', key, 't', 'd', 'o', 'r')
-keep_until(key, expires, now, r.n)
-notify(ARGV[7], ARGV[8])
+redis.call('HDEL', key, 't', 'd', 'o', 'r', 'v')
+keep_owned(key, r, expires, now)
+notify_watchers(r, ARGV[7], ARGV[8])
 return 1

@@ -10,5 +10,5 @@ if r == nil then
 end
 forget(r.n)
 redis.call('DEL', key)
-notify(ARGV[4], ARGV[5])
+notify_watchers(r, ARGV[4], ARGV[5])
 return 1

@@ -23,7 +23,13 @@ const R: usize = 9;
 const X: usize = 10;
 const Y: usize = 11;
 const W: usize = 12;
-const FIELD_COUNT: usize = 13;
+/// `v`, the watched mark of a pending record: read by the scripts only.
+const FIELD_COUNT: usize = 14;
+
+/// The field names, in that order (`FIELDS` in `lua/common.lua`).
+pub(crate) const FIELD_NAMES: [&str; FIELD_COUNT] = [
+    "s", "f", "n", "a", "c", "e", "t", "d", "o", "r", "x", "y", "w", "v",
+];
 
 pub(crate) fn bytes(v: &Value) -> Option<&[u8]> {
     match v {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use idempotency_core::peek::ReadFirst;
+
 /// How the store holds its connections to Redis.
 ///
 /// Both single-server modes are cancel-safe and reconnect by themselves;
@@ -52,6 +54,7 @@ pub struct RedisConfig {
     pub(crate) response_timeout: Duration,
     pub(crate) pool_wait_timeout: Duration,
     pub(crate) wait_poll_interval: Duration,
+    pub(crate) read_first: ReadFirst,
 }
 
 impl RedisConfig {
@@ -80,6 +83,7 @@ impl RedisConfig {
             response_timeout: Self::DEFAULT_RESPONSE_TIMEOUT,
             pool_wait_timeout: Self::DEFAULT_POOL_WAIT_TIMEOUT,
             wait_poll_interval: Self::DEFAULT_WAIT_POLL_INTERVAL,
+            read_first: ReadFirst::Adaptive,
         }
     }
 
@@ -156,6 +160,21 @@ impl RedisConfig {
     #[must_use]
     pub fn wait_poll_interval(mut self, interval: Duration) -> Self {
         self.wait_poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether a claim first reads the record with plain commands
+    /// (`TIME` and `HMGET`, pipelined: one round trip, no Lua) and answers a
+    /// replay, an in-flight duplicate or a fingerprint mismatch from that
+    /// read; the `claim` script runs only when the read says it must.
+    /// Default [`ReadFirst::Adaptive`]: read first while most recent claims
+    /// were such answers (see [`idempotency_core::peek`]). In
+    /// [`ConnectionMode::Cluster`](crate::ConnectionMode) a claim never
+    /// reads first: `TIME` would come from an arbitrary node, not the
+    /// record's.
+    #[must_use]
+    pub fn read_first(mut self, read_first: ReadFirst) -> Self {
+        self.read_first = read_first;
         self
     }
 

@@ -157,6 +157,15 @@ impl Backend {
         }
     }
 
+    /// Whether this is a Redis Cluster connection.
+    pub(crate) fn is_cluster(&self) -> bool {
+        match self {
+            #[cfg(feature = "cluster")]
+            Self::Shared(shared) => matches!(shared.connector, Connector::Cluster(_)),
+            _ => false,
+        }
+    }
+
     /// Pool statistics (pooled mode only).
     pub(crate) fn pool_status(&self) -> Option<deadpool_redis::Status> {
         match self {

@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use idempotency_core::peek::{PeekGate, ReadFirst};
 use idempotency_core::{
     Claim, ClaimKind, ClaimRequest, ClockControl, Completed, Corrupted, Failed, Fingerprint,
     IdempotencyStore, Lease, LeaseToken, Observed, Record, RecordState, Resolution, StateKind,
     StorageKey, StoreError, Timestamp,
 };
 use idempotency_core::{Completion, Failure};
-use redis::{RedisWrite, ToRedisArgs, Value};
+use redis::{RedisResult, RedisWrite, ToRedisArgs, Value};
 
 // Milliseconds passed to a script saturate at a hundred years, so every
 // sum of them stays exact in Lua's doubles.
@@ -57,6 +58,8 @@ struct Inner {
     channel: String,
     offset_ms: AtomicU64,
     subscriber: Subscriber,
+    /// Whether a claim reads the record first (never in cluster mode).
+    peek: PeekGate,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -129,6 +132,11 @@ impl RedisStore {
             config.connect_timeout,
             config.response_timeout,
         );
+        let read_first = if backend.is_cluster() {
+            ReadFirst::Never
+        } else {
+            config.read_first
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
@@ -136,6 +144,7 @@ impl RedisStore {
                 channel,
                 offset_ms: AtomicU64::new(0),
                 subscriber,
+                peek: PeekGate::new(read_first),
             }),
         })
     }
@@ -298,9 +307,14 @@ impl RedisStore {
         }
     }
 
-    /// Time left on a live pending lease, read from the store.
-    async fn pending_lease_left(&self, key: &StorageKey) -> Result<Option<Duration>, StoreError> {
-        let (now, fields) = self.read(key).await?;
+    /// Time left on a live pending lease, read from the store; `watch`
+    /// marks the record so that the transition ending it is announced.
+    async fn pending_lease_left(
+        &self,
+        key: &StorageKey,
+        watch: bool,
+    ) -> Result<Option<Duration>, StoreError> {
+        let (now, fields) = self.read_watching(key, watch).await?;
         let Some(fields) = fields else {
             return Ok(None);
         };
@@ -318,10 +332,21 @@ impl RedisStore {
 
     /// Runs the `get` script: the store's "now" and the live record's fields.
     async fn read(&self, key: &StorageKey) -> Result<(u64, Option<Vec<Value>>), StoreError> {
+        self.read_watching(key, false).await
+    }
+
+    /// [`RedisStore::read`]; `watch` also marks a live pending record
+    /// watched (`v`), so its completion, failure or release publishes.
+    async fn read_watching(
+        &self,
+        key: &StorageKey,
+        watch: bool,
+    ) -> Result<(u64, Option<Vec<Value>>), StoreError> {
         let mut inv = Eval::new(&scripts::GET, self.key_arg(key));
         inv.arg(self.offset())
             .arg(&self.inner.channel)
-            .arg(key.as_bytes().as_slice());
+            .arg(key.as_bytes().as_slice())
+            .arg(if watch { "1" } else { "0" });
         let reply = self.eval("get", &inv).await?;
         let items = array(&reply)?;
         let [now, fields] = items else {
@@ -348,6 +373,111 @@ impl RedisStore {
             .arg(lease.fence);
         extra(&mut inv);
         self.eval(op, &inv).await
+    }
+
+    /// The `claim` script (plus, only when a completed record's outcome
+    /// cannot be decoded, a conditional `mark_corrupted`).
+    async fn claim_script(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        for _ in 0..MAX_RETRIES {
+            let token = LeaseToken::new();
+            let mut inv = self.eval_with_floor(&scripts::CLAIM, &req.key);
+            inv.arg(self.offset())
+                .arg(req.fingerprint.as_bytes().as_slice())
+                .arg(ms(req.lease))
+                .arg(ms(req.retention))
+                .arg(req.max_attempts.max(1))
+                .arg(token.as_uuid().as_bytes().as_slice())
+                .arg(&self.inner.channel)
+                .arg(req.key.as_bytes().as_slice());
+            let reply = self.eval("claim", &inv).await?;
+            match Self::claim_reply(req, token, &reply)? {
+                Ok(claim) => return Ok(claim),
+                Err((detail, fence)) => {
+                    match Box::pin(self.mark_if(&req.key, &detail, fence, Some(b"C"))).await? {
+                        Mark::Marked => return Ok(Claim::Corrupted { detail }),
+                        Mark::Gone | Mark::Changed => continue,
+                    }
+                }
+            }
+        }
+        Err(protocol(
+            "record kept changing while being marked corrupted",
+        ))
+    }
+
+    /// What a claim would answer without writing, from one pipelined read
+    /// (`TIME`, `HMGET`; no Lua): a live completed record (replay), a live
+    /// lease (in flight), a terminal failure, a corrupted record, or any of
+    /// them for another fingerprint (mismatch). `None` when the claim must
+    /// decide: no record, an expired one, an expired lease, a retryable
+    /// failure, or a record this read cannot decode (the script marks it).
+    /// The checks are `claim.lua`'s, in its order, on the same fields.
+    async fn peek(&self, req: &ClaimRequest) -> Result<Option<Claim>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors()
+            .cmd("TIME")
+            .cmd("HMGET")
+            .arg(self.key_arg(&req.key))
+            .arg(&codec::FIELD_NAMES[..]);
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.inner.backend.checkout().await?;
+            let result = pipe
+                .query_async::<(RedisResult<Vec<u64>>, RedisResult<Value>)>(&mut conn)
+                .await;
+            conn.finish(&result);
+            match result.map_err(map_redis)? {
+                (Ok(time), Ok(fields)) => Ok(Some((time, fields))),
+                // A key that is not a hash: the script decides (and marks it).
+                (Ok(_), Err(e)) if e.code() == Some("WRONGTYPE") => Ok(None),
+                (Err(e), _) | (_, Err(e)) => Err(map_redis(e)),
+            }
+        }
+        .await;
+        metrics::histogram!(SCRIPT_SECONDS, "operation" => "peek")
+            .record(started.elapsed().as_secs_f64());
+        let (time, fields) = match result {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                metrics::counter!(SCRIPT_ERRORS_TOTAL, "operation" => "peek").increment(1);
+                tracing::warn!(store = "redis", op = "peek", error = %e, "redis store operation failed");
+                return Err(e);
+            }
+        };
+        let [secs, micros] = time[..] else {
+            return Err(protocol("TIME reply"));
+        };
+        let now = secs
+            .saturating_mul(1000)
+            .saturating_add(micros / 1000)
+            .saturating_add(self.offset());
+        let fields = array(&fields)?;
+        if fields.iter().all(|f| *f == Value::Nil) {
+            return Ok(None);
+        }
+        let Ok(record) = codec::record(req.key, fields) else {
+            return Ok(None);
+        };
+        let now = Timestamp::from_millis(now);
+        if record.is_expired(now) {
+            return Ok(None);
+        }
+        Ok(Some(match record.state {
+            RecordState::Corrupted(c) => Claim::Corrupted { detail: c.detail },
+            _ if record.fingerprint != req.fingerprint => Claim::Mismatch,
+            RecordState::Pending(p) if p.lease_deadline > now => Claim::InFlight {
+                retry_after: p.lease_deadline.saturating_since(now),
+                attempt: record.attempts,
+            },
+            RecordState::Completed(c) => Claim::Completed(c),
+            RecordState::Failed(f)
+                if !(f.retryable && record.attempts < req.max_attempts.max(1)) =>
+            {
+                Claim::Failed(f)
+            }
+            _ => return Ok(None),
+        }))
     }
 
     fn lease_ack(reply: &Value, what: &'static str) -> Result<(), StoreError> {
@@ -454,8 +584,9 @@ fn corrupted_record(key: StorageKey, fields: &[Value], detail: String, now: u64)
 }
 
 impl IdempotencyStore for RedisStore {
-    /// One `claim` script run (plus, only when a completed record's outcome
-    /// cannot be decoded, a conditional `mark_corrupted`).
+    /// A pipelined read (see [`RedisConfig::read_first`]), then, unless it
+    /// answered, one `claim` script run (plus, only when a completed
+    /// record's outcome cannot be decoded, a conditional `mark_corrupted`).
     ///
     /// # Cancel safety
     ///
@@ -463,31 +594,19 @@ impl IdempotencyStore for RedisStore {
     /// ran, the lease it granted is orphaned and expires after `req.lease`,
     /// after which a claim takes it over.
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
-        for _ in 0..MAX_RETRIES {
-            let token = LeaseToken::new();
-            let mut inv = self.eval_with_floor(&scripts::CLAIM, &req.key);
-            inv.arg(self.offset())
-                .arg(req.fingerprint.as_bytes().as_slice())
-                .arg(ms(req.lease))
-                .arg(ms(req.retention))
-                .arg(req.max_attempts.max(1))
-                .arg(token.as_uuid().as_bytes().as_slice())
-                .arg(&self.inner.channel)
-                .arg(req.key.as_bytes().as_slice());
-            let reply = self.eval("claim", &inv).await?;
-            match Self::claim_reply(req, token, &reply)? {
-                Ok(claim) => return Ok(claim),
-                Err((detail, fence)) => {
-                    match Box::pin(self.mark_if(&req.key, &detail, fence, Some(b"C"))).await? {
-                        Mark::Marked => return Ok(Claim::Corrupted { detail }),
-                        Mark::Gone | Mark::Changed => continue,
-                    }
-                }
+        let gate = &self.inner.peek;
+        if gate.should_peek() {
+            let answer = self.peek(req).await?;
+            gate.observe(answer.is_some());
+            if let Some(claim) = answer {
+                return Ok(claim);
             }
+        } else {
+            let claim = self.claim_script(req).await?;
+            gate.observe(!matches!(claim, Claim::Acquired { .. }));
+            return Ok(claim);
         }
-        Err(protocol(
-            "record kept changing while being marked corrupted",
-        ))
+        self.claim_script(req).await
     }
 
     async fn complete(&self, lease: &Lease, completion: Completion) -> Result<(), StoreError> {
@@ -659,8 +778,10 @@ impl IdempotencyStore for RedisStore {
             return Ok(());
         }
         let timeout = timeout.min(self.inner.config.wait_poll_interval);
-        wait::wait_for_change(&subscriber.hub.waiters, key, timeout, |_| {
-            self.pending_lease_left(key)
+        // The first local waiter marks the record; the others share its
+        // wake-up (the hub wakes every local waiter of the key).
+        wait::wait_for_change(&subscriber.hub.waiters, key, timeout, |first| {
+            self.pending_lease_left(key, first)
         })
         .await
     }
@@ -796,6 +917,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_read_first_asks_for_the_scripts_fields() {
+        let quoted: Vec<String> = codec::FIELD_NAMES
+            .iter()
+            .map(|f| format!("'{f}'"))
+            .collect();
+        let common = format!("local FIELDS = {{ {} }}", quoted.join(", "));
+        assert!(include_str!("../lua/common.lua").contains(&common));
+        let replay: String = include_str!("../lua/claim_replay.lua")
+            .split_whitespace()
+            .collect();
+        assert!(replay.contains(&format!("HMGET',KEYS[1],{})", quoted.join(","))));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use idempotency_core::conformance::support::{acquire, claim_and_complete, value};
 use idempotency_core::{
-    Claim, ClaimKind, ClaimRequest, ClockControl, Fingerprint, IdempotencyStore, Outcome,
+    Claim, ClaimKind, ClaimRequest, ClockControl, Failure, Fingerprint, IdempotencyStore, Outcome,
     RecordState, Resolution, StateKind, StorageKey, StoreError,
 };
 use idempotency_redis::redis::{self, AsyncCommands};
@@ -124,6 +124,43 @@ async fn px_covers_the_stored_lifetime_and_corrupted_records_persist() {
     assert!(pttl > 86_000_000, "resolved failure: {pttl}");
 }
 
+/// A completion or a failure rewrites the fence floor only when the one
+/// the claim wrote would outlive the record by less than an hour: either
+/// way the floor outlives it by at least an hour.
+#[tokio::test]
+async fn the_floor_outlives_a_finished_record_by_an_hour() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let mut raw = raw().await;
+    for (late, fail) in [(0, false), (0, true), (90, false), (90, true)] {
+        let k = key();
+        let (rk, floor) = (store.record_key(&k), store.fence_key(&k));
+        let req = ClaimRequest {
+            retention: Duration::from_secs(2 * 3600),
+            ..req(k)
+        };
+        let (lease, _) = acquire(&store, &req).await;
+        // The owner finishes `late` minutes after its claim: past its lease,
+        // but the record has not expired, so it still owns it. At 90
+        // minutes the claim's floor would outlive the finished record by
+        // less than an hour, and is rewritten.
+        store.advance(Duration::from_secs(late * 60));
+        if fail {
+            store.fail(&lease, Failure::terminal("boom")).await.unwrap();
+        } else {
+            store.complete(&lease, value("ok")).await.unwrap();
+        }
+        let record_ttl: i64 = raw.pttl(&rk).await.unwrap();
+        let floor_ttl: i64 = raw.pttl(&floor).await.unwrap();
+        assert!(
+            floor_ttl >= record_ttl + 3_590_000,
+            "{late} min, fail {fail}: {record_ttl} / {floor_ttl}"
+        );
+        assert_eq!(raw.get::<_, u64>(&floor).await.unwrap(), lease.fence);
+    }
+}
+
 /// The fence floor keeps a key's fences increasing after its record is
 /// gone: released, deleted behind the store's back (as Redis's own expiry
 /// does), or with the floor gone too (then the server clock decides).
@@ -148,11 +185,11 @@ async fn fences_keep_increasing_once_the_record_is_gone() {
         "the floor outlives the record by an hour: {record_ttl} / {floor_ttl}"
     );
 
-    // Released: the floor stays an hour.
+    // Released: the floor stays two hours (at least one is guaranteed).
     store.release(&first).await.unwrap();
     assert!(!raw.exists::<_, bool>(&rk).await.unwrap());
     let floor_ttl: i64 = raw.pttl(&floor).await.unwrap();
-    assert!((3_590_000..=3_600_000).contains(&floor_ttl), "{floor_ttl}");
+    assert!((7_190_000..=7_200_000).contains(&floor_ttl), "{floor_ttl}");
     let (second, _) = acquire(&store, &req(k)).await;
     assert!(second.fence > first.fence);
 

@@ -1,6 +1,7 @@
 //! Shared helpers: a real PostgreSQL at `DATABASE_URL`, one fresh schema per store.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+use idempotency_core::peek::ReadFirst;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,9 +62,15 @@ pub async fn store() -> Option<PostgresStore> {
 }
 
 pub async fn store_on(pool: PgPool, schema: &str) -> PostgresStore {
+    store_reading(pool, schema, ReadFirst::default()).await
+}
+
+/// [`store_on`], reading before claiming as `read_first` says.
+pub async fn store_reading(pool: PgPool, schema: &str, read_first: ReadFirst) -> PostgresStore {
     drop_stale_schemas(&pool).await;
     let store = PostgresStore::builder()
         .schema(schema)
+        .read_first(read_first)
         .build(pool)
         .expect("valid schema");
     store.migrate().await.expect("migrate");

@@ -5,6 +5,7 @@
 
 pub mod server;
 
+use idempotency_core::peek::ReadFirst;
 use idempotency_redis::{ConnectionMode, RedisConfig, RedisStore};
 
 pub use idempotency_core::conformance::support::{in_ci, redis_url};
@@ -17,9 +18,15 @@ pub fn random_prefix() -> String {
 /// A store with its own prefix and clock, or `None` (after printing why)
 /// when Redis is unreachable outside CI.
 pub async fn store_with(mode: ConnectionMode) -> Option<RedisStore> {
+    store_reading(mode, ReadFirst::default()).await
+}
+
+/// [`store_with`], reading before claiming as `read_first` says.
+pub async fn store_reading(mode: ConnectionMode, read_first: ReadFirst) -> Option<RedisStore> {
     let config = RedisConfig::new(redis_url())
         .prefix(random_prefix())
-        .mode(mode);
+        .mode(mode)
+        .read_first(read_first);
     let store = RedisStore::new(config).expect("valid config");
     match store.ping().await {
         Ok(()) => Some(store),

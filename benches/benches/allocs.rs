@@ -1,0 +1,148 @@
+//! Heap allocations per request through an axum `Router` with and without
+//! `IdempotencyLayer` over `MemoryStore` (the handler of `layer.rs`):
+//! counts, not times, so the figures repeat exactly on any machine state.
+//!
+//! Run with: `cargo bench -p idempotency-benches --bench allocs`
+#![allow(missing_docs)]
+
+use std::alloc::System;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use idempotency_core::MemoryStore;
+use idempotency_tower::IdempotencyLayer;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::ServiceExt;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+#[derive(Clone, Default)]
+struct App {
+    effects: Arc<Mutex<HashMap<String, u32>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+async fn create_order(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim_matches('"')
+        .to_owned();
+    *app.effects.lock().unwrap().entry(key).or_default() += 1;
+    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
+    let out = format!(
+        r#"{{"id":{id},"request_bytes":{},"status":"created"}}"#,
+        body.len()
+    );
+    (
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, format!("/orders/{id}")),
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+        ],
+        out,
+    )
+        .into_response()
+}
+
+fn request(key: &str) -> Request<Body> {
+    let body = format!(r#"{{"sku":"SKU-{key}","quantity":1,"note":"bench"}}"#);
+    Request::post("/orders")
+        .header("content-type", "application/json")
+        .header("idempotency-key", format!("\"{key}\""))
+        .body(Body::from(body))
+        .unwrap()
+}
+
+async fn send(router: &Router, req: Request<Body>) -> StatusCode {
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let _ = res.into_body().collect().await.unwrap().to_bytes();
+    status
+}
+
+/// Allocations and bytes per request over `n` requests, the requests
+/// themselves built outside the count.
+fn per_request(
+    rt: &tokio::runtime::Runtime,
+    router: &Router,
+    n: usize,
+    key: impl Fn(usize) -> String,
+    expect: StatusCode,
+) -> (f64, f64) {
+    let requests: Vec<_> = (0..n).map(|i| request(&key(i))).collect();
+    let region = Region::new(GLOBAL);
+    rt.block_on(async {
+        for req in requests {
+            assert_eq!(send(router, req).await, expect);
+        }
+    });
+    let stats = region.change();
+    let allocs = stats.allocations + stats.reallocations;
+    let bytes = stats.bytes_allocated + stats.bytes_reallocated.max(0) as usize;
+    (allocs as f64 / n as f64, bytes as f64 / n as f64)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to filter here.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let routes = || {
+        Router::new()
+            .route("/orders", post(create_order))
+            .with_state(App::default())
+    };
+    let bare = routes();
+    let memory = routes().layer(IdempotencyLayer::new(MemoryStore::new()).namespace("bench"));
+    // Warm up: lazily built statics, the store's first allocations.
+    per_request(
+        &rt,
+        &bare,
+        1000,
+        |i| format!("warm-{i}"),
+        StatusCode::CREATED,
+    );
+    per_request(
+        &rt,
+        &memory,
+        1000,
+        |i| format!("warm-{i}"),
+        StatusCode::CREATED,
+    );
+    let n = std::env::var("ALLOCS_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let rows = [
+        (
+            "bare",
+            per_request(&rt, &bare, n, |i| format!("b-{i}"), StatusCode::CREATED),
+        ),
+        (
+            "memory, first execution",
+            per_request(&rt, &memory, n, |i| format!("new-{i}"), StatusCode::CREATED),
+        ),
+        (
+            "memory, replay",
+            per_request(&rt, &memory, n, |i| format!("new-{i}"), StatusCode::CREATED),
+        ),
+    ];
+    println!("| path | allocations / request | bytes / request |");
+    println!("|---|---:|---:|");
+    for (name, (allocs, bytes)) in rows {
+        println!("| {name} | {allocs:.2} | {bytes:.0} |");
+    }
+}
