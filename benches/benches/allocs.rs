@@ -126,6 +126,23 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000);
+    // `ALLOCS_ONLY=bare|first` runs only that path (for a profiler:
+    // `valgrind --tool=dhat` or `--tool=callgrind`).
+    match std::env::var("ALLOCS_ONLY").as_deref() {
+        Ok("first") => {
+            let (allocs, bytes) =
+                per_request(&rt, &memory, n, |i| format!("new-{i}"), StatusCode::CREATED);
+            println!("memory, first execution: {allocs:.2} allocations, {bytes:.0} bytes");
+            return;
+        }
+        Ok("bare") => {
+            let (allocs, bytes) =
+                per_request(&rt, &bare, n, |i| format!("b-{i}"), StatusCode::CREATED);
+            println!("bare: {allocs:.2} allocations, {bytes:.0} bytes");
+            return;
+        }
+        _ => {}
+    }
     let rows = [
         (
             "bare",

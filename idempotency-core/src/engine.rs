@@ -29,21 +29,57 @@ use crate::store::{
 /// Runs a store call under `timeout`. A call that answers on its first poll
 /// (an in-memory store) arms no timer.
 ///
+/// A named future rather than an `async fn`: it holds the call once, where
+/// an `async fn` would keep both its argument and the pinned copy it
+/// awaits, so every layer of wrapping would double the size of the
+/// caller's future.
+///
 /// # Errors
 ///
 /// The call's error, or [`StoreError::Timeout`].
-pub async fn with_timeout<T, F>(timeout: Duration, fut: F) -> Result<T, StoreError>
+pub fn with_timeout<T, F>(timeout: Duration, fut: F) -> WithTimeout<F>
 where
     F: Future<Output = Result<T, StoreError>>,
 {
-    let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(r) => r,
-        Poll::Pending => match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout { source: None }),
-        },
+    WithTimeout {
+        fut,
+        timer: None,
+        timeout,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`with_timeout`].
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct WithTimeout<F> {
+        #[pin]
+        fut: F,
+        // Armed when the call first answers `Pending`.
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        timeout: Duration,
+    }
+}
+
+impl<T, F> Future for WithTimeout<F>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(out);
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(StoreError::Timeout { source: None })),
+            _ => Poll::Pending,
+        }
     }
 }
 
@@ -213,13 +249,41 @@ impl Settlement {
     }
 }
 
-enum Step<T> {
-    Done(T),
-    Renewed(Result<Lease, StoreError>),
-    Tick,
+type RenewFuture = Pin<Box<dyn Future<Output = Result<Lease, StoreError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The future of [`OwnedAttempt::run`]: the work, with the lease renewed
+    /// alongside. A named future rather than an `async fn`, so the work is
+    /// held once, not once as an argument and again as what is awaited.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Run<'a, S, F>
+    where
+        S: IdempotencyStore,
+        S: Clone,
+        S: 'static,
+    {
+        owner: &'a mut OwnedAttempt<S>,
+        #[pin]
+        work: F,
+    }
 }
 
-type RenewFuture = Pin<Box<dyn Future<Output = Result<Lease, StoreError>> + Send>>;
+impl<S: IdempotencyStore + Clone + 'static, F: Future> Future for Run<'_, S, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.owner.poll_step(this.work, cx)
+    }
+}
+
+impl<S: IdempotencyStore + Clone + 'static, F> std::fmt::Debug for Run<'_, S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("key", &self.owner.lease.key)
+            .finish_non_exhaustive()
+    }
+}
 
 /// One attempt owned from its claim to its final record write.
 ///
@@ -336,38 +400,42 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
     ///
     /// Dropping the future drops `work` at its current `.await`; the attempt
     /// itself stays usable (or, if dropped too, see the type's docs).
-    pub async fn run<F: Future>(&mut self, work: F) -> F::Output {
-        self.run_inner(work).await
+    pub fn run<F: Future>(&mut self, work: F) -> Run<'_, S, F> {
+        Run { owner: self, work }
     }
 
-    async fn run_inner<F: Future>(&mut self, work: F) -> F::Output {
-        let mut work = std::pin::pin!(work);
+    /// One step of [`Run`]: the work first (biased), then a renewal in
+    /// flight, then the heartbeat that starts the next one.
+    fn poll_step<F: Future>(
+        &mut self,
+        mut work: Pin<&mut F>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<F::Output> {
         loop {
-            let may_start = self.renewal.is_none() && !self.lost && !self.attempt.is_completed();
-            let renewing = self.renewal.is_some();
-            let every = self.policy.heartbeat_interval();
-            let step = {
-                let renewal = &mut self.renewal;
-                let ticker = self.ticker.get_or_insert_with(|| {
-                    let mut t = tokio::time::interval_at(Instant::now() + every, every);
-                    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                    t
-                });
-                tokio::select! {
-                    biased;
-                    out = work.as_mut() => Step::Done(out),
-                    renewed = async { renewal.as_mut().expect("polled only while renewing").await }, if renewing => Step::Renewed(renewed),
-                    _ = ticker.tick(), if may_start => Step::Tick,
-                }
-            };
-            match step {
-                Step::Done(out) => return out,
-                Step::Renewed(renewed) => {
-                    self.renewal = None;
-                    self.settle_renewal(renewed);
-                }
-                Step::Tick => self.start_renewal(),
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(out);
             }
+            if let Some(renewal) = self.renewal.as_mut() {
+                let Poll::Ready(renewed) = renewal.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                self.renewal = None;
+                self.settle_renewal(renewed);
+                continue;
+            }
+            if self.lost || self.attempt.is_completed() {
+                return Poll::Pending;
+            }
+            let every = self.policy.heartbeat_interval();
+            let ticker = self.ticker.get_or_insert_with(|| {
+                let mut t = tokio::time::interval_at(Instant::now() + every, every);
+                t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                t
+            });
+            if ticker.poll_tick(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.start_renewal();
         }
     }
 
@@ -476,7 +544,9 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
     /// Writes `self.pending` until it lands, the lease is lost or the settle
     /// timeout passes, renewing the lease alongside.
     async fn settle_pending(&mut self) -> Result<(), SettleError> {
-        let Some(settlement) = self.pending.clone() else {
+        // One copy per write: `self.pending` keeps the original for a
+        // retry, and for the hand-over if this attempt is dropped meanwhile.
+        let Some(name) = self.pending.as_ref().map(Settlement::name) else {
             return Ok(());
         };
         let give_up = Instant::now().checked_add(self.policy.settle_timeout_duration());
@@ -484,24 +554,27 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
         let mut tries = 0u32;
         loop {
             tries += 1;
+            let Some(settlement) = self.pending.clone() else {
+                return Ok(());
+            };
             let write = write(
                 self.store.clone(),
                 self.lease.clone(),
-                settlement.clone(),
+                settlement,
                 self.policy.store_timeout_duration(),
             );
-            let err = match self.run_inner(write).await {
+            let err = match self.run(write).await {
                 Ok(()) => {
                     if tries > 1 {
-                        tracing::info!(key = %self.lease.key.short(), tries, "{} recorded after retrying", settlement.name());
+                        tracing::info!(key = %self.lease.key.short(), tries, "{} recorded after retrying", name);
                     }
                     return Ok(());
                 }
-                Err(StoreError::LeaseLost) => return Err(self.lease_lost(&settlement)),
+                Err(StoreError::LeaseLost) => return Err(self.lease_lost(name)),
                 Err(e) => e,
             };
             if self.lost {
-                return Err(self.lease_lost(&settlement));
+                return Err(self.lease_lost(name));
             }
             let out_of_time = give_up.is_none_or(|g| Instant::now() + backoff >= g);
             if !err.is_transient() || out_of_time {
@@ -511,22 +584,22 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
                     tries,
                     attempt = self.lease.attempt,
                     "could not record the {}: the record stays pending until its lease expires; the next request with this key then takes it over as a new attempt (or fails it terminally when no attempts are left)",
-                    settlement.name()
+                    name
                 );
                 return Err(SettleError::Store(err));
             }
-            tracing::warn!(key = %self.lease.key.short(), error = %err, tries, "could not record the {}; retrying while the lease is renewed", settlement.name());
-            self.run_inner(tokio::time::sleep(backoff)).await;
+            tracing::warn!(key = %self.lease.key.short(), error = %err, tries, "could not record the {}; retrying while the lease is renewed", name);
+            self.run(tokio::time::sleep(backoff)).await;
             if self.lost {
-                return Err(self.lease_lost(&settlement));
+                return Err(self.lease_lost(name));
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
     /// The lease was lost before the final write landed: says so once.
-    fn lease_lost(&mut self, settlement: &Settlement) -> SettleError {
-        tracing::warn!(key = %self.lease.key.short(), fence = self.lease.fence, "lease lost before the {} was recorded; nothing was written", settlement.name());
+    fn lease_lost(&mut self, settlement: &'static str) -> SettleError {
+        tracing::warn!(key = %self.lease.key.short(), fence = self.lease.fence, "lease lost before the {settlement} was recorded; nothing was written");
         self.lost = true;
         SettleError::LeaseLost
     }

@@ -20,7 +20,8 @@ pub mod wait;
 pub mod conformance;
 
 pub use engine::{
-    Attempt, OwnedAttempt, SettleError, claim_with_wait, downstream_key, with_timeout,
+    Attempt, OwnedAttempt, Run, SettleError, WithTimeout, claim_with_wait, downstream_key,
+    with_timeout,
 };
 pub use fingerprint::{Fingerprint, FingerprintError, FingerprintMode, canonical_json};
 pub use inbox::{

@@ -29,6 +29,8 @@
 //! ```
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::{
@@ -45,19 +47,49 @@ pub const STORE_OPERATION_SECONDS: &str = "idempotency_store_operation_seconds";
 /// (`result="cancelled"`).
 ///
 /// For a call that is not a single trait method (a claim that waits for the
-/// attempt in flight is timed whole, as `claim_wait`).
-pub async fn measure<T, F>(operation: &'static str, fut: F) -> Result<T, StoreError>
+/// attempt in flight is timed whole, as `claim_wait`). A named future, like
+/// [`with_timeout`](crate::with_timeout), so wrapping a call does not double
+/// the size of the caller's future.
+pub fn measure<T, F>(operation: &'static str, fut: F) -> Measured<F>
 where
     F: Future<Output = Result<T, StoreError>>,
 {
-    let mut probe = Probe {
-        operation,
-        start: Instant::now(),
-        result: "cancelled",
-    };
-    let out = fut.await;
-    probe.result = result_label(&out);
-    out
+    Measured {
+        fut,
+        probe: Some(Probe {
+            operation,
+            start: Instant::now(),
+            result: "cancelled",
+        }),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`measure`]: the call's output, recorded when it
+    /// answers, or as `cancelled` when dropped before.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Measured<F> {
+        #[pin]
+        fut: F,
+        probe: Option<Probe>,
+    }
+}
+
+impl<T, F> Future for Measured<F>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.fut.poll(cx));
+        if let Some(mut probe) = this.probe.take() {
+            probe.result = result_label(&out);
+        }
+        Poll::Ready(out)
+    }
 }
 
 fn result_label<T>(out: &Result<T, StoreError>) -> &'static str {
@@ -68,6 +100,7 @@ fn result_label<T>(out: &Result<T, StoreError>) -> &'static str {
 }
 
 /// Records on drop, so a call cut short is counted too.
+#[derive(Debug)]
 struct Probe {
     operation: &'static str,
     start: Instant,
@@ -76,13 +109,43 @@ struct Probe {
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        metrics::histogram!(
-            STORE_OPERATION_SECONDS,
-            "operation" => self.operation,
-            "result" => self.result
-        )
-        .record(self.start.elapsed().as_secs_f64());
+        record(
+            self.operation,
+            self.result,
+            self.start.elapsed().as_secs_f64(),
+        );
     }
+}
+
+/// The operations and results of this crate and the HTTP layer get a static
+/// metric key each (the `metrics` macros build one from literal labels
+/// without allocating); any other operation name is labelled at run time.
+macro_rules! record_static {
+    ($operation:expr, $result:expr, $seconds:expr; $($op:literal),* $(,)?) => {
+        match ($operation, $result) {
+            $(
+                ($op, "ok") => metrics::histogram!(
+                    "idempotency_store_operation_seconds", "operation" => $op, "result" => "ok"
+                ).record($seconds),
+                ($op, "error") => metrics::histogram!(
+                    "idempotency_store_operation_seconds", "operation" => $op, "result" => "error"
+                ).record($seconds),
+                ($op, "cancelled") => metrics::histogram!(
+                    "idempotency_store_operation_seconds", "operation" => $op, "result" => "cancelled"
+                ).record($seconds),
+            )*
+            (operation, result) => metrics::histogram!(
+                STORE_OPERATION_SECONDS, "operation" => operation, "result" => result
+            ).record($seconds),
+        }
+    };
+}
+
+/// Records one store call under [`STORE_OPERATION_SECONDS`].
+fn record(operation: &'static str, result: &'static str, seconds: f64) {
+    record_static!(operation, result, seconds;
+        "claim", "claim_wait", "complete", "fail", "release", "renew", "get", "mark_corrupted",
+        "resolve");
 }
 
 /// A store whose every call is measured under
@@ -195,5 +258,71 @@ mod tests {
             result_label::<()>(&Err(StoreError::Timeout { source: None })),
             "error"
         );
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use std::sync::Mutex;
+
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Keys(Mutex<Vec<String>>);
+
+    impl Recorder for Keys {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}{{{}}}", key.name(), labels.join(",")));
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn static_and_run_time_keys_are_the_same_metric() {
+        let keys = Keys::default();
+        let ops = [
+            "claim",
+            "claim_wait",
+            "complete",
+            "fail",
+            "release",
+            "renew",
+            "get",
+            "mark_corrupted",
+            "resolve",
+            "an_operation_of_someone_else",
+        ];
+        let mut want = Vec::new();
+        metrics::with_local_recorder(&keys, || {
+            for op in ops {
+                for result in ["ok", "error", "cancelled"] {
+                    record(op, result, 0.001);
+                    want.push(format!(
+                        "{STORE_OPERATION_SECONDS}{{operation={op},result={result}}}"
+                    ));
+                }
+            }
+        });
+        assert_eq!(*keys.0.lock().unwrap(), want);
     }
 }

@@ -23,6 +23,7 @@ pub(crate) struct Ctx {
     started: Instant,
     method: Method,
     pub(crate) route: String,
+    /// The request's path, kept only for a decision hook.
     path: String,
     correlation_id: HeaderValue,
     pub(crate) span: Span,
@@ -43,17 +44,21 @@ impl Ctx {
         span: Span,
     ) -> Self {
         Self {
-            config,
             started,
             method: parts.method.clone(),
             route,
-            path: parts.uri.path().to_owned(),
+            path: if config.hook.is_some() {
+                parts.uri.path().to_owned()
+            } else {
+                String::new()
+            },
             correlation_id,
             span,
             resource: None,
             key: None,
             fence: None,
             attempt: None,
+            config,
         }
     }
 
