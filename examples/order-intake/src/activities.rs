@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use idempotency_core::{
-    Completion, Execution, FailureClass, Fingerprint, Idempotent, KeySpec, Outcome, RunError,
+    Completion, Execution, Fingerprint, Idempotent, KeySpec, Outcome,
     StoreError,
 };
 use idempotency_postgres::PostgresStore;
@@ -35,8 +35,19 @@ pub mod error_types {
     pub const CLOSED: &str = "OrderClosed";
 }
 
-/// How a stored `Unfulfillable` failure's reason starts.
-const UNFULFILLABLE_PREFIX: &str = "unfulfillable: ";
+/// What an activity's record stores: its result, or its refusal, so a
+/// retry of the same activity gets the same answer, whatever the order's
+/// state is by then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Recorded {
+    /// The step's result.
+    Done(StepOutcome),
+    /// The order cannot be fulfilled.
+    Unfulfillable(String),
+    /// The order is closed to the step.
+    Closed(String),
+}
 
 fn non_retryable(kind: &'static str, message: String) -> ActivityError {
     ActivityError::application(
@@ -113,7 +124,8 @@ pub(crate) enum StepError {
     /// No such order.
     #[error("no order {0}")]
     NotFound(Uuid),
-    /// The database failed (retryable).
+    /// The database failed (retryable: the record is marked failed
+    /// retryable, Temporal retries the activity).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// The record could not be completed (retryable).
@@ -127,17 +139,6 @@ impl From<TransitionError> for StepError {
             TransitionError::NotFound(id) => Self::NotFound(id),
             TransitionError::Illegal { from, to } => Self::Closed { from, to },
             TransitionError::Database(e) => Self::Database(e),
-        }
-    }
-}
-
-impl StepError {
-    fn class(&self) -> FailureClass {
-        match self {
-            Self::Unfulfillable(_) | Self::Closed { .. } | Self::NotFound(_) => {
-                FailureClass::Terminal
-            }
-            Self::Database(_) | Self::Store(_) => FailureClass::Retryable,
         }
     }
 }
@@ -305,7 +306,7 @@ impl OrderActivities {
         };
         let ran = self
             .runner
-            .run_classified(
+            .run(
                 key,
                 fingerprint,
                 |attempt| {
@@ -314,69 +315,16 @@ impl OrderActivities {
                     let countries = &self.ship_countries;
                     async move {
                         let mut tx = pool.begin().await?;
-                        if to == Status::Validated {
-                            let country: Option<String> = sqlx::query_scalar(
-                                "SELECT ship_to_country FROM orders WHERE id = $1",
-                            )
-                            .bind(order)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                            let country = country.ok_or(StepError::NotFound(order))?;
-                            if !countries.contains(&country) {
-                                return Err(StepError::Unfulfillable(format!(
-                                    "shipTo.country {country} is not one of {} (OMS_SHIP_COUNTRIES)",
-                                    countries.join(",")
-                                )));
+                        // A refusal wrote nothing: the record alone commits.
+                        let recorded = match decide(&mut tx, order, to, &detail, &actor, countries).await? {
+                            Ok(outcome) => Recorded::Done(outcome),
+                            Err(StepError::Unfulfillable(reason)) => Recorded::Unfulfillable(reason),
+                            Err(e @ (StepError::Closed { .. } | StepError::NotFound(_))) => {
+                                Recorded::Closed(e.to_string())
                             }
-                        }
-                        let outcome = match transition(&mut tx, order, to, &detail, &actor).await {
-                            Ok(_) => {
-                                let line_status = match to {
-                                    Status::Reserved => Some("RESERVED"),
-                                    Status::Shipped => Some("SHIPPED"),
-                                    Status::Cancelled | Status::Failed => Some("CANCELLED"),
-                                    _ => None,
-                                };
-                                if let Some(ls) = line_status {
-                                    sqlx::query(
-                                        "UPDATE order_lines SET status = $2::text::line_status \
-                                         WHERE order_id = $1",
-                                    )
-                                    .bind(order)
-                                    .bind(ls)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                }
-                                StepOutcome {
-                                    status: to,
-                                    changed: true,
-                                }
-                            }
-                            // RecordOrderFailure never overwrites a closed
-                            // order (SHIPPED above all): it leaves it alone.
-                            Err(TransitionError::Illegal { from, .. })
-                                if to == Status::Failed && from.is_terminal() =>
-                            {
-                                StepOutcome {
-                                    status: from,
-                                    changed: false,
-                                }
-                            }
-                            // MarkOrderShipped enforces the final state: the
-                            // same parcel again is the same shipment.
-                            Err(TransitionError::Illegal { from, .. })
-                                if to == Status::Shipped
-                                    && from == Status::Shipped
-                                    && same_tracking(&mut tx, order, &detail).await? =>
-                            {
-                                StepOutcome {
-                                    status: from,
-                                    changed: false,
-                                }
-                            }
-                            Err(e) => return Err(e.into()),
+                            Err(e) => return Err(e),
                         };
-                        let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
+                        let bytes = serde_json::to_vec(&recorded).unwrap_or_default();
                         store
                             .complete_in(
                                 &mut tx,
@@ -390,10 +338,9 @@ impl OrderActivities {
                             tracing::error!(orderId = %order, "OMS_FAULT=crash-after-activity-commit: aborting");
                             std::process::abort();
                         }
-                        Ok(outcome)
+                        Ok(recorded)
                     }
                 },
-                StepError::class,
             )
             .await;
         let kind = match &ran {
@@ -403,38 +350,104 @@ impl OrderActivities {
         };
         metrics::counter!(crate::metrics_names::ACTIVITY_RUNS, "activity" => activity.clone(), "outcome" => kind)
             .increment(1);
-        match ran {
-            Ok(Execution::Executed(outcome)) => {
-                tracing::info!(orderId = %order, workflowId = %workflow_id, activity, status = %outcome.status, changed = outcome.changed, "activity executed");
-                Ok(outcome)
-            }
-            Ok(Execution::Replayed(outcome)) => {
-                tracing::info!(orderId = %order, workflowId = %workflow_id, activity, "activity replayed from its record");
-                Ok(outcome)
-            }
-            Err(RunError::Operation(e)) => {
-                tracing::warn!(orderId = %order, workflowId = %workflow_id, activity, error = %e, "activity failed");
-                Err(match &e {
-                    StepError::Unfulfillable(reason) => StepFailure::Unfulfillable(reason.clone()),
-                    StepError::Closed { .. } | StepError::NotFound(_) => {
-                        StepFailure::Closed(e.to_string())
-                    }
-                    StepError::Database(_) | StepError::Store(_) => {
-                        StepFailure::Retryable(e.to_string())
-                    }
-                })
-            }
-            // A terminal failure recorded by an earlier attempt whose answer
-            // never reached Temporal: the same answer again.
-            Err(RunError::Failed { reason }) => Err(match reason.strip_prefix(UNFULFILLABLE_PREFIX) {
-                Some(reason) => StepFailure::Unfulfillable(reason.to_owned()),
-                None => StepFailure::Closed(reason),
-            }),
+        let (recorded, replayed) = match ran {
+            Ok(Execution::Executed(r)) => (r, false),
+            Ok(Execution::Replayed(r)) => (r, true),
             Err(e) => {
                 tracing::warn!(orderId = %order, workflowId = %workflow_id, activity, error = %e, "activity attempt failed; Temporal retries it");
-                Err(StepFailure::Retryable(e.to_string()))
+                return Err(StepFailure::Retryable(e.to_string()));
+            }
+        };
+        let how = if replayed { "replayed from its record" } else { "executed" };
+        match recorded {
+            Recorded::Done(outcome) => {
+                tracing::info!(orderId = %order, workflowId = %workflow_id, activity, status = %outcome.status, changed = outcome.changed, "activity {how}");
+                Ok(outcome)
+            }
+            Recorded::Unfulfillable(reason) => {
+                tracing::warn!(orderId = %order, workflowId = %workflow_id, activity, reason, "order unfulfillable ({how})");
+                Err(StepFailure::Unfulfillable(reason))
+            }
+            Recorded::Closed(reason) => {
+                tracing::warn!(orderId = %order, workflowId = %workflow_id, activity, reason, "order closed to this step ({how})");
+                Err(StepFailure::Closed(reason))
             }
         }
+    }
+}
+
+/// The step's decision, in the caller's transaction: `Ok(Ok(outcome))`
+/// when it moved the order (or found it where the step leads, for
+/// RecordOrderFailure and MarkOrderShipped), `Ok(Err(refusal))` when the
+/// order cannot take this step, `Err` when the database failed.
+async fn decide(
+    tx: &mut sqlx::PgConnection,
+    order: Uuid,
+    to: Status,
+    detail: &Detail,
+    actor: &Actor,
+    countries: &[String],
+) -> Result<Result<StepOutcome, StepError>, StepError> {
+    if to == Status::Validated {
+        let country: Option<String> =
+            sqlx::query_scalar("SELECT ship_to_country FROM orders WHERE id = $1")
+                .bind(order)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(country) = country else {
+            return Ok(Err(StepError::NotFound(order)));
+        };
+        if !countries.contains(&country) {
+            return Ok(Err(StepError::Unfulfillable(format!(
+                "shipTo.country {country} is not one of {} (OMS_SHIP_COUNTRIES)",
+                countries.join(",")
+            ))));
+        }
+    }
+    match transition(&mut *tx, order, to, detail, actor).await {
+        Ok(_) => {
+            let line_status = match to {
+                Status::Reserved => Some("RESERVED"),
+                Status::Shipped => Some("SHIPPED"),
+                Status::Cancelled | Status::Failed => Some("CANCELLED"),
+                _ => None,
+            };
+            if let Some(ls) = line_status {
+                sqlx::query(
+                    "UPDATE order_lines SET status = $2::text::line_status WHERE order_id = $1",
+                )
+                .bind(order)
+                .bind(ls)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(Ok(StepOutcome {
+                status: to,
+                changed: true,
+            }))
+        }
+        // RecordOrderFailure never overwrites a closed order (SHIPPED above
+        // all): it leaves it alone.
+        Err(TransitionError::Illegal { from, .. }) if to == Status::Failed && from.is_terminal() => {
+            Ok(Ok(StepOutcome {
+                status: from,
+                changed: false,
+            }))
+        }
+        // MarkOrderShipped enforces the final state: the same parcel again is
+        // the same shipment.
+        Err(TransitionError::Illegal { from, .. })
+            if to == Status::Shipped
+                && from == Status::Shipped
+                && same_tracking(&mut *tx, order, detail).await? =>
+        {
+            Ok(Ok(StepOutcome {
+                status: from,
+                changed: false,
+            }))
+        }
+        Err(TransitionError::Database(e)) => Err(e.into()),
+        Err(e) => Ok(Err(e.into())),
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{World, order, post_then_find, wait_for_status, wait_for_step, world};
+use common::{World, order, post_then_find, wait_for_end, wait_for_status, wait_for_step, world};
 use http::StatusCode;
 use serde_json::json;
 
@@ -38,7 +38,7 @@ async fn finish_after_restart(w: &World, id: &str) {
         );
     }
     wait_for_status(w, id, "SHIPPED").await;
-    wait_for_step(&p.http, id, "shipped").await;
+    wait_for_end(&p.http, id, "shipped", "COMPLETED").await;
     assert_eq!(w.event_types(id).await, SHIPPED);
     assert_eq!(w.executions(&format!("order-intake-{id}")).await, 1);
     drop(p);

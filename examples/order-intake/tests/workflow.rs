@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{order, wait_for_status, wait_for_step, world};
+use common::{order, wait_for_end, wait_for_status, wait_for_step, world};
 use example_order_intake::activities::{Call, Faults, OrderActivities, StepFailure};
 use example_order_intake::domain::Status;
 use example_order_intake::lifecycle::Detail;
@@ -55,8 +55,7 @@ async fn an_order_runs_from_intake_to_shipment_once() {
     }
     wait_for_status(&w, &id, "SHIPPED").await;
     // The query answers after the workflow finished too.
-    let view = wait_for_step(http, &id, "shipped").await;
-    assert_eq!(view["status"], "COMPLETED");
+    wait_for_end(http, &id, "shipped", "COMPLETED").await;
     let again = http
         .post(
             &format!("/orders/{id}/shipment"),
@@ -107,8 +106,7 @@ async fn an_unfulfillable_order_fails_after_one_validation_attempt() {
     let r = p.http.post("/orders", order(Some("far"), "JP"), &[]).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let id = r.json()["id"].as_str().unwrap().to_owned();
-    let view = wait_for_step(&p.http, &id, "failed").await;
-    assert_eq!(view["status"], "COMPLETED");
+    wait_for_end(&p.http, &id, "failed", "COMPLETED").await;
     let order = p.http.get(&format!("/orders/{id}")).await.json();
     assert_eq!(order["status"], "FAILED");
     assert!(
@@ -165,8 +163,7 @@ async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // Now a worker: the workflow meets a closed order and ends.
     let worker = w.start(&[("OMS_RUN", "worker")]);
-    let view = wait_for_step(&api.http, &id, "closed").await;
-    assert_eq!(view["status"], "COMPLETED");
+    wait_for_end(&api.http, &id, "closed", "COMPLETED").await;
     assert_eq!(w.status(&id).await, "CANCELLED");
     assert_eq!(w.event_types(&id).await, vec!["ORDER_CREATED", "ORDER_CANCELLED"]);
     drop((api, worker));

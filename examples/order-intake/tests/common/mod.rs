@@ -309,6 +309,17 @@ pub async fn wait_for_step(http: &Http, order: &str, step: &str) -> Value {
     .await
 }
 
+/// Waits until `GET /orders/{id}/workflow` reports `step` and Temporal's
+/// execution `status` (the step is set just before the run returns).
+pub async fn wait_for_end(http: &Http, order: &str, step: &str, status: &str) -> Value {
+    eventually(Duration::from_secs(60), &format!("{step} and {status}"), || async {
+        let r = http.get(&format!("/orders/{order}/workflow")).await;
+        (r.status == StatusCode::OK && r.json()["step"] == step && r.json()["status"] == status)
+            .then(|| r.json())
+    })
+    .await
+}
+
 /// Waits until the stored status of `order` is `status`.
 pub async fn wait_for_status(world: &World, order: &str, status: &str) {
     eventually(Duration::from_secs(60), &format!("status {status}"), || async {
