@@ -32,7 +32,10 @@ fn one_field(
 ) -> Result<String, ApiError> {
     let mut errors = Vec::new();
     for key in obj.keys().filter(|k| *k != name) {
-        errors.push((format!("/{key}"), "is not a field of this request".to_owned()));
+        errors.push((
+            format!("/{key}"),
+            "is not a field of this request".to_owned(),
+        ));
     }
     let value = match obj.get(name) {
         Some(Value::String(s)) if valid(s.trim()) => Some(s.trim().to_owned()),
@@ -182,7 +185,9 @@ async fn shipment_inner(app: &AppState, id: &str, body: &[u8]) -> Result<Respons
         )),
         Err(DescribeError::Temporal(e)) => {
             tracing::warn!(orderId = %id, workflowId = %wf, error = %e, "shipment not signalled");
-            Err(ApiError::unavailable("Temporal is unavailable; retry later"))
+            Err(ApiError::unavailable(
+                "Temporal is unavailable; retry later",
+            ))
         }
     }
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use idempotency_core::{
-    Completion, Execution, Fingerprint, Idempotent, KeySpec, Outcome,
-    StoreError,
+    Completion, Execution, Fingerprint, Idempotent, KeySpec, Outcome, StoreError,
 };
 use idempotency_postgres::PostgresStore;
 use serde::{Deserialize, Serialize};
@@ -358,7 +357,11 @@ impl OrderActivities {
                 return Err(StepFailure::Retryable(e.to_string()));
             }
         };
-        let how = if replayed { "replayed from its record" } else { "executed" };
+        let how = if replayed {
+            "replayed from its record"
+        } else {
+            "executed"
+        };
         match recorded {
             Recorded::Done(outcome) => {
                 tracing::info!(orderId = %order, workflowId = %workflow_id, activity, status = %outcome.status, changed = outcome.changed, "activity {how}");
@@ -428,7 +431,9 @@ async fn decide(
         }
         // RecordOrderFailure never overwrites a closed order (SHIPPED above
         // all): it leaves it alone.
-        Err(TransitionError::Illegal { from, .. }) if to == Status::Failed && from.is_terminal() => {
+        Err(TransitionError::Illegal { from, .. })
+            if to == Status::Failed && from.is_terminal() =>
+        {
             Ok(Ok(StepOutcome {
                 status: from,
                 changed: false,
@@ -506,8 +511,13 @@ impl OrderActivities {
         input: ShipmentInput,
     ) -> Result<StepOutcome, ActivityError> {
         let id = order_id(&input.order_id)?;
-        self.once(&ctx, id, Status::Shipped, Detail::TrackingNumber(input.tracking_number))
-            .await
+        self.once(
+            &ctx,
+            id,
+            Status::Shipped,
+            Detail::TrackingNumber(input.tracking_number),
+        )
+        .await
     }
 
     /// RecordOrderFailure: any open state → `FAILED` with the reason; a
@@ -520,7 +530,12 @@ impl OrderActivities {
         input: FailureInput,
     ) -> Result<StepOutcome, ActivityError> {
         let id = order_id(&input.order_id)?;
-        self.once(&ctx, id, Status::Failed, Detail::FailureReason(input.reason))
-            .await
+        self.once(
+            &ctx,
+            id,
+            Status::Failed,
+            Detail::FailureReason(input.reason),
+        )
+        .await
     }
 }

@@ -102,7 +102,15 @@ mod tests {
         for ok in ["orders", "_t1", "oi_0123"] {
             assert!(super::is_schema_name(ok), "{ok}");
         }
-        for bad in ["", "Orders", "1x", "pg_orders", "a-b", "a\"b", &"a".repeat(49)] {
+        for bad in [
+            "",
+            "Orders",
+            "1x",
+            "pg_orders",
+            "a-b",
+            "a\"b",
+            &"a".repeat(49),
+        ] {
             assert!(!super::is_schema_name(bad), "{bad}");
         }
     }

@@ -126,7 +126,10 @@ fn enum_field<T: Copy>(
             choices.iter().find(|(n, _)| n == s).map(|(_, v)| *v)
         }
         _ => {
-            errors.push((format!("/{name}"), format!("must be one of {}", names.join(", "))));
+            errors.push((
+                format!("/{name}"),
+                format!("must be one of {}", names.join(", ")),
+            ));
             None
         }
     }
@@ -195,7 +198,10 @@ pub fn validate(body: &Value) -> Result<OrderRequest, Errors> {
             };
             for key in s.keys() {
                 if !["name", "line1", "city", "postalCode", "country"].contains(&key.as_str()) {
-                    errors.push((format!("/shipTo/{key}"), "is not a field of an address".into()));
+                    errors.push((
+                        format!("/shipTo/{key}"),
+                        "is not a field of an address".into(),
+                    ));
                 }
             }
             match (name, line1, city, postal_code, country) {
@@ -312,7 +318,11 @@ pub enum IntakeKey {
 /// A 400 problem.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<[u8; 32]>, ApiError> {
     let bad = |detail: &str| {
-        ApiError::bad_request("invalid-idempotency-key", "Unusable Idempotency-Key", detail)
+        ApiError::bad_request(
+            "invalid-idempotency-key",
+            "Unusable Idempotency-Key",
+            detail,
+        )
     };
     let mut values = headers.get_all("idempotency-key").iter();
     let Some(value) = values.next() else {
@@ -321,7 +331,9 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<[u8; 32]>, ApiError
     if values.next().is_some() {
         return Err(bad("send Idempotency-Key once"));
     }
-    let raw = value.to_str().map_err(|_| bad("the key must be printable ASCII"))?;
+    let raw = value
+        .to_str()
+        .map_err(|_| bad("the key must be printable ASCII"))?;
     let key = raw
         .strip_prefix('"')
         .and_then(|k| k.strip_suffix('"'))
@@ -370,70 +382,74 @@ pub async fn take_in(
     req: &OrderRequest,
 ) -> Result<Intake, NaturalKeyError> {
     let fingerprint = req.fingerprint().to_vec();
-    retry_transaction(pool, Isolation::ReadCommitted, RetryPolicy::default(), |tx| {
-        let (key, req, fingerprint) = (key.clone(), req.clone(), fingerprint.clone());
-        Box::pin(async move {
-            let id = Uuid::now_v7();
-            let (ext, key_hash) = match &key {
-                IntakeKey::External(_, e) => (Some(e.clone()), None),
-                IntakeKey::Key(h) => (None, Some(h.to_vec())),
-            };
-            let (r, f) = (req.clone(), fingerprint.clone());
-            let insert = move || {
-                sqlx::query_as::<_, OrderKeyRow>(INSERT_ORDER)
-                    .bind(id)
-                    .bind(ext.clone())
-                    .bind(r.channel.as_str())
-                    .bind(key_hash.clone())
-                    .bind(f.clone())
-                    .bind(r.priority.as_str())
-                    .bind(r.ship_to.name.clone())
-                    .bind(r.ship_to.line1.clone())
-                    .bind(r.ship_to.city.clone())
-                    .bind(r.ship_to.postal_code.clone())
-                    .bind(r.ship_to.country.clone())
-            };
-            let found = match &key {
-                IntakeKey::External(channel, ext) => {
-                    let (channel, ext) = (channel.as_str(), ext.clone());
-                    NaturalKey::new(insert, move || {
-                        sqlx::query_as::<_, OrderKeyRow>(
-                            "SELECT id, request_hash FROM orders \
-                             WHERE channel = $1::text::order_channel AND external_order_id = $2",
-                        )
-                        .bind(channel)
+    retry_transaction(
+        pool,
+        Isolation::ReadCommitted,
+        RetryPolicy::default(),
+        |tx| {
+            let (key, req, fingerprint) = (key.clone(), req.clone(), fingerprint.clone());
+            Box::pin(async move {
+                let id = Uuid::now_v7();
+                let (ext, key_hash) = match &key {
+                    IntakeKey::External(_, e) => (Some(e.clone()), None),
+                    IntakeKey::Key(h) => (None, Some(h.to_vec())),
+                };
+                let (r, f) = (req.clone(), fingerprint.clone());
+                let insert = move || {
+                    sqlx::query_as::<_, OrderKeyRow>(INSERT_ORDER)
+                        .bind(id)
                         .bind(ext.clone())
-                    })
-                    .constraint("orders_channel_external_order_id_key")
-                    .insert_or_get_in(&mut *tx)
-                    .await?
-                }
-                IntakeKey::Key(hash) => {
-                    let hash = hash.to_vec();
-                    NaturalKey::new(insert, move || {
-                        sqlx::query_as::<_, OrderKeyRow>(
+                        .bind(r.channel.as_str())
+                        .bind(key_hash.clone())
+                        .bind(f.clone())
+                        .bind(r.priority.as_str())
+                        .bind(r.ship_to.name.clone())
+                        .bind(r.ship_to.line1.clone())
+                        .bind(r.ship_to.city.clone())
+                        .bind(r.ship_to.postal_code.clone())
+                        .bind(r.ship_to.country.clone())
+                };
+                let found = match &key {
+                    IntakeKey::External(channel, ext) => {
+                        let (channel, ext) = (channel.as_str(), ext.clone());
+                        NaturalKey::new(insert, move || {
+                            sqlx::query_as::<_, OrderKeyRow>(
+                                "SELECT id, request_hash FROM orders \
+                             WHERE channel = $1::text::order_channel AND external_order_id = $2",
+                            )
+                            .bind(channel)
+                            .bind(ext.clone())
+                        })
+                        .constraint("orders_channel_external_order_id_key")
+                        .insert_or_get_in(&mut *tx)
+                        .await?
+                    }
+                    IntakeKey::Key(hash) => {
+                        let hash = hash.to_vec();
+                        NaturalKey::new(insert, move || {
+                            sqlx::query_as::<_, OrderKeyRow>(
                             "SELECT id, request_hash FROM orders WHERE idempotency_key_hash = $1",
                         )
                         .bind(hash.clone())
-                    })
-                    .constraint("orders_idempotency_key_hash_key")
-                    .insert_or_get_in(&mut *tx)
-                    .await?
-                }
-            };
-            let (id, stored) = match found {
-                Inserted::Found((id, stored)) => {
-                    return Ok(if stored == fingerprint {
-                        Intake::Replayed(id)
-                    } else {
-                        Intake::Mismatch(id)
-                    });
-                }
-                Inserted::Created(row) => row,
-            };
-            debug_assert_eq!(stored, fingerprint);
-            for (i, line) in req.lines.iter().enumerate() {
-                sqlx::query(
+                        })
+                        .constraint("orders_idempotency_key_hash_key")
+                        .insert_or_get_in(&mut *tx)
+                        .await?
+                    }
+                };
+                let (id, stored) = match found {
+                    Inserted::Found((id, stored)) => {
+                        return Ok(if stored == fingerprint {
+                            Intake::Replayed(id)
+                        } else {
+                            Intake::Mismatch(id)
+                        });
+                    }
+                    Inserted::Created(row) => row,
+                };
+                debug_assert_eq!(stored, fingerprint);
+                for (i, line) in req.lines.iter().enumerate() {
+                    sqlx::query(
                     "INSERT INTO order_lines (id, order_id, line_no, sku, quantity, unit_price) \
                      VALUES ($1, $2, $3, $4, $5, $6::text::numeric)",
                 )
@@ -445,28 +461,31 @@ pub async fn take_in(
                 .bind(&line.unit_price)
                 .execute(&mut *tx)
                 .await?;
-            }
-            let payload = json!({
-                "channel": req.channel.as_str(),
-                "externalOrderId": req.external_order_id,
-                "lines": req.lines.len(),
-                "workflowId": workflow_id(id),
-            });
-            sqlx::query("INSERT INTO order_events (order_id, type, payload) VALUES ($1, $2, $3)")
+                }
+                let payload = json!({
+                    "channel": req.channel.as_str(),
+                    "externalOrderId": req.external_order_id,
+                    "lines": req.lines.len(),
+                    "workflowId": workflow_id(id),
+                });
+                sqlx::query(
+                    "INSERT INTO order_events (order_id, type, payload) VALUES ($1, $2, $3)",
+                )
                 .bind(id)
                 .bind(EventType::OrderCreated.as_str())
                 .bind(&payload)
                 .execute(&mut *tx)
                 .await?;
-            // The intent to start the workflow, in the order's transaction.
-            sqlx::query("INSERT INTO workflow_starts (order_id, workflow_id) VALUES ($1, $2)")
-                .bind(id)
-                .bind(workflow_id(id))
-                .execute(&mut *tx)
-                .await?;
-            Ok(Intake::Created(id))
-        })
-    })
+                // The intent to start the workflow, in the order's transaction.
+                sqlx::query("INSERT INTO workflow_starts (order_id, workflow_id) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(workflow_id(id))
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(Intake::Created(id))
+            })
+        },
+    )
     .await
 }
 
@@ -583,7 +602,17 @@ mod tests {
         assert_eq!(normalise_amount("19.9").as_deref(), Some("19.90"));
         assert_eq!(normalise_amount("007").as_deref(), Some("7.00"));
         assert_eq!(normalise_amount("0.05").as_deref(), Some("0.05"));
-        for bad in ["", "-1", "1.", ".5", "1.234", "1e3", "12345678901", "1,5", " 1"] {
+        for bad in [
+            "",
+            "-1",
+            "1.",
+            ".5",
+            "1.234",
+            "1e3",
+            "12345678901",
+            "1,5",
+            " 1",
+        ] {
             assert_eq!(normalise_amount(bad), None, "{bad:?}");
         }
     }
@@ -643,7 +672,10 @@ mod tests {
         assert_eq!(idempotency_key(&h).unwrap().unwrap(), quoted);
         h.insert("idempotency-key", HeaderValue::from_static("\"\""));
         assert!(idempotency_key(&h).is_err());
-        h.insert("idempotency-key", HeaderValue::from_str(&"k".repeat(256)).unwrap());
+        h.insert(
+            "idempotency-key",
+            HeaderValue::from_str(&"k".repeat(256)).unwrap(),
+        );
         assert!(idempotency_key(&h).is_err());
         h.insert("idempotency-key", HeaderValue::from_static("a"));
         h.append("idempotency-key", HeaderValue::from_static("b"));

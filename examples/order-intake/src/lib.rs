@@ -155,8 +155,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            schema: "orders".into(),
-            idempotency_schema: "orders_idempotency".into(),
+            schema: "order_intake".into(),
+            idempotency_schema: "order_intake_idempotency".into(),
             namespace: "default".into(),
             task_queue: "order-intake".into(),
             parts: Parts::ALL,

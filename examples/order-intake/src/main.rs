@@ -13,8 +13,8 @@
 //! | `TEMPORAL_ADDRESS` | `127.0.0.1:7233` | `host:port` | the Temporal frontend (required in `prod`) |
 //! | `TEMPORAL_NAMESPACE` | `default` | 1 to 200 of `a-z A-Z 0-9 - _ .` | the namespace (required in `prod`) |
 //! | `OMS_TASK_QUEUE` | `order-intake` | 1 to 200 of `a-z A-Z 0-9 - _ .` | the workers' task queue |
-//! | `OMS_SCHEMA` | `orders` | `[a-z_][a-z0-9_]*`, ≤ 48 bytes | the order tables' schema |
-//! | `OMS_IDEMPOTENCY_SCHEMA` | `orders_idempotency` | as `OMS_SCHEMA` | the activities' idempotency records |
+//! | `OMS_SCHEMA` | `order_intake` | `[a-z_][a-z0-9_]*`, ≤ 48 bytes | the order tables' schema |
+//! | `OMS_IDEMPOTENCY_SCHEMA` | `order_intake_idempotency` | as `OMS_SCHEMA` | the activities' idempotency records |
 //! | `OMS_SHIP_COUNTRIES` | `US,CA,GB,DE,FR` | ISO 3166-1 alpha-2 codes | where orders ship; others fail validation (required in `prod`) |
 //! | `OMS_ACTIVITY_TIMEOUT_MS` | 30000 | 500 to 600000 | an activity attempt's start-to-close timeout |
 //! | `OMS_RELAY_POLL_MS` | 500 | 10 to 60000 | how often the relay looks for unstarted workflows |
@@ -441,8 +441,8 @@ mod tests {
             "BIND_ADDR",
             "OMS_SHIP_COUNTRIES",
         ] {
-            let err = settings(&[], |n: &str| if n == missing { None } else { full(n) })
-                .unwrap_err();
+            let err =
+                settings(&[], |n: &str| if n == missing { None } else { full(n) }).unwrap_err();
             assert!(err.contains(missing), "{missing}: {err}");
         }
         let err = settings(&[], |n: &str| {
@@ -466,7 +466,7 @@ mod tests {
             ("TEMPORAL_NAMESPACE", "a b"),
             ("OMS_TASK_QUEUE", ""),
             ("OMS_SCHEMA", "Orders"),
-            ("OMS_IDEMPOTENCY_SCHEMA", "orders"),
+            ("OMS_IDEMPOTENCY_SCHEMA", "order_intake"),
             ("OMS_RUN", "api,everything"),
             ("OMS_SHIP_COUNTRIES", "USA"),
             ("OMS_ACTIVITY_TIMEOUT_MS", "10"),

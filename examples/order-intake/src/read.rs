@@ -160,10 +160,7 @@ async fn lines_of<'e>(
 /// # Errors
 ///
 /// The database's.
-pub async fn load(
-    db: &mut sqlx::PgConnection,
-    id: Uuid,
-) -> Result<Option<OrderView>, sqlx::Error> {
+pub async fn load(db: &mut sqlx::PgConnection, id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
     let sql = format!("SELECT {} FROM orders WHERE id = $1", order_columns());
     let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -183,7 +180,8 @@ pub async fn load(
 
 /// Parses an order id of a path.
 pub(crate) fn order_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| ApiError::not_found("order", &raw.chars().take(64).collect::<String>()))
+    Uuid::try_parse(raw)
+        .map_err(|_| ApiError::not_found("order", &raw.chars().take(64).collect::<String>()))
 }
 
 /// `GET /orders/{id}`: the order with its lines.
@@ -236,14 +234,21 @@ pub struct OrderPage {
               (status = 400, description = "A parameter is missing or unusable", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     let bad = |detail: String| {
-        ApiError::bad_request("invalid-parameter", "A query parameter is missing or unusable", detail)
-            .into_response()
+        ApiError::bad_request(
+            "invalid-parameter",
+            "A query parameter is missing or unusable",
+            detail,
+        )
+        .into_response()
     };
     let Some(status) = q.status.as_deref() else {
         return bad("the query parameter status is required (one of CREATED, VALIDATED, RESERVED, FULFILLING, SHIPPED, CANCELLED, FAILED)".into());
     };
     let Some(status) = Status::parse(status) else {
-        return bad(format!("status={:?} is not one of CREATED, VALIDATED, RESERVED, FULFILLING, SHIPPED, CANCELLED, FAILED", status.chars().take(32).collect::<String>()));
+        return bad(format!(
+            "status={:?} is not one of CREATED, VALIDATED, RESERVED, FULFILLING, SHIPPED, CANCELLED, FAILED",
+            status.chars().take(32).collect::<String>()
+        ));
     };
     let limit = match q.limit.as_deref().map(str::parse::<i64>) {
         None => 20,

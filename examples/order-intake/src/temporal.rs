@@ -232,7 +232,11 @@ pub async fn describe(client: &Client, workflow_id: &str) -> Result<WorkflowView
             other => DescribeError::Temporal(other.to_string()),
         })?;
     let step = handle
-        .query(OrderIntakeWorkflow::step, (), WorkflowQueryOptions::default())
+        .query(
+            OrderIntakeWorkflow::step,
+            (),
+            WorkflowQueryOptions::default(),
+        )
         .await
         .map_err(|e| DescribeError::Temporal(e.to_string()))?;
     Ok(WorkflowView {

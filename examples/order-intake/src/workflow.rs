@@ -66,16 +66,17 @@ enum Stop {
     Closed(String),
 }
 
-fn classify(e: ActivityExecutionError) -> Result<Stop, ActivityExecutionError> {
-    let app = match e.cause() {
-        Some(IncomingError::Application(app)) => app,
-        _ => return Err(e),
+/// The stop a non-retryable failure of ours means; `None` for anything
+/// else (the workflow fails with it).
+fn classify(e: &ActivityExecutionError) -> Option<Stop> {
+    let Some(IncomingError::Application(app)) = e.cause() else {
+        return None;
     };
     let message = app.failure().map(|f| f.message.clone()).unwrap_or_default();
     match app.type_name() {
-        Some(error_types::UNFULFILLABLE) => Ok(Stop::Unfulfillable(message)),
-        Some(error_types::CLOSED) => Ok(Stop::Closed(message)),
-        _ => Err(e),
+        Some(error_types::UNFULFILLABLE) => Some(Stop::Unfulfillable(message)),
+        Some(error_types::CLOSED) => Some(Stop::Closed(message)),
+        _ => None,
     }
 }
 
@@ -107,14 +108,18 @@ impl OrderIntakeWorkflow {
             ctx.execute_activity(OrderActivities::mark_order_reserved, order.clone(), opts())
                 .await?;
             ctx.state_mut(|s| s.step = steps::STARTING_FULFILMENT.into());
-            ctx.execute_activity(OrderActivities::mark_order_fulfilling, order.clone(), opts())
-                .await?;
+            ctx.execute_activity(
+                OrderActivities::mark_order_fulfilling,
+                order.clone(),
+                opts(),
+            )
+            .await?;
             ctx.state_mut(|s| s.step = steps::AWAITING_SHIPMENT.into());
             Ok::<_, ActivityExecutionError>(())
         };
         let stop = match happy.await {
             Ok(()) => None,
-            Err(e) => Some(classify(e).map_err(workflow_failure)?),
+            Err(e) => Some(classify(&e).ok_or_else(|| workflow_failure(e))?),
         };
         match stop {
             None => {}
@@ -158,7 +163,7 @@ impl OrderIntakeWorkflow {
         {
             Ok(_) => {}
             Err(e) => {
-                let why = match classify(e).map_err(workflow_failure)? {
+                let why = match classify(&e).ok_or_else(|| workflow_failure(e))? {
                     Stop::Closed(why) | Stop::Unfulfillable(why) => why,
                 };
                 ctx.state_mut(|s| {

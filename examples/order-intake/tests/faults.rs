@@ -48,7 +48,13 @@ async fn finish_after_restart(w: &World, id: &str) {
 async fn a_crash_after_an_activity_commit_replays_the_activity_on_retry() {
     let Some(w) = world().await else { return };
     let mut p = w.start(&[("OMS_FAULT", "crash-after-activity-commit")]);
-    let id = post_then_find(&w, &p.http, "crash-activity", order(Some("crash-activity"), "US")).await;
+    let id = post_then_find(
+        &w,
+        &p.http,
+        "crash-activity",
+        order(Some("crash-activity"), "US"),
+    )
+    .await;
     let status = p.wait_for_exit(Duration::from_secs(60));
     assert!(!status.success(), "aborted: {status}");
     assert!(p.log().contains("crash-after-activity-commit: aborting"));
@@ -106,7 +112,11 @@ async fn a_crash_between_the_start_and_the_mark_starts_it_once() {
     .await
     .unwrap();
     assert_eq!(unmarked, 1);
-    assert_eq!(w.executions_once_visible(&format!("order-intake-{id}")).await, 1);
+    assert_eq!(
+        w.executions_once_visible(&format!("order-intake-{id}"))
+            .await,
+        1
+    );
     finish_after_restart(&w, &id).await;
     let marked: (i64, i32) = sqlx::query_as(
         "SELECT count(started_at), max(attempts) FROM workflow_starts WHERE order_id = $1::uuid",

@@ -22,9 +22,15 @@ async fn fifty_concurrent_duplicates_over_two_processes_make_one_order_and_one_w
     let body = order(Some(&ext), "US");
     let mut calls = Vec::new();
     for i in 0..50 {
-        let http = if i % 2 == 0 { a.http.clone() } else { b.http.clone() };
+        let http = if i % 2 == 0 {
+            a.http.clone()
+        } else {
+            b.http.clone()
+        };
         let body = body.clone();
-        calls.push(tokio::spawn(async move { http.post("/orders", body, &[]).await }));
+        calls.push(tokio::spawn(async move {
+            http.post("/orders", body, &[]).await
+        }));
     }
     let mut replies = Vec::new();
     for c in calls {
@@ -48,19 +54,21 @@ async fn fifty_concurrent_duplicates_over_two_processes_make_one_order_and_one_w
         );
         assert_eq!(r.json()["id"], id.as_str());
     }
-    let orders: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM orders WHERE channel = 'SHOPIFY' AND external_order_id = $1")
-            .bind(&ext)
+    let orders: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE channel = 'SHOPIFY' AND external_order_id = $1",
+    )
+    .bind(&ext)
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(orders, 1);
+    assert_eq!(w.event_types(&id).await, vec!["ORDER_CREATED"]);
+    let lines: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM order_lines WHERE order_id = $1::uuid")
+            .bind(&id)
             .fetch_one(&w.pool)
             .await
             .unwrap();
-    assert_eq!(orders, 1);
-    assert_eq!(w.event_types(&id).await, vec!["ORDER_CREATED"]);
-    let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM order_lines WHERE order_id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&w.pool)
-        .await
-        .unwrap();
     assert_eq!(lines, 2);
     let wf = format!("order-intake-{id}");
     assert_eq!(w.executions_once_visible(&wf).await, 1);
@@ -135,7 +143,10 @@ async fn intake_by_idempotency_key_and_its_problems() {
     // Another channel, the same externalOrderId: another order.
     let mut manual = order(Some(&ext), "US");
     manual["channel"] = json!("MANUAL");
-    assert_eq!(http.post("/orders", manual, &[]).await.status, StatusCode::CREATED);
+    assert_eq!(
+        http.post("/orders", manual, &[]).await.status,
+        StatusCode::CREATED
+    );
     // Malformed JSON → 400; invalid → 422 with pointers.
     let r = http
         .raw(Method::POST, "/orders", Some("{\"channel\":".into()), &[])
@@ -174,7 +185,10 @@ async fn intake_by_idempotency_key_and_its_problems() {
 async fn the_database_enforces_the_domain_by_itself() {
     let Some(w) = world().await else { return };
     let p = w.start(&[("OMS_RUN", "api")]);
-    let r = p.http.post("/orders", order(Some("db-rules"), "US"), &[]).await;
+    let r = p
+        .http
+        .post("/orders", order(Some("db-rules"), "US"), &[])
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let refused = |sql: &'static str| {
@@ -209,8 +223,13 @@ async fn the_database_enforces_the_domain_by_itself() {
     // A status outside the enum, and an edge outside the lifecycle.
     let e = refused("UPDATE orders SET status = 'LOST' WHERE id = $1::uuid").await;
     assert!(e.contains("order_status"), "{e}");
-    let e = refused("UPDATE orders SET status = 'SHIPPED', tracking_number = 'T' WHERE id = $1::uuid").await;
-    assert!(e.contains("illegal order transition from CREATED to SHIPPED"), "{e}");
+    let e =
+        refused("UPDATE orders SET status = 'SHIPPED', tracking_number = 'T' WHERE id = $1::uuid")
+            .await;
+    assert!(
+        e.contains("illegal order transition from CREATED to SHIPPED"),
+        "{e}"
+    );
     // A line of zero, and a float's worth of cents.
     let e = refused(
         "INSERT INTO order_lines (id, order_id, line_no, sku, quantity, unit_price) \

@@ -33,7 +33,11 @@ async fn an_order_runs_from_intake_to_shipment_once() {
     assert_eq!(w.status(&id).await, "FULFILLING");
     // A cancel is too late now: 409, no event.
     let r = http
-        .post(&format!("/orders/{id}/cancel"), json!({"reason": "late"}), &[])
+        .post(
+            &format!("/orders/{id}/cancel"),
+            json!({"reason": "late"}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.problem(), "illegal-transition");
@@ -118,11 +122,18 @@ async fn an_unfulfillable_order_fails_after_one_validation_attempt() {
     );
     assert_eq!(w.attempts(&id, "ValidateOrder").await, 1);
     assert_eq!(w.attempts(&id, "RecordOrderFailure").await, 1);
-    assert_eq!(w.event_types(&id).await, vec!["ORDER_CREATED", "ORDER_FAILED"]);
+    assert_eq!(
+        w.event_types(&id).await,
+        vec!["ORDER_CREATED", "ORDER_FAILED"]
+    );
     // A failed order ships nowhere.
     let r = p
         .http
-        .post(&format!("/orders/{id}/shipment"), json!({"trackingNumber": "X"}), &[])
+        .post(
+            &format!("/orders/{id}/shipment"),
+            json!({"trackingNumber": "X"}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.problem(), "illegal-transition");
@@ -135,13 +146,20 @@ async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
     let Some(w) = world().await else { return };
     // No worker yet: the order waits in CREATED.
     let api = w.start(&[("OMS_RUN", "api,relay")]);
-    let r = api.http.post("/orders", order(Some("cancel-me"), "US"), &[]).await;
+    let r = api
+        .http
+        .post("/orders", order(Some("cancel-me"), "US"), &[])
+        .await;
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let cancel = |reason: &'static str| {
         let (http, id) = (api.http.clone(), id.clone());
         async move {
-            http.post(&format!("/orders/{id}/cancel"), json!({"reason": reason}), &[])
-                .await
+            http.post(
+                &format!("/orders/{id}/cancel"),
+                json!({"reason": reason}),
+                &[],
+            )
+            .await
         }
     };
     let first = cancel("customer changed their mind").await;
@@ -150,7 +168,10 @@ async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
     let second = cancel("again").await;
     assert_eq!(second.status, StatusCode::OK);
     assert_eq!(second.json()["cancelReason"], "customer changed their mind");
-    assert_eq!(w.event_types(&id).await, vec!["ORDER_CREATED", "ORDER_CANCELLED"]);
+    assert_eq!(
+        w.event_types(&id).await,
+        vec!["ORDER_CREATED", "ORDER_CANCELLED"]
+    );
     let r = api
         .http
         .post(&format!("/orders/{id}/cancel"), json!({}), &[])
@@ -158,14 +179,21 @@ async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let r = api
         .http
-        .post(&format!("/orders/{}/cancel", uuid::Uuid::now_v7()), json!({"reason": "x"}), &[])
+        .post(
+            &format!("/orders/{}/cancel", uuid::Uuid::now_v7()),
+            json!({"reason": "x"}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // Now a worker: the workflow meets a closed order and ends.
     let worker = w.start(&[("OMS_RUN", "worker")]);
     wait_for_end(&api.http, &id, "closed", "COMPLETED").await;
     assert_eq!(w.status(&id).await, "CANCELLED");
-    assert_eq!(w.event_types(&id).await, vec!["ORDER_CREATED", "ORDER_CANCELLED"]);
+    assert_eq!(
+        w.event_types(&id).await,
+        vec!["ORDER_CREATED", "ORDER_CANCELLED"]
+    );
     drop((api, worker));
     w.drop_schemas().await;
 }
@@ -175,7 +203,10 @@ async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
 async fn activity_attempts_are_once_per_workflow_and_activity_id() {
     let Some(w) = world().await else { return };
     let p = w.start(&[("OMS_RUN", "api")]);
-    let r = p.http.post("/orders", order(Some("direct"), "US"), &[]).await;
+    let r = p
+        .http
+        .post("/orders", order(Some("direct"), "US"), &[])
+        .await;
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let order_id = uuid::Uuid::parse_str(&id).unwrap();
     let store = PostgresStore::builder()
@@ -211,30 +242,55 @@ async fn activity_attempts_are_once_per_workflow_and_activity_id() {
     .into_iter()
     .enumerate()
     {
-        acts.step(&call(kind, &(n + 2).to_string(), 1), order_id, to, Detail::None)
-            .await
-            .unwrap();
+        acts.step(
+            &call(kind, &(n + 2).to_string(), 1),
+            order_id,
+            to,
+            Detail::None,
+        )
+        .await
+        .unwrap();
     }
     let retry = acts
-        .step(&call("ValidateOrder", "1", 2), order_id, Status::Validated, Detail::None)
+        .step(
+            &call("ValidateOrder", "1", 2),
+            order_id,
+            Status::Validated,
+            Detail::None,
+        )
         .await
         .unwrap();
     assert_eq!(retry, first);
     let ship = call("MarkOrderShipped", "4", 1);
     let shipped = acts
-        .step(&ship, order_id, Status::Shipped, Detail::TrackingNumber("T-1".into()))
+        .step(
+            &ship,
+            order_id,
+            Status::Shipped,
+            Detail::TrackingNumber("T-1".into()),
+        )
         .await
         .unwrap();
     assert!(shipped.changed);
     // Shipped again by another activity with the same parcel: no change;
     // with another parcel: the final state holds.
     let same = acts
-        .step(&call("MarkOrderShipped", "5", 1), order_id, Status::Shipped, Detail::TrackingNumber("T-1".into()))
+        .step(
+            &call("MarkOrderShipped", "5", 1),
+            order_id,
+            Status::Shipped,
+            Detail::TrackingNumber("T-1".into()),
+        )
         .await
         .unwrap();
     assert!(!same.changed);
     let other = acts
-        .step(&call("MarkOrderShipped", "6", 1), order_id, Status::Shipped, Detail::TrackingNumber("T-2".into()))
+        .step(
+            &call("MarkOrderShipped", "6", 1),
+            order_id,
+            Status::Shipped,
+            Detail::TrackingNumber("T-2".into()),
+        )
         .await
         .unwrap_err();
     assert!(matches!(other, StepFailure::Closed(_)), "{other:?}");
@@ -271,13 +327,24 @@ async fn activity_attempts_are_once_per_workflow_and_activity_id() {
             .unwrap();
     assert_eq!(reason, None);
     // An illegal edge through an activity: refused, nothing written.
-    let r2 = p.http.post("/orders", order(Some("direct-2"), "US"), &[]).await;
+    let r2 = p
+        .http
+        .post("/orders", order(Some("direct-2"), "US"), &[])
+        .await;
     let id2 = uuid::Uuid::parse_str(r2.json()["id"].as_str().unwrap()).unwrap();
     let skip = acts
-        .step(&call("MarkOrderFulfilling", "9", 1), id2, Status::Fulfilling, Detail::None)
+        .step(
+            &call("MarkOrderFulfilling", "9", 1),
+            id2,
+            Status::Fulfilling,
+            Detail::None,
+        )
         .await
         .unwrap_err();
-    assert!(matches!(&skip, StepFailure::Closed(m) if m.contains("from CREATED to FULFILLING")), "{skip:?}");
+    assert!(
+        matches!(&skip, StepFailure::Closed(m) if m.contains("from CREATED to FULFILLING")),
+        "{skip:?}"
+    );
     assert_eq!(w.event_types(&id2.to_string()).await, vec!["ORDER_CREATED"]);
     // Unfulfillable (activities that ship to Canada only): non-retryable,
     // and a retry of the same activity says the same, writing nothing.

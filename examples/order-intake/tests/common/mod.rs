@@ -108,10 +108,14 @@ impl World {
     /// Waits until Temporal's visibility lists workflow `workflow_id`,
     /// then returns how many executions it lists.
     pub async fn executions_once_visible(&self, workflow_id: &str) -> usize {
-        eventually(Duration::from_secs(30), "the workflow in visibility", || async {
-            let n = self.executions(workflow_id).await;
-            (n > 0).then_some(n)
-        })
+        eventually(
+            Duration::from_secs(30),
+            "the workflow in visibility",
+            || async {
+                let n = self.executions(workflow_id).await;
+                (n > 0).then_some(n)
+            },
+        )
         .await
     }
 
@@ -238,8 +242,10 @@ impl Http {
         }
         let res = tokio::time::timeout(
             Duration::from_secs(30),
-            self.client
-                .request(req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap()),
+            self.client.request(
+                req.body(Full::new(Bytes::from(body.unwrap_or_default())))
+                    .unwrap(),
+            ),
         )
         .await
         .expect("the service answers in 30 s")
@@ -273,7 +279,9 @@ pub async fn post_then_find(world: &World, http: &Http, external: &str, body: Va
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    if let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(30), http.client.request(req)).await {
+    if let Ok(Ok(res)) =
+        tokio::time::timeout(Duration::from_secs(30), http.client.request(req)).await
+    {
         assert_eq!(res.status(), StatusCode::CREATED);
     }
     let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM orders WHERE external_order_id = $1")
@@ -312,19 +320,25 @@ pub async fn wait_for_step(http: &Http, order: &str, step: &str) -> Value {
 /// Waits until `GET /orders/{id}/workflow` reports `step` and Temporal's
 /// execution `status` (the step is set just before the run returns).
 pub async fn wait_for_end(http: &Http, order: &str, step: &str, status: &str) -> Value {
-    eventually(Duration::from_secs(60), &format!("{step} and {status}"), || async {
-        let r = http.get(&format!("/orders/{order}/workflow")).await;
-        (r.status == StatusCode::OK && r.json()["step"] == step && r.json()["status"] == status)
-            .then(|| r.json())
-    })
+    eventually(
+        Duration::from_secs(60),
+        &format!("{step} and {status}"),
+        || async {
+            let r = http.get(&format!("/orders/{order}/workflow")).await;
+            (r.status == StatusCode::OK && r.json()["step"] == step && r.json()["status"] == status)
+                .then(|| r.json())
+        },
+    )
     .await
 }
 
 /// Waits until the stored status of `order` is `status`.
 pub async fn wait_for_status(world: &World, order: &str, status: &str) {
-    eventually(Duration::from_secs(60), &format!("status {status}"), || async {
-        (world.status(order).await == status).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        &format!("status {status}"),
+        || async { (world.status(order).await == status).then_some(()) },
+    )
     .await;
 }
 
