@@ -1,6 +1,7 @@
--- The order-intake tables, in the schema the service was given (it is the
--- first entry of the connection's `search_path`, so every name below lands
--- there).
+-- The order-intake tables, in the schema the service was given: every name
+-- below lands there (and the service's connections have it first on their
+-- `search_path`).
+SET LOCAL search_path TO {{schema}};
 
 -- The lifecycle, enforced by the database: only these values can be stored.
 CREATE TYPE order_status AS ENUM (

@@ -558,15 +558,14 @@ async fn create_inner(
             metrics::counter!(crate::metrics_names::DUPLICATES, "outcome" => "mismatch")
                 .increment(1);
             tracing::info!(orderId = %id, "intake key reused for another order");
-            let mut e = ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "Key reused for another order",
                 "this (channel, externalOrderId) or Idempotency-Key was used for an order with other contents",
             )
-            .with("orderId", json!(id));
-            e.location = Some(format!("/orders/{id}"));
-            return Err(e);
+            .with("orderId", json!(id))
+            .at(format!("/orders/{id}")));
         }
     };
     let mut conn = app.pool.acquire().await?;

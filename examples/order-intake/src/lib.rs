@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use idempotency_postgres::PostgresStore;
@@ -173,7 +173,7 @@ impl Default for Config {
 pub enum StartError {
     /// The service's migrations failed.
     #[error("migrating the order tables failed: {0}")]
-    Migrate(#[from] db::MigrateError),
+    Migrate(#[from] example_support::migrate::MigrateError),
     /// The idempotency store could not be set up.
     #[error("setting up the idempotency store failed: {0}")]
     Store(#[from] idempotency_postgres::SetupError),
@@ -377,19 +377,14 @@ fn router(state: AppState) -> Router {
 }
 
 async fn checks(app: &AppState) -> (bool, bool) {
-    let db = async {
-        matches!(
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                sqlx::query("SELECT 1").execute(&app.pool)
-            )
-            .await,
-            Ok(Ok(_))
-        )
-    };
+    let db = example_support::ops::database_ready(&app.pool);
     let temporal = async {
         matches!(
-            tokio::time::timeout(Duration::from_secs(2), temporal::ping(&app.temporal)).await,
+            tokio::time::timeout(
+                example_support::ops::READY_TIMEOUT,
+                temporal::ping(&app.temporal)
+            )
+            .await,
             Ok(Ok(()))
         )
     };
@@ -439,12 +434,5 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain; version=0.0.4"),
               (status = 404, description = "Metrics are disabled", body = String, content_type = "text/plain")))]
 pub(crate) async fn render_metrics(State(app): State<AppState>) -> Response {
-    match &app.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics are disabled\n").into_response(),
-    }
+    example_support::ops::metrics(app.metrics.as_ref())
 }

@@ -29,13 +29,10 @@
 //! exit 0. No secret has a default: credentials come in `DATABASE_URL`.
 
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use example_order_intake::{Config, Fault, Parts, Service, db::is_schema_name};
-use metrics_exporter_prometheus::PrometheusBuilder;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use example_order_intake::{Config, Fault, Parts, Service};
+use example_support::{ops, settings, shutdown};
 use tokio::sync::watch;
 
 const DEFAULT_BIND: &str = "127.0.0.1:3002";
@@ -68,31 +65,6 @@ struct Settings {
     config: Config,
 }
 
-/// `--bind` and `--run` from the arguments.
-fn args(args: &[String]) -> Result<(Option<String>, Option<String>), String> {
-    let (mut bind, mut run) = (None, None);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (name, value) = match arg.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (arg.as_str(), None),
-        };
-        let slot = match name {
-            "--bind" => &mut bind,
-            "--run" => &mut run,
-            _ => return Err(format!("unknown argument {arg:?} (see --help)")),
-        };
-        *slot = Some(match value {
-            Some(v) => v,
-            None => it
-                .next()
-                .ok_or_else(|| format!("{name} needs a value (see --help)"))?
-                .clone(),
-        });
-    }
-    Ok((bind, run))
-}
-
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
@@ -102,17 +74,17 @@ fn is_name(s: &str) -> bool {
 
 /// The settings from the arguments and environment.
 fn settings(argv: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
-    let (bind, run) = args(argv)?;
-    let profile = match var("OMS_PROFILE").as_deref() {
-        None | Some("local") => Profile::Local,
-        Some("dev") => Profile::Dev,
-        Some("prod") => Profile::Prod,
-        Some(other) => {
-            return Err(format!(
-                "OMS_PROFILE={other:?} is not one of local, dev, prod"
-            ));
-        }
-    };
+    let [bind, run] = settings::flags(argv, ["--bind", "--run"])?;
+    let profile = settings::choice(
+        &var,
+        "OMS_PROFILE",
+        &[
+            ("local", Profile::Local),
+            ("dev", Profile::Dev),
+            ("prod", Profile::Prod),
+        ],
+    )?
+    .unwrap_or(Profile::Local);
     // In `prod` nothing required may fall back to a default.
     let required = |name: &str, default: &str| -> Result<String, String> {
         match var(name) {
@@ -123,13 +95,11 @@ fn settings(argv: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Set
             None => Ok(default.to_owned()),
         }
     };
-    let (bind_name, raw) = match bind {
-        Some(b) => ("--bind", b),
-        None => ("BIND_ADDR", required("BIND_ADDR", DEFAULT_BIND)?),
+    let bind_env = match &bind {
+        Some(_) => None,
+        None => Some(required("BIND_ADDR", DEFAULT_BIND)?),
     };
-    let addr: SocketAddr = raw.parse().map_err(|_| {
-        format!("{bind_name}={raw:?} is not a socket address such as {DEFAULT_BIND}")
-    })?;
+    let addr = settings::listen_addr(bind, bind_env, DEFAULT_BIND)?;
     let database_url = match (var("DATABASE_URL"), profile) {
         (Some(u), _) => u,
         (None, Profile::Local) => DEFAULT_DATABASE_URL.to_owned(),
@@ -171,19 +141,9 @@ fn settings(argv: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Set
         }
         config.task_queue = q;
     }
-    for (name, slot) in [
-        ("OMS_SCHEMA", &mut config.schema),
-        ("OMS_IDEMPOTENCY_SCHEMA", &mut config.idempotency_schema),
-    ] {
-        if let Some(s) = var(name) {
-            if !is_schema_name(&s) {
-                return Err(format!(
-                    "{name}={s:?} is not a schema name ([a-z_][a-z0-9_]*, at most 48 bytes, no pg_ prefix)"
-                ));
-            }
-            *slot = s;
-        }
-    }
+    config.schema = settings::schema(&var, "OMS_SCHEMA", &config.schema)?;
+    config.idempotency_schema =
+        settings::schema(&var, "OMS_IDEMPOTENCY_SCHEMA", &config.idempotency_schema)?;
     if config.schema == config.idempotency_schema {
         return Err("OMS_SCHEMA and OMS_IDEMPOTENCY_SCHEMA must differ".into());
     }
@@ -201,23 +161,14 @@ fn settings(argv: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Set
         ));
     }
     config.ship_countries = list;
-    let millis = |name: &str, default: Duration, range: RangeInclusive<u64>| match var(name) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if range.contains(&ms) => Ok(Duration::from_millis(ms)),
-            _ => Err(format!(
-                "{name}={v:?} is not a whole number of milliseconds from {} to {}",
-                range.start(),
-                range.end()
-            )),
-        },
-    };
-    config.activity_timeout = millis(
+    config.activity_timeout = settings::millis(
+        &var,
         "OMS_ACTIVITY_TIMEOUT_MS",
         config.activity_timeout,
         500..=600_000,
     )?;
-    config.relay_poll = millis("OMS_RELAY_POLL_MS", config.relay_poll, 10..=60_000)?;
+    config.relay_poll =
+        settings::millis(&var, "OMS_RELAY_POLL_MS", config.relay_poll, 10..=60_000)?;
     config.fault = match var("OMS_FAULT") {
         None => None,
         Some(_) if profile == Profile::Prod => {
@@ -225,12 +176,8 @@ fn settings(argv: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Set
         }
         Some(f) => Some(Fault::parse(&f).map_err(|e| format!("OMS_FAULT={e}"))?),
     };
-    let json_logs = match var("LOG_FORMAT").as_deref() {
-        None => profile == Profile::Prod,
-        Some("json") => true,
-        Some("text") => false,
-        Some(other) => return Err(format!("LOG_FORMAT={other:?} is not text or json")),
-    };
+    let json_logs = settings::choice(&var, "LOG_FORMAT", &[("text", false), ("json", true)])?
+        .unwrap_or(profile == Profile::Prod);
     Ok(Settings {
         profile,
         addr,
@@ -248,51 +195,35 @@ async fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    let filter = match std::env::var("RUST_LOG") {
-        Err(_) => tracing_subscriber::EnvFilter::new("info"),
-        Ok(v) => match tracing_subscriber::EnvFilter::try_new(&v) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: RUST_LOG={v:?} is not a log filter such as info ({e})");
-                return ExitCode::from(2);
-            }
-        },
+    let filter = match settings::log_filter(std::env::var("RUST_LOG").ok()) {
+        Ok(f) => f,
+        Err(e) => return settings::refuse(e),
     };
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let s = match settings(&argv, env) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return settings::refuse(e),
     };
-    let options: PgConnectOptions = match s.database_url.parse() {
+    let options = match settings::postgres_url(Some(s.database_url.clone())) {
         Ok(o) => o,
-        Err(_) => {
-            eprintln!("error: DATABASE_URL is not a postgres:// URL");
-            return ExitCode::from(2);
-        }
+        Err(e) => return settings::refuse(e),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     if s.json_logs {
-        builder.json().init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .json()
+            .init();
     } else {
-        builder.init();
+        settings::init_logging(filter);
     }
-    let pool = match PgPoolOptions::new()
-        .max_connections(20)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.options([
-            ("statement_timeout", "5000"),
-            ("search_path", s.config.schema.as_str()),
-        ]))
-        .await
-    {
+    // Every statement of the service's own finds its tables first in its
+    // schema.
+    let options = options.options([("search_path", s.config.schema.as_str())]);
+    let pool = match settings::connect(options, 20).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: cannot reach PostgreSQL at DATABASE_URL ({e})");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -306,7 +237,7 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    let metrics = PrometheusBuilder::new().install_recorder().ok();
+    let metrics = ops::install_metrics();
     let mut service = match Service::start(pool, client, s.config.clone(), metrics).await {
         Ok(s) => s,
         Err(e) => {
@@ -332,7 +263,7 @@ async fn main() -> ExitCode {
     // One signal stops the HTTP server and the worker.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -364,25 +295,6 @@ async fn main() -> ExitCode {
     }
     tracing::info!("stopped");
     code
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 #[cfg(test)]

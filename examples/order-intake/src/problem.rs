@@ -1,31 +1,21 @@
-//! The service's error answers: RFC 9457 `application/problem+json`, each
-//! with a stable `type` under [`PROBLEM_BASE`].
+//! The service's error answers: RFC 9457 `application/problem+json`
+//! ([`example_support::Problem`]), each with a stable `type` under
+//! [`PROBLEM_BASE`]; one constructor per situation.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use example_support::Problem;
+use example_support::problem::{database_unavailable, field_errors};
 use serde_json::{Value, json};
 
 use crate::domain::Status;
 
-/// Base of the `type` URI of every problem the service itself answers.
+/// Base of the `type` URI of every problem the service answers.
 pub const PROBLEM_BASE: &str = "https://idempotency.rs/problems/order-intake/";
 
-/// An error answer of the service.
+/// An error answer of the service (boxed: results stay small).
 #[derive(Debug, Clone)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Last segment of the `type` URI.
-    pub slug: &'static str,
-    /// The problem's title (the same for every occurrence of the type).
-    pub title: &'static str,
-    /// What happened this time.
-    pub detail: String,
-    /// Extension members.
-    pub extra: Vec<(&'static str, Value)>,
-    /// A `Location` header (the existing resource of a conflict).
-    pub location: Option<String>,
-}
+pub struct ApiError(pub Box<Problem>);
 
 impl ApiError {
     /// A problem of `status` with stable `slug` and `title`.
@@ -35,20 +25,25 @@ impl ApiError {
         title: &'static str,
         detail: impl Into<String>,
     ) -> Self {
-        Self {
+        Self(Box::new(Problem::new(
+            PROBLEM_BASE,
             status,
             slug,
             title,
-            detail: detail.into(),
-            extra: Vec::new(),
-            location: None,
-        }
+            detail,
+        )))
     }
 
     /// Adds an extension member.
-    pub fn with(mut self, name: &'static str, value: Value) -> Self {
-        self.extra.push((name, value));
-        self
+    #[must_use]
+    pub fn with(self, name: &'static str, value: Value) -> Self {
+        Self(Box::new(self.0.with(name, value)))
+    }
+
+    /// Sets the `Location` header.
+    #[must_use]
+    pub fn at(self, location: impl Into<String>) -> Self {
+        Self(Box::new(self.0.at(location)))
     }
 
     /// 400: the body is not a JSON object.
@@ -63,17 +58,13 @@ impl ApiError {
 
     /// 422: the body breaks the rules; `errors` lists `{pointer, detail}`.
     pub fn validation(errors: Vec<(String, String)>) -> Self {
-        let list: Vec<Value> = errors
-            .iter()
-            .map(|(pointer, detail)| json!({"pointer": pointer, "detail": detail}))
-            .collect();
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation-failed",
             "Request body failed validation",
             format!("{} field(s) failed validation", errors.len()),
         )
-        .with("errors", Value::Array(list))
+        .with("errors", field_errors(&errors))
     }
 
     /// 400: a query parameter or header is unusable.
@@ -103,7 +94,7 @@ impl ApiError {
         )
     }
 
-    /// 503: the database failed; nothing was changed.
+    /// 503: a service behind this one failed; nothing was changed.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -126,47 +117,16 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::unavailable("the database is unavailable; nothing was changed, retry later")
-            }
-            _ => {
-                tracing::error!(error = %e, "database error");
-                Self::internal("a database error occurred; nothing was changed")
-            }
+        if database_unavailable(&e) {
+            Self::unavailable("the database is unavailable; nothing was changed, retry later")
+        } else {
+            Self::internal("a database error occurred; nothing was changed")
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": format!("{PROBLEM_BASE}{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let Some(obj) = body.as_object_mut() {
-            for (name, value) in self.extra {
-                obj.insert(name.to_owned(), value);
-            }
-        }
-        let mut res = (self.status, body.to_string()).into_response();
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(v) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-            h.insert(header::LOCATION, v);
-        }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        res
+        self.0.into_response()
     }
 }

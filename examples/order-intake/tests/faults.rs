@@ -21,7 +21,7 @@ const SHIPPED: [&str; 5] = [
 /// After the restart: ship (the same signal twice), then check the events
 /// and the executions.
 async fn finish_after_restart(w: &World, id: &str) {
-    let p = w.start(&[]);
+    let p = w.start(&[]).await;
     wait_for_step(&p.http, id, "awaiting-shipment").await;
     for _ in 0..2 {
         let r = p
@@ -47,7 +47,9 @@ async fn finish_after_restart(w: &World, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_an_activity_commit_replays_the_activity_on_retry() {
     let Some(w) = world().await else { return };
-    let mut p = w.start(&[("OMS_FAULT", "crash-after-activity-commit")]);
+    let mut p = w
+        .start(&[("OMS_FAULT", "crash-after-activity-commit")])
+        .await;
     let id = post_then_find(
         &w,
         &p.http,
@@ -80,7 +82,9 @@ async fn a_crash_after_an_activity_commit_replays_the_activity_on_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_before_the_workflow_start_starts_it_once_after_restart() {
     let Some(w) = world().await else { return };
-    let mut p = w.start(&[("OMS_FAULT", "crash-before-workflow-start")]);
+    let mut p = w
+        .start(&[("OMS_FAULT", "crash-before-workflow-start")])
+        .await;
     let id = post_then_find(&w, &p.http, "crash-start", order(Some("crash-start"), "US")).await;
     assert!(!p.wait_for_exit(Duration::from_secs(30)).success());
     assert!(p.log().contains("crash-before-workflow-start: aborting"));
@@ -97,12 +101,15 @@ async fn a_crash_between_the_start_and_the_mark_starts_it_once() {
     let Some(w) = world().await else { return };
     // API and relay only: the workflow is started, not run, then the
     // process dies before marking the outbox row.
-    let mut p = w.start(&[
-        ("OMS_FAULT", "crash-after-workflow-start"),
-        ("OMS_RUN", "api,relay"),
-    ]);
+    let mut p = w
+        .start(&[
+            ("OMS_FAULT", "crash-after-workflow-start"),
+            ("OMS_RUN", "api,relay"),
+        ])
+        .await;
     let id = post_then_find(&w, &p.http, "crash-mark", order(Some("crash-mark"), "US")).await;
     assert!(!p.wait_for_exit(Duration::from_secs(30)).success());
+    assert!(p.log().contains("crash-after-workflow-start: aborting"));
     drop(p);
     let unmarked: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM workflow_starts WHERE order_id = $1::uuid AND started_at IS NULL",

@@ -16,8 +16,8 @@ async fn fifty_concurrent_duplicates_over_two_processes_make_one_order_and_one_w
     let Some(w) = world().await else { return };
     // API and relay only: the workflow is started but not run, so its one
     // execution stays open while we count.
-    let a = w.start(&[("OMS_RUN", "api,relay")]);
-    let b = w.start(&[("OMS_RUN", "api,relay")]);
+    let a = w.start(&[("OMS_RUN", "api,relay")]).await;
+    let b = w.start(&[("OMS_RUN", "api,relay")]).await;
     let ext = format!("shop-{}", uuid::Uuid::new_v4());
     let body = order(Some(&ext), "US");
     let mut calls = Vec::new();
@@ -100,18 +100,18 @@ pub async fn terminate_workflow(w: &World, wf: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_by_idempotency_key_and_its_problems() {
     let Some(w) = world().await else { return };
-    let p = w.start(&[("OMS_RUN", "api")]);
+    let p = w.start(&[("OMS_RUN", "api")]).await;
     let http = &p.http;
     // Neither externalOrderId nor Idempotency-Key: 400.
     let r = http.post("/orders", order(None, "US"), &[]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
-    assert_eq!(r.problem(), "idempotency-key-required");
+    assert_eq!(r.problem_slug(), "idempotency-key-required");
     // A key that is no key: 400.
     let r = http
         .post("/orders", order(None, "US"), &[("idempotency-key", "\"\"")])
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.problem(), "invalid-idempotency-key");
+    assert_eq!(r.problem_slug(), "invalid-idempotency-key");
     // First → 201; again → 200, the same order, replayed.
     let key = uuid::Uuid::new_v4().to_string();
     let first = http
@@ -132,14 +132,14 @@ async fn intake_by_idempotency_key_and_its_problems() {
         .post("/orders", order(None, "CA"), &[("idempotency-key", &key)])
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(r.problem(), "idempotency-key-reused");
+    assert_eq!(r.problem_slug(), "idempotency-key-reused");
     // The same (channel, externalOrderId) with another order → 422.
     let ext = format!("ext-{}", uuid::Uuid::new_v4());
     let r = http.post("/orders", order(Some(&ext), "US"), &[]).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let r = http.post("/orders", order(Some(&ext), "GB"), &[]).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(r.problem(), "idempotency-key-reused");
+    assert_eq!(r.problem_slug(), "idempotency-key-reused");
     // Another channel, the same externalOrderId: another order.
     let mut manual = order(Some(&ext), "US");
     manual["channel"] = json!("MANUAL");
@@ -152,13 +152,13 @@ async fn intake_by_idempotency_key_and_its_problems() {
         .raw(Method::POST, "/orders", Some("{\"channel\":".into()), &[])
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.problem(), "invalid-json");
+    assert_eq!(r.problem_slug(), "invalid-json");
     let mut bad = order(Some("x"), "US");
     bad["lines"][0]["quantity"] = json!(0);
     bad["lines"][1]["unitPrice"] = json!(3.5);
     let r = http.post("/orders", bad, &[]).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(r.problem(), "validation-failed");
+    assert_eq!(r.problem_slug(), "validation-failed");
     let pointers: Vec<String> = r.json()["errors"]
         .as_array()
         .unwrap()
@@ -184,7 +184,7 @@ async fn intake_by_idempotency_key_and_its_problems() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_enforces_the_domain_by_itself() {
     let Some(w) = world().await else { return };
-    let p = w.start(&[("OMS_RUN", "api")]);
+    let p = w.start(&[("OMS_RUN", "api")]).await;
     let r = p
         .http
         .post("/orders", order(Some("db-rules"), "US"), &[])
@@ -253,7 +253,7 @@ async fn the_database_enforces_the_domain_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_are_read_by_id_by_status_with_a_cursor_and_with_their_events() {
     let Some(w) = world().await else { return };
-    let p = w.start(&[("OMS_RUN", "api")]);
+    let p = w.start(&[("OMS_RUN", "api")]).await;
     let http: &Http = &p.http;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -298,7 +298,7 @@ async fn orders_are_read_by_id_by_status_with_a_cursor_and_with_their_events() {
     ] {
         let r = http.get(bad).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
-        assert_eq!(r.problem(), "invalid-parameter");
+        assert_eq!(r.problem_slug(), "invalid-parameter");
     }
     let events = http.get(&format!("/orders/{}/events", ids[0])).await;
     assert_eq!(events.status, StatusCode::OK);
@@ -310,7 +310,7 @@ async fn orders_are_read_by_id_by_status_with_a_cursor_and_with_their_events() {
     ] {
         let r = http.get(&missing).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{missing}");
-        assert_eq!(r.problem(), "not-found");
+        assert_eq!(r.problem_slug(), "not-found");
     }
     drop(p);
     w.drop_schemas().await;

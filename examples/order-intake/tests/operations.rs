@@ -43,7 +43,7 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_openapi_and_docs() {
     let Some(w) = world().await else { return };
-    let p = w.start(&[]);
+    let p = w.start(&[]).await;
     let http = &p.http;
     let health = http.get("/healthz").await;
     assert_eq!(health.status, StatusCode::OK);
@@ -103,11 +103,14 @@ async fn health_metrics_openapi_and_docs() {
     assert!(html.contains("<base href=\"/docs/\">"), "{html}");
     let css = http.get("/docs/swagger-ui.css").await;
     assert_eq!(css.status, StatusCode::OK);
-    assert_eq!(http.get("/docs/no-such.js").await.problem(), "not-found");
+    assert_eq!(
+        http.get("/docs/no-such.js").await.problem_slug(),
+        "not-found"
+    );
     // An unknown route: a problem too.
     let r = http.get("/nowhere").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.problem(), "not-found");
+    assert_eq!(r.problem_slug(), "not-found");
     drop(p);
     w.drop_schemas().await;
 }
@@ -115,7 +118,7 @@ async fn health_metrics_openapi_and_docs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_service_gracefully() {
     let Some(w) = world().await else { return };
-    let mut p = w.start(&[]);
+    let mut p = w.start(&[]).await;
     let status = p.terminate();
     assert!(status.success(), "{status}\n{}", p.log());
     assert!(p.log().contains("stopped"), "{}", p.log());
@@ -127,13 +130,15 @@ fn fails_to_start(env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-order-intake"));
     cmd.args(["--bind", "127.0.0.1:0"])
         .env_remove("OMS_PROFILE")
+        .env_remove("OMS_RUN")
+        .env_remove("OMS_FAULT")
         .env_remove("DATABASE_URL")
         .env_remove("TEMPORAL_ADDRESS")
         .env("RUST_LOG", "off");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let out = example_support::testing::run_to_exit(cmd, std::time::Duration::from_secs(30));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -151,7 +156,7 @@ async fn start_up_failures_are_one_line_naming_the_setting() {
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("DATABASE_URL"), "{err}");
-    let db = idempotency_core::conformance::support::database_url();
+    let db = example_support::testing::database_url();
     let (code, err) = fails_to_start(&[
         ("DATABASE_URL", db.as_str()),
         ("TEMPORAL_ADDRESS", "127.0.0.1:1"),

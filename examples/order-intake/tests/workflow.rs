@@ -19,7 +19,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_runs_from_intake_to_shipment_once() {
     let Some(w) = world().await else { return };
-    let p = w.start(&[]);
+    let p = w.start(&[]).await;
     let http = &p.http;
     let r = http.post("/orders", order(Some("happy"), "GB"), &[]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
@@ -40,7 +40,7 @@ async fn an_order_runs_from_intake_to_shipment_once() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert_eq!(r.problem(), "illegal-transition");
+    assert_eq!(r.problem_slug(), "illegal-transition");
     assert_eq!(r.json()["from"], "FULFILLING");
     assert_eq!(r.json()["to"], "CANCELLED");
     // The parcel leaves; the same tracking number twice is one shipment.
@@ -77,7 +77,7 @@ async fn an_order_runs_from_intake_to_shipment_once() {
         )
         .await;
     assert_eq!(other.status, StatusCode::CONFLICT);
-    assert_eq!(other.problem(), "already-shipped");
+    assert_eq!(other.problem_slug(), "already-shipped");
     assert_eq!(
         w.event_types(&id).await,
         vec![
@@ -106,7 +106,7 @@ async fn an_order_runs_from_intake_to_shipment_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfulfillable_order_fails_after_one_validation_attempt() {
     let Some(w) = world().await else { return };
-    let p = w.start(&[]);
+    let p = w.start(&[]).await;
     let r = p.http.post("/orders", order(Some("far"), "JP"), &[]).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let id = r.json()["id"].as_str().unwrap().to_owned();
@@ -136,7 +136,7 @@ async fn an_unfulfillable_order_fails_after_one_validation_attempt() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert_eq!(r.problem(), "illegal-transition");
+    assert_eq!(r.problem_slug(), "illegal-transition");
     drop(p);
     w.drop_schemas().await;
 }
@@ -145,7 +145,7 @@ async fn an_unfulfillable_order_fails_after_one_validation_attempt() {
 async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
     let Some(w) = world().await else { return };
     // No worker yet: the order waits in CREATED.
-    let api = w.start(&[("OMS_RUN", "api,relay")]);
+    let api = w.start(&[("OMS_RUN", "api,relay")]).await;
     let r = api
         .http
         .post("/orders", order(Some("cancel-me"), "US"), &[])
@@ -187,7 +187,7 @@ async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // Now a worker: the workflow meets a closed order and ends.
-    let worker = w.start(&[("OMS_RUN", "worker")]);
+    let worker = w.start(&[("OMS_RUN", "worker")]).await;
     wait_for_end(&api.http, &id, "closed", "COMPLETED").await;
     assert_eq!(w.status(&id).await, "CANCELLED");
     assert_eq!(
@@ -202,7 +202,7 @@ async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activity_attempts_are_once_per_workflow_and_activity_id() {
     let Some(w) = world().await else { return };
-    let p = w.start(&[("OMS_RUN", "api")]);
+    let p = w.start(&[("OMS_RUN", "api")]).await;
     let r = p
         .http
         .post("/orders", order(Some("direct"), "US"), &[])

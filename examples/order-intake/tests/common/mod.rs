@@ -6,18 +6,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use idempotency_core::conformance::support::{database_url, in_ci};
+pub use example_support::testing::Reply;
+use example_support::testing::{self, HttpClient, Server};
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -41,7 +35,7 @@ pub struct World {
 pub async fn world() -> Option<World> {
     let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let schema = format!("oi_t_{tag}");
-    let url = database_url();
+    let url = testing::database_url();
     let options: PgConnectOptions = url.parse().expect("DATABASE_URL parses");
     let pool = PgPoolOptions::new()
         .max_connections(10)
@@ -51,7 +45,10 @@ pub async fn world() -> Option<World> {
     let pool = match pool {
         Ok(p) => p,
         Err(e) => {
-            assert!(!in_ci(), "PostgreSQL at {url} is unreachable under CI: {e}");
+            assert!(
+                !testing::in_ci(),
+                "PostgreSQL at {url} is unreachable under CI: {e}"
+            );
             println!("skipping: PostgreSQL at {url} is unreachable");
             return None;
         }
@@ -61,7 +58,7 @@ pub async fn world() -> Option<World> {
         Ok(c) => c,
         Err(e) => {
             assert!(
-                !in_ci(),
+                !testing::in_ci(),
                 "Temporal at {address} is unreachable under CI (scripts/services.sh temporal): {e}"
             );
             println!("skipping: Temporal at {address} is unreachable");
@@ -79,7 +76,7 @@ pub async fn world() -> Option<World> {
 
 impl World {
     /// The service binary on this world, with `extra` settings.
-    pub fn start(&self, extra: &[(&str, &str)]) -> Process {
+    pub async fn start(&self, extra: &[(&str, &str)]) -> Process {
         let mut env = vec![
             ("OMS_SCHEMA", self.schema.as_str()),
             ("OMS_IDEMPOTENCY_SCHEMA", self.idempotency_schema.as_str()),
@@ -88,7 +85,7 @@ impl World {
             ("OMS_RELAY_POLL_MS", "50"),
         ];
         env.extend_from_slice(extra);
-        Process::start(&env)
+        Process::start(&env).await
     }
 
     /// How many executions Temporal's visibility API lists for workflow
@@ -177,50 +174,18 @@ pub fn order(external: Option<&str>, country: &str) -> Value {
     body
 }
 
-/// What a test reads back from a response.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn is_replay(&self) -> bool {
-        self.headers
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true")
-    }
-
-    /// The last segment of a problem's `type`.
-    pub fn problem(&self) -> String {
-        assert_eq!(
-            self.headers[http::header::CONTENT_TYPE],
-            "application/problem+json",
-            "{self:?}"
-        );
-        let t = self.json()["type"].as_str().unwrap_or_default().to_owned();
-        t.rsplit('/').next().unwrap_or_default().to_owned()
-    }
-}
-
 /// An HTTP client of a base URL.
 #[derive(Clone)]
 pub struct Http {
     pub base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 impl Http {
     pub fn new(base: &str) -> Self {
         Self {
             base: base.to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: testing::client(),
         }
     }
 
@@ -231,33 +196,14 @@ impl Http {
         body: Option<String>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let res = tokio::time::timeout(
+        let url = format!("{}{path}", self.base);
+        tokio::time::timeout(
             Duration::from_secs(30),
-            self.client.request(
-                req.body(Full::new(Bytes::from(body.unwrap_or_default())))
-                    .unwrap(),
-            ),
+            testing::send(&self.client, method, &url, body.as_deref(), headers),
         )
         .await
         .expect("the service answers in 30 s")
-        .expect("request");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        .expect("request")
     }
 
     pub async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
@@ -273,16 +219,11 @@ impl Http {
 /// Posts an order to a process that may die while answering (an injected
 /// crash); returns the order's id from the database either way.
 pub async fn post_then_find(world: &World, http: &Http, external: &str, body: Value) -> String {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{}/orders", http.base))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    if let Ok(Ok(res)) =
-        tokio::time::timeout(Duration::from_secs(30), http.client.request(req)).await
-    {
-        assert_eq!(res.status(), StatusCode::CREATED);
+    let url = format!("{}/orders", http.base);
+    let body = body.to_string();
+    let sent = testing::send(&http.client, Method::POST, &url, Some(&body), &[]);
+    if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(30), sent).await {
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
     }
     let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM orders WHERE external_order_id = $1")
         .bind(external)
@@ -342,116 +283,44 @@ pub async fn wait_for_status(world: &World, order: &str, status: &str) {
     .await;
 }
 
-/// A running service binary, its stderr collected line by line.
+/// A running service binary (killed on drop), ready when `/readyz` is.
 pub struct Process {
-    pub child: Child,
+    pub server: Server,
     pub http: Http,
-    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
     /// Starts the binary with `env` (plus DATABASE_URL, TEMPORAL_ADDRESS)
-    /// on an ephemeral port and waits until it listens.
-    pub fn start(env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-order-intake"));
-        cmd.args(["--bind", "127.0.0.1:0"])
-            .env("DATABASE_URL", database_url())
+    /// on a free port and waits until it is ready.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let mut cmd = testing::command(env!("CARGO_BIN_EXE_example-order-intake"));
+        cmd.env("DATABASE_URL", testing::database_url())
             .env("TEMPORAL_ADDRESS", temporal_address())
             .env("RUST_LOG", "info")
             .env_remove("OMS_FAULT")
             .env_remove("OMS_PROFILE")
-            .env_remove("OMS_RUN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("OMS_RUN");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("the binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut p = Self {
-            child,
-            http: Http::new(""),
-            lines,
-        };
-        let line = p.wait_for_line("listening on http://", Duration::from_secs(60));
-        let addr = line
-            .split("listening on http://")
-            .nth(1)
-            .unwrap()
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-            .collect::<String>();
-        p.http = Http::new(&format!("http://{addr}"));
-        p
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> String {
-        let start = Instant::now();
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the service exited ({status}) before {needle:?}:\n{}",
-                    self.lines.lock().unwrap().join("\n")
-                );
-            }
-            assert!(
-                start.elapsed() < limit,
-                "no {needle:?} within {limit:?}:\n{}",
-                self.lines.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let server = Server::spawn(cmd, "/readyz").await;
+        let http = Http::new(&server.url(""));
+        Self { server, http }
     }
 
     /// Waits for the process to exit by itself (an injected crash).
-    pub fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "the service did not exit within {limit:?}:\n{}",
-                self.lines.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
+        self.server.wait_exit(limit)
     }
 
     /// Everything it logged so far.
     pub fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.server.log_text()
     }
 
     /// SIGTERM, then waits for a graceful exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.wait_for_exit(Duration::from_secs(30))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.server.terminate();
+        self.server.wait_exit(Duration::from_secs(30))
     }
 }
