@@ -551,13 +551,13 @@ async fn create_inner(
         Intake::Replayed(id) => {
             metrics::counter!(crate::metrics_names::DUPLICATES, "outcome" => "replayed")
                 .increment(1);
-            tracing::info!(orderId = %id, "duplicate intake answered with the existing order");
+            tracing::info!(orderId = %id, workflowId = %workflow_id(id), "duplicate intake answered with the existing order");
             (id, StatusCode::OK)
         }
         Intake::Mismatch(id) => {
             metrics::counter!(crate::metrics_names::DUPLICATES, "outcome" => "mismatch")
                 .increment(1);
-            tracing::info!(orderId = %id, "intake key reused for another order");
+            tracing::info!(orderId = %id, workflowId = %workflow_id(id), "intake key reused for another order");
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

@@ -172,7 +172,7 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The service's migrations failed.
-    #[error("migrating the order tables failed: {0}")]
+    #[error("migrating the order tables failed: {0}{cause}", cause = cause(.0))]
     Migrate(#[from] example_support::migrate::MigrateError),
     /// The idempotency store could not be set up.
     #[error("setting up the idempotency store failed: {0}")]
@@ -180,6 +180,11 @@ pub enum StartError {
     /// The Temporal worker could not be built.
     #[error("{0}")]
     Worker(String),
+}
+
+/// `: <the error's source>`, or nothing: the one line names the cause.
+fn cause(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| format!(": {s}")).unwrap_or_default()
 }
 
 /// What every handler shares.
