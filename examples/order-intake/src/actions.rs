@@ -198,7 +198,7 @@ async fn shipment_inner(app: &AppState, id: &str, body: &[u8]) -> Result<Respons
     responses(
         (status = 200, description = "`{workflowId, runId, status, step}`: `status` from Temporal's description, `step` from the workflow's query", body = crate::temporal::WorkflowView),
         (status = 404, description = "No such order, or its workflow has not started yet", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Temporal is unavailable (or no worker answers the query)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 503, description = "Temporal is unavailable, or no worker answers the query within 5 s", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn workflow(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match order_id(&id) {
         Ok(id) => id,

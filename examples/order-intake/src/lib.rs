@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use example_support::routes::Routes;
 use idempotency_postgres::PostgresStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -200,6 +200,7 @@ pub(crate) struct AppState {
 pub struct Service {
     state: AppState,
     router: Router,
+    routes: Vec<(Method, &'static str)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     worker: Option<(temporalio_sdk::Worker, temporalio_sdk::Runtime)>,
@@ -293,18 +294,15 @@ impl Service {
         } else {
             None
         };
-        let router = if config.parts.api {
-            router(state.clone())
+        let routes = if config.parts.api {
+            routes(state.clone())
         } else {
-            Router::new()
-                .route("/healthz", get(healthz))
-                .route("/readyz", get(readyz))
-                .route("/metrics", get(render_metrics))
-                .with_state(state.clone())
+            operations().with_state(state.clone())
         };
         Ok(Self {
             state,
-            router,
+            router: routes.router,
+            routes: routes.list,
             stop,
             tasks,
             worker,
@@ -314,6 +312,11 @@ impl Service {
     /// The HTTP service.
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// Every `(method, path)` the router serves (axum's path syntax).
+    pub fn routes(&self) -> &[(Method, &'static str)] {
+        &self.routes
     }
 
     /// The database pool.
@@ -355,30 +358,41 @@ impl Service {
     }
 }
 
-fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/orders", post(intake::create).get(read::list))
-        .route("/orders/{id}", get(read::get))
-        .route("/orders/{id}/events", get(read::events))
-        .route("/orders/{id}/cancel", post(actions::cancel))
-        .route("/orders/{id}/shipment", post(actions::shipment))
-        .route("/orders/{id}/workflow", get(actions::workflow))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/docs", get(openapi::docs_page))
-        .route("/docs/{*file}", get(openapi::docs_asset))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "No such route",
-                "no route matches this method and path",
-            )
+/// The service's routes; every one of them is in the OpenAPI document
+/// (the operations test checks both ways).
+fn routes(state: AppState) -> Routes {
+    Routes::new()
+        .route(Method::POST, "/orders", intake::create)
+        .route(Method::GET, "/orders", read::list)
+        .route(Method::GET, "/orders/{id}", read::get)
+        .route(Method::GET, "/orders/{id}/events", read::events)
+        .route(Method::POST, "/orders/{id}/cancel", actions::cancel)
+        .route(Method::POST, "/orders/{id}/shipment", actions::shipment)
+        .route(Method::GET, "/orders/{id}/workflow", actions::workflow)
+        .merge(operations())
+        .route(Method::GET, "/openapi.json", openapi::openapi_json)
+        .route(Method::GET, "/docs", openapi::docs_page)
+        .route(Method::GET, "/docs/{*file}", openapi::docs_asset)
+        .map(|r| {
+            r.fallback(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "No such route",
+                    "no route matches this method and path",
+                )
+            })
+            .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
         })
-        .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
         .with_state(state)
+}
+
+/// What every process serves, API or not.
+fn operations() -> Routes<AppState> {
+    Routes::new()
+        .route(Method::GET, "/healthz", healthz)
+        .route(Method::GET, "/readyz", readyz)
+        .route(Method::GET, "/metrics", render_metrics)
 }
 
 async fn checks(app: &AppState) -> (bool, bool) {

@@ -19,6 +19,14 @@ use uuid::Uuid;
 use crate::activities::OrderActivities;
 use crate::workflow::{OrderIntakeWorkflow, WorkflowInput};
 
+/// How long the relay waits for Temporal to answer one start (the row stays
+/// locked meanwhile).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `GET /orders/{id}/workflow` waits for a worker to answer the
+/// `step` query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connects to Temporal at `address` (`host:port`), namespace `namespace`.
 ///
 /// # Errors
@@ -153,11 +161,14 @@ impl Relay {
         let options = WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.to_owned())
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
             .build();
-        match self
-            .client
-            .start_workflow(OrderIntakeWorkflow::run, input, options)
-            .await
-        {
+        let started = tokio::time::timeout(
+            START_TIMEOUT,
+            self.client
+                .start_workflow(OrderIntakeWorkflow::run, input, options),
+        )
+        .await
+        .map_err(|_| format!("Temporal did not answer the start within {START_TIMEOUT:?}"))?;
+        match started {
             Ok(handle) => {
                 metrics::counter!(crate::metrics_names::WORKFLOWS_STARTED, "outcome" => "started")
                     .increment(1);
@@ -231,14 +242,23 @@ pub async fn describe(client: &Client, workflow_id: &str) -> Result<WorkflowView
             }
             other => DescribeError::Temporal(other.to_string()),
         })?;
-    let step = handle
-        .query(
+    // A query needs a worker to answer it: bounded, so a missing worker is
+    // a prompt 503 rather than a hanging request.
+    let step = tokio::time::timeout(
+        QUERY_TIMEOUT,
+        handle.query(
             OrderIntakeWorkflow::step,
             (),
             WorkflowQueryOptions::default(),
-        )
-        .await
-        .map_err(|e| DescribeError::Temporal(e.to_string()))?;
+        ),
+    )
+    .await
+    .map_err(|_| {
+        DescribeError::Temporal(format!(
+            "no worker answered the query within {QUERY_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(|e| DescribeError::Temporal(e.to_string()))?;
     Ok(WorkflowView {
         workflow_id: workflow_id.to_owned(),
         run_id: description.run_id().to_owned(),

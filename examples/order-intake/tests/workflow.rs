@@ -186,6 +186,19 @@ async fn a_cancelled_order_stays_cancelled_and_its_workflow_ends() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // No worker answers the workflow's query yet: a prompt 503.
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        "the workflow started",
+        || async {
+            let n = w.executions(&format!("order-intake-{id}")).await;
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    let r = api.http.get(&format!("/orders/{id}/workflow")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert_eq!(r.problem_slug(), "unavailable");
     // Now a worker: the workflow meets a closed order and ends.
     let worker = w.start(&[("OMS_RUN", "worker")]).await;
     wait_for_end(&api.http, &id, "closed", "COMPLETED").await;
