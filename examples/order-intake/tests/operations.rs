@@ -5,6 +5,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::{order, world};
 use http::{StatusCode, header};
@@ -123,6 +124,78 @@ async fn every_route_is_documented_and_every_operation_routed() {
     w.drop_schemas().await;
 }
 
+/// A TCP proxy to `upstream` that can be cut: its listener and every
+/// connection through it dropped at once.
+struct Proxy {
+    addr: String,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(conn);
+            }
+        });
+        Self {
+            addr,
+            tasks,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.accept.abort();
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Temporal lost at run time: `/healthz` says which component is down
+/// (503), `/readyz` refuses, the database part still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_temporal_is_a_down_component() {
+    let Some(w) = world().await else { return };
+    let proxy = Proxy::start(common::temporal_address()).await;
+    let p = w
+        .start(&[
+            ("OMS_RUN", "api,relay"),
+            ("TEMPORAL_ADDRESS", proxy.addr.as_str()),
+        ])
+        .await;
+    assert_eq!(p.http.get("/healthz").await.status, StatusCode::OK);
+    proxy.cut();
+    common::eventually(Duration::from_secs(30), "temporal DOWN", || async {
+        let r = p.http.get("/healthz").await;
+        (r.status == StatusCode::SERVICE_UNAVAILABLE
+            && r.json()
+                == json!({"status": "DOWN", "components": {"db": "UP", "temporal": "DOWN"}}))
+        .then_some(())
+    })
+    .await;
+    let r = p.http.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.problem_slug(), "unavailable");
+    // Orders are still read from the database.
+    let r = p.http.get("/orders?status=CREATED").await;
+    assert_eq!(r.status, StatusCode::OK);
+    drop(p);
+    w.drop_schemas().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_service_gracefully() {
     let Some(w) = world().await else { return };
@@ -146,7 +219,7 @@ fn fails_to_start(env: &[(&str, &str)]) -> (i32, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = example_support::testing::run_to_exit(cmd, std::time::Duration::from_secs(30));
+    let out = example_support::testing::run_to_exit(cmd, Duration::from_secs(30));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
