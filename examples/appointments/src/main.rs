@@ -24,13 +24,10 @@
 //! gracefully: in-flight requests finish, background parts stop, exit 0.
 
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use example_appointments::{Config, Parts, Pause, Service, is_instance_name};
-use metrics_exporter_prometheus::PrometheusBuilder;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use example_support::{ops, settings, shutdown};
 
 const DEFAULT_BIND: &str = "127.0.0.1:3005";
 
@@ -41,48 +38,13 @@ Environment (see README.md): DATABASE_URL (required), NATS_URL, BIND_ADDR, APPOI
 APPOINTMENTS_INSTANCE, APPOINTMENTS_CONSUMER, APPOINTMENTS_GATEWAY_URL, APPOINTMENTS_ACK_WAIT_MS,
 APPOINTMENTS_NAK_DELAY_MS, APPOINTMENTS_RETRY_DELAY_MS, APPOINTMENTS_PAUSE (tests only), RUST_LOG";
 
-/// `--bind` and `--run` from the arguments.
-fn args(args: &[String]) -> Result<(Option<String>, Option<String>), String> {
-    let (mut bind, mut run) = (None, None);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (name, value) = match arg.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (arg.as_str(), None),
-        };
-        let slot = match name {
-            "--bind" => &mut bind,
-            "--run" => &mut run,
-            _ => return Err(format!("unknown argument {arg:?} (see --help)")),
-        };
-        *slot = Some(match value {
-            Some(v) => v,
-            None => it
-                .next()
-                .ok_or_else(|| format!("{name} needs a value (see --help)"))?
-                .clone(),
-        });
-    }
-    Ok((bind, run))
-}
-
 /// The settings from the arguments and environment.
-fn settings(
+fn read_settings(
     argv: &[String],
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<(SocketAddr, Config, String), String> {
-    let (bind, run) = args(argv)?;
-    let bind_name = if bind.is_some() {
-        "--bind"
-    } else {
-        "BIND_ADDR"
-    };
-    let raw = bind
-        .or_else(|| var("BIND_ADDR"))
-        .unwrap_or_else(|| DEFAULT_BIND.into());
-    let addr: SocketAddr = raw.parse().map_err(|_| {
-        format!("{bind_name}={raw:?} is not a socket address such as {DEFAULT_BIND}")
-    })?;
+    let [bind, run] = settings::flags(argv, ["--bind", "--run"])?;
+    let addr = settings::listen_addr(bind, var("BIND_ADDR"), DEFAULT_BIND)?;
     let instance = var("APPOINTMENTS_INSTANCE").unwrap_or_else(|| "appointments".into());
     if !is_instance_name(&instance) {
         return Err(format!(
@@ -114,42 +76,32 @@ fn settings(
         }
         config.gateway_url = url;
     }
-    let millis = |name: &str, default: Duration, range: RangeInclusive<u64>| match var(name) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if range.contains(&ms) => Ok(Duration::from_millis(ms)),
-            _ => Err(format!(
-                "{name}={v:?} is not a whole number of milliseconds from {} to {}",
-                range.start(),
-                range.end()
-            )),
-        },
-    };
-    config.consumer.ack_wait = millis(
+    config.consumer.ack_wait = settings::millis(
+        &var,
         "APPOINTMENTS_ACK_WAIT_MS",
         config.consumer.ack_wait,
         100..=600_000,
     )?;
-    config.consumer.nak_delay = millis(
+    config.consumer.nak_delay = settings::millis(
+        &var,
         "APPOINTMENTS_NAK_DELAY_MS",
         config.consumer.nak_delay,
         10..=60_000,
     )?;
-    config.retry_delay = millis(
+    config.retry_delay = settings::millis(
+        &var,
         "APPOINTMENTS_RETRY_DELAY_MS",
         config.retry_delay,
         10..=600_000,
     )?;
-    config.consumer.pause = match var("APPOINTMENTS_PAUSE").as_deref() {
-        None | Some("") => None,
-        Some("consumer-before-commit") => Some(Pause::BeforeCommit),
-        Some("consumer-after-commit") => Some(Pause::AfterCommit),
-        Some(other) => {
-            return Err(format!(
-                "APPOINTMENTS_PAUSE={other:?} is not consumer-before-commit or consumer-after-commit"
-            ));
-        }
-    };
+    config.consumer.pause = settings::choice(
+        &var,
+        "APPOINTMENTS_PAUSE",
+        &[
+            ("consumer-before-commit", Pause::BeforeCommit),
+            ("consumer-after-commit", Pause::AfterCommit),
+        ],
+    )?;
     let nats = var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     if !nats.starts_with("nats://") {
         return Err(format!("NATS_URL={nats:?} is not a nats:// URL"));
@@ -164,51 +116,22 @@ async fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    let filter = match std::env::var("RUST_LOG") {
-        Err(_) => tracing_subscriber::EnvFilter::new("info"),
-        Ok(v) => match tracing_subscriber::EnvFilter::try_new(&v) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: RUST_LOG={v:?} is not a log filter such as info ({e})");
-                return ExitCode::from(2);
-            }
-        },
-    };
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let (addr, config, nats_url) = match settings(&argv, env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let checked = (|| {
+        let filter = settings::log_filter(env("RUST_LOG"))?;
+        let (addr, config, nats_url) = read_settings(&argv, env)?;
+        let options = settings::postgres_url(env("DATABASE_URL"))?;
+        Ok::<_, String>((filter, addr, config, nats_url, options))
+    })();
+    let (filter, addr, config, nats_url, options) = match checked {
+        Ok(c) => c,
+        Err(e) => return settings::refuse(e),
     };
-    let Some(url) = env("DATABASE_URL") else {
-        eprintln!(
-            "error: DATABASE_URL is not set; start PostgreSQL (scripts/services.sh) and set \
-             DATABASE_URL=postgres://postgres@127.0.0.1:5432/test"
-        );
-        return ExitCode::from(2);
-    };
-    let options: PgConnectOptions = match url.parse() {
-        Ok(o) if url.starts_with("postgres://") || url.starts_with("postgresql://") => o,
-        _ => {
-            eprintln!("error: DATABASE_URL is not a postgres:// URL");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let pool = match PgPoolOptions::new()
-        .max_connections(20)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.options([("statement_timeout", "5000")]))
-        .await
-    {
+    settings::init_logging(filter);
+    let pool = match settings::connect(options, 20).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: cannot reach PostgreSQL at DATABASE_URL ({e})");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -221,7 +144,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = PrometheusBuilder::new().install_recorder().ok();
+    let metrics = ops::install_metrics();
     let service = match Service::start(pool, nats, config.clone(), metrics).await {
         Ok(s) => s,
         Err(e) => {
@@ -239,7 +162,7 @@ async fn main() -> ExitCode {
     let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(instance = %config.instance, parts = ?config.parts, "listening on http://{addr}");
     if let Err(e) = axum::serve(listener, service.router())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown::signal())
         .await
     {
         eprintln!("error: server failed: {e}");
@@ -248,25 +171,6 @@ async fn main() -> ExitCode {
     service.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 #[cfg(test)]
@@ -280,13 +184,13 @@ mod tests {
     #[test]
     fn settings_and_their_errors() {
         let none = |_: &str| None;
-        let (addr, c, nats) = settings(&[], none).unwrap();
+        let (addr, c, nats) = read_settings(&[], none).unwrap();
         assert_eq!(addr.to_string(), DEFAULT_BIND);
         assert_eq!(c.instance, "appointments");
         assert_eq!(c.consumer.durable, "appointments-work-execution");
         assert_eq!(c.parts, Parts::ALL);
         assert_eq!(nats, "nats://127.0.0.1:4222");
-        let (addr, c, _) = settings(
+        let (addr, c, _) = read_settings(
             &argv(&["--bind", "127.0.0.1:0", "--run=api,relay"]),
             |n: &str| (n == "APPOINTMENTS_PAUSE").then(|| "consumer-after-commit".into()),
         )
@@ -306,10 +210,11 @@ mod tests {
             ("APPOINTMENTS_PAUSE", "explode"),
             ("NATS_URL", "http://x"),
         ] {
-            let err = settings(&[], |n: &str| (n == name).then(|| value.to_owned())).unwrap_err();
+            let err =
+                read_settings(&[], |n: &str| (n == name).then(|| value.to_owned())).unwrap_err();
             assert!(err.contains(name), "{name}: {err}");
             assert_eq!(err.lines().count(), 1, "{err}");
         }
-        assert!(settings(&argv(&["--port", "1"]), none).is_err());
+        assert!(read_settings(&argv(&["--port", "1"]), none).is_err());
     }
 }

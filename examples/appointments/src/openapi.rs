@@ -5,11 +5,12 @@
 //! The handlers read their bodies with serde and answer with `json!`; the
 //! types here are their schema.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use example_support::docs;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -288,13 +289,6 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .expect("the OpenAPI document serializes")
 });
 
-/// Swagger UI's configuration: it reads `/openapi.json`.
-static SWAGGER: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
-    LazyLock::new(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json")));
-
-/// What the page's relative links resolve against.
-const DOCS_BASE: &str = "<head>\n    <base href=\"/docs/\">";
-
 /// The OpenAPI document of this service.
 #[utoipa::path(
     get,
@@ -303,11 +297,7 @@ const DOCS_BASE: &str = "<head>\n    <base href=\"/docs/\">";
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]
 pub(crate) async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
-    )
-        .into_response()
+    docs::document(DOCUMENT.as_str())
 }
 
 /// The interactive page (Swagger UI) over `/openapi.json`.
@@ -318,14 +308,7 @@ pub(crate) async fn openapi_json() -> Response {
     responses((status = 200, description = "Swagger UI; its assets are under `/docs/`", content_type = "text/html", body = String))
 )]
 pub(crate) async fn docs_page() -> Response {
-    match swagger_file("index.html") {
-        Some((_, bytes)) => (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            String::from_utf8_lossy(&bytes).replacen("<head>", DOCS_BASE, 1),
-        )
-            .into_response(),
-        None => ApiError::internal("no Swagger UI page").into_response(),
-    }
+    docs::page().unwrap_or_else(|| ApiError::internal("no Swagger UI page").into_response())
 }
 
 /// An asset of the Swagger UI page, from the binary.
@@ -340,28 +323,13 @@ pub(crate) async fn docs_page() -> Response {
     )
 )]
 pub(crate) async fn docs_asset(Path(file): Path<String>) -> Response {
-    match swagger_file(&file) {
-        Some((content_type, bytes)) => {
-            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
-        }
-        None => ApiError::new(
+    docs::asset(&file).unwrap_or_else(|| {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "not-found",
             "No such route",
             "no such Swagger UI asset",
         )
-        .into_response(),
-    }
-}
-
-/// A file of the vendored Swagger UI: its media type and bytes.
-fn swagger_file(name: &str) -> Option<(String, Vec<u8>)> {
-    match utoipa_swagger_ui::serve(name, SWAGGER.clone()) {
-        Ok(Some(file)) => Some((file.content_type, file.bytes.into_owned())),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::error!(error = %e, name, "cannot render a Swagger UI file");
-            None
-        }
-    }
+        .into_response()
+    })
 }

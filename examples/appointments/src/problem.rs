@@ -1,28 +1,33 @@
 //! The service's error answers: RFC 9457 `application/problem+json`, each
 //! with a stable `type` under [`PROBLEM_BASE`].
 
-use axum::http::{HeaderValue, StatusCode, header};
+use std::ops::{Deref, DerefMut};
+
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use example_support::problem::{Problem, database_unavailable, field_errors};
+use serde_json::json;
 
 /// Base of the `type` URI of every problem the service itself answers.
 pub const PROBLEM_BASE: &str = "https://idempotency.rs/problems/appointments/";
 
-/// An error answer of the service.
+/// An error answer of the service: a [`Problem`] under [`PROBLEM_BASE`]
+/// (its fields read through `Deref`; boxed, so a `Result` stays small),
+/// one constructor per situation.
 #[derive(Debug, Clone)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Last segment of the `type` URI.
-    pub slug: &'static str,
-    /// The problem's title (the same for every occurrence of the type).
-    pub title: &'static str,
-    /// What happened this time.
-    pub detail: String,
-    /// Extension members.
-    pub extra: Vec<(&'static str, Value)>,
-    /// A `Location` header (the existing resource of a conflict).
-    pub location: Option<String>,
+pub struct ApiError(pub Box<Problem>);
+
+impl Deref for ApiError {
+    type Target = Problem;
+    fn deref(&self) -> &Problem {
+        &self.0
+    }
+}
+
+impl DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut Problem {
+        &mut self.0
+    }
 }
 
 impl ApiError {
@@ -33,23 +38,22 @@ impl ApiError {
         title: &'static str,
         detail: impl Into<String>,
     ) -> Self {
-        Self {
+        Self(Box::new(Problem::new(
+            PROBLEM_BASE,
             status,
             slug,
             title,
-            detail: detail.into(),
-            extra: Vec::new(),
-            location: None,
-        }
+            detail,
+        )))
     }
 
     /// Adds an extension member.
-    pub fn with(mut self, name: &'static str, value: Value) -> Self {
-        self.extra.push((name, value));
-        self
+    #[must_use]
+    pub fn with(self, name: &'static str, value: serde_json::Value) -> Self {
+        Self(Box::new(self.0.with(name, value)))
     }
 
-    /// 400: the body is not a JSON object.
+    /// 400: the body is not JSON, or not a JSON object.
     pub fn invalid_json(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -59,22 +63,19 @@ impl ApiError {
         )
     }
 
-    /// 422: the body breaks the rules; `errors` lists `{pointer, detail}`.
+    /// 422: the body is JSON but breaks the rules; `errors` lists each
+    /// broken rule as `{pointer, detail}`.
     pub fn validation(errors: Vec<(String, String)>) -> Self {
-        let list: Vec<Value> = errors
-            .iter()
-            .map(|(pointer, detail)| json!({"pointer": pointer, "detail": detail}))
-            .collect();
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation-failed",
             "Request body failed validation",
             format!("{} field(s) failed validation", errors.len()),
         )
-        .with("errors", Value::Array(list))
+        .with("errors", field_errors(&errors))
     }
 
-    /// 400: a required query parameter is missing.
+    /// 400: a required query parameter is missing or empty.
     pub fn missing_parameter(name: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -138,50 +139,16 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::unavailable("the database is unavailable; nothing was changed, retry later")
-            }
-            _ => {
-                tracing::error!(error = %e, "database error");
-                Self::internal("a database error occurred; nothing was changed")
-            }
+        if database_unavailable(&e) {
+            Self::unavailable("the database is unavailable; nothing was changed, retry later")
+        } else {
+            Self::internal("a database error occurred; nothing was changed")
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": format!("{PROBLEM_BASE}{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let Some(obj) = body.as_object_mut() {
-            for (name, value) in self.extra {
-                obj.insert(name.to_owned(), value);
-            }
-        }
-        let mut res = (self.status, body.to_string()).into_response();
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(v) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-            h.insert(header::LOCATION, v);
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        res
+        (*self.0).into_response()
     }
 }

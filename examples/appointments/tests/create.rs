@@ -91,7 +91,7 @@ async fn ac2_conflicts_alternatives_and_override() {
         .create(SCHEDULER, "b", "WORK_ORDER", &second, &start, json!({}))
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{r:?}");
-    assert_eq!(r.problem(), "scheduling-conflict");
+    assert_eq!(r.problem_slug(), "scheduling-conflict");
     let kinds: Vec<String> = r.json()["conflicts"]
         .as_array()
         .unwrap()
@@ -123,7 +123,7 @@ async fn ac2_conflicts_alternatives_and_override() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
-    assert_eq!(r.problem(), "forbidden");
+    assert_eq!(r.problem_slug(), "forbidden");
     let r = app
         .create(
             DISPATCHER,
@@ -214,7 +214,7 @@ async fn replays_and_refusals() {
         .create(SCHEDULER, "other", "ESTIMATE", &estimate, &start, json!({}))
         .await;
     assert_eq!(other.status, StatusCode::CONFLICT);
-    assert_eq!(other.problem(), "source-already-scheduled");
+    assert_eq!(other.problem_slug(), "source-already-scheduled");
     assert_eq!(other.headers["location"], format!("/appointments/{id}"));
     assert_eq!(other.json()["appointmentId"], id.as_str());
     let count: i64 =
@@ -230,7 +230,7 @@ async fn replays_and_refusals() {
         .create(SCHEDULER, "d", "ESTIMATE", &draft, &start, json!({}))
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::CONFLICT, "source-not-eligible".into())
     );
     let done = app.source("WORK_ORDER", &shop, "COMPLETED", &[]).await;
@@ -238,14 +238,14 @@ async fn replays_and_refusals() {
         .create(SCHEDULER, "w", "WORK_ORDER", &done, &start, json!({}))
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::CONFLICT, "source-not-eligible".into())
     );
     let r = app
         .create(SCHEDULER, "n", "ESTIMATE", "E-missing", &start, json!({}))
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::NOT_FOUND, "not-found".into())
     );
     let r = app
@@ -259,7 +259,7 @@ async fn replays_and_refusals() {
         )
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::FORBIDDEN, "forbidden".into())
     );
     let r = app
@@ -267,7 +267,7 @@ async fn replays_and_refusals() {
         .post("/appointments", json!({}), &[("idempotency-key", "x")])
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::UNAUTHORIZED, "unauthorized".into())
     );
     let r = app
@@ -300,11 +300,11 @@ async fn replays_and_refusals() {
             )
             .await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {r:?}");
-        assert_eq!(r.problem(), "validation-failed");
+        assert_eq!(r.problem_slug(), "validation-failed");
     }
     let r = app.http.get("/appointments/APT-nothing", SCHEDULER).await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::NOT_FOUND, "not-found".into())
     );
     let list = app
@@ -391,7 +391,7 @@ async fn twenty_concurrent_creations_over_two_processes() {
         match r.status {
             StatusCode::CREATED => created += 1,
             StatusCode::CONFLICT => {
-                assert_eq!(r.problem(), "source-already-scheduled");
+                assert_eq!(r.problem_slug(), "source-already-scheduled");
                 conflicts += 1;
             }
             other => panic!("unexpected {other}: {r:?}"),

@@ -123,7 +123,7 @@ async fn the_document_is_openapi_3_1_and_every_operation_is_routed() {
         .call(Method::GET, "/docs/nothing.js", None, &[])
         .await;
     assert_eq!(
-        (missing.status, missing.problem()),
+        (missing.status, missing.problem_slug()),
         (StatusCode::NOT_FOUND, "not-found".into())
     );
     app.stop().await;

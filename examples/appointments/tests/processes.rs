@@ -175,7 +175,7 @@ async fn health_reports_nats_down() {
     assert_eq!(down.json(), json!({"database": "ok", "nats": "down"}));
     let ready = app.http.get("/readyz", SCHEDULER).await;
     assert_eq!(
-        (ready.status, ready.problem()),
+        (ready.status, ready.problem_slug()),
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable".into())
     );
     app.stop().await;

@@ -175,7 +175,7 @@ async fn ac3_ac9_override_and_audit() {
         .reschedule(SCHEDULER, "1", &id, body(&target, "SHOP_CAPACITY"))
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::CONFLICT, "scheduling-conflict".into())
     );
     assert!(
@@ -190,7 +190,7 @@ async fn ac3_ac9_override_and_audit() {
         .reschedule(SCHEDULER, "2", &id, overriding.clone())
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::FORBIDDEN, "forbidden".into())
     );
     let r = app
@@ -294,7 +294,7 @@ async fn ac6_notice_limit_and_states() {
         .reschedule(SCHEDULER, "n1", &id, body(&soon, "CUSTOMER_REQUEST"))
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::FORBIDDEN, "minimum-notice".into())
     );
     let r = app
@@ -315,7 +315,7 @@ async fn ac6_notice_limit_and_states() {
         .reschedule(SCHEDULER, "n4", &id, body(&at(6, 10), "CUSTOMER_REQUEST"))
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::FORBIDDEN, "reschedule-limit".into())
     );
     let r = app
@@ -341,14 +341,14 @@ async fn ac6_notice_limit_and_states() {
         .reschedule(MANAGER, "s", &id, body(&at(8, 10), "WEATHER"))
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::CONFLICT, "not-reschedulable".into())
     );
     let r = app
         .reschedule(MANAGER, "s2", "APT-none", body(&at(8, 10), "WEATHER"))
         .await;
     assert_eq!(
-        (r.status, r.problem()),
+        (r.status, r.problem_slug()),
         (StatusCode::NOT_FOUND, "not-found".into())
     );
     app.stop().await;

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::handler::Handler;
-use axum::http::{Method, StatusCode, header};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, on};
+use example_support::ops;
+use example_support::routes::Routes;
 use idempotency_audit::BufferedSink;
 use idempotency_audit::postgres::{PostgresSink, StreamBy};
 use idempotency_core::{Idempotent, Policy};
@@ -178,34 +178,6 @@ pub struct Service {
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service").finish_non_exhaustive()
-    }
-}
-
-/// The router and the `(method, path)` of every route on it. Routes are
-/// added only through [`Routes::route`], so the list is exactly what the
-/// router serves, and the OpenAPI test checks each one is documented.
-struct Routes<S> {
-    router: Router<S>,
-    list: Vec<(Method, &'static str)>,
-}
-
-impl<S: Clone + Send + Sync + 'static> Routes<S> {
-    fn new() -> Self {
-        Self {
-            router: Router::new(),
-            list: Vec::new(),
-        }
-    }
-
-    fn route<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
-    where
-        H: Handler<T, S>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
-        self.router = self.router.route(path, on(filter, handler));
-        self.list.push((method, path));
-        self
     }
 }
 
@@ -420,14 +392,10 @@ pub(crate) async fn healthz() -> &'static str {
     responses((status = 200, description = "`ready`: the database answers", body = String, content_type = "text/plain"))
 )]
 pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
-    match tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&app.pool),
-    )
-    .await
-    {
-        Ok(Ok(_)) => "ready\n".into_response(),
-        _ => ApiError::unavailable("the database does not answer").into_response(),
+    if ops::database_ready(&app.pool).await {
+        "ready\n".into_response()
+    } else {
+        ApiError::unavailable("the database does not answer").into_response()
     }
 }
 
@@ -442,12 +410,5 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     )
 )]
 pub(crate) async fn render_metrics(State(app): State<AppState>) -> Response {
-    match &app.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics are disabled\n").into_response(),
-    }
+    ops::metrics(app.metrics.as_ref())
 }

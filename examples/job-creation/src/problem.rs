@@ -1,37 +1,55 @@
 //! The service's error answers: RFC 9457 `application/problem+json`,
 //! each with a stable `type` under [`PROBLEM_BASE`].
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use std::ops::{Deref, DerefMut};
 
-/// Base of the `type` URI of every problem the service answers.
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use example_support::problem::{Problem, database_unavailable, field_errors};
+
+/// Base of the `type` URI of every problem the service itself answers.
 pub const PROBLEM_BASE: &str = "https://idempotency.rs/problems/job-creation/";
 
-/// An error answer of the service.
+/// An error answer of the service: a [`Problem`] under [`PROBLEM_BASE`]
+/// (its fields read through `Deref`; boxed, so a `Result` stays small),
+/// one constructor per situation.
 #[derive(Debug, Clone)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Last segment of the `type` URI.
-    pub slug: &'static str,
-    /// The problem's title (the same for every occurrence of the type).
-    pub title: &'static str,
-    /// What happened this time.
-    pub detail: String,
-    /// Extension members (`errors` for validation failures).
-    pub extra: Option<(&'static str, Value)>,
+pub struct ApiError(pub Box<Problem>);
+
+impl Deref for ApiError {
+    type Target = Problem;
+    fn deref(&self) -> &Problem {
+        &self.0
+    }
+}
+
+impl DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut Problem {
+        &mut self.0
+    }
 }
 
 impl ApiError {
-    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: String) -> Self {
-        Self {
+    /// A problem of `status` with stable `slug` and `title`.
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self(Box::new(Problem::new(
+            PROBLEM_BASE,
             status,
             slug,
             title,
             detail,
-            extra: None,
-        }
+        )))
+    }
+
+    /// Adds an extension member.
+    #[must_use]
+    pub fn with(self, name: &'static str, value: serde_json::Value) -> Self {
+        Self(Box::new(self.0.with(name, value)))
     }
 
     /// 400: the body is not JSON, or not a JSON object.
@@ -40,25 +58,20 @@ impl ApiError {
             StatusCode::BAD_REQUEST,
             "invalid-json",
             "Request body is not valid JSON",
-            detail.into(),
+            detail,
         )
     }
 
     /// 422: the body is JSON but breaks the rules; `errors` lists each
     /// broken rule as `{pointer, detail}`.
     pub fn validation(errors: Vec<(String, String)>) -> Self {
-        let list: Vec<Value> = errors
-            .iter()
-            .map(|(pointer, detail)| json!({"pointer": pointer, "detail": detail}))
-            .collect();
-        let mut e = Self::new(
+        Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation-failed",
             "Request body failed validation",
             format!("{} field(s) failed validation", errors.len()),
-        );
-        e.extra = Some(("errors", Value::Array(list)));
-        e
+        )
+        .with("errors", field_errors(&errors))
     }
 
     /// 400: `x-correlation-id` is not 1 to 128 visible ASCII characters, or
@@ -68,7 +81,7 @@ impl ApiError {
             StatusCode::BAD_REQUEST,
             "invalid-correlation-id",
             "Invalid x-correlation-id",
-            "x-correlation-id must be one header of 1 to 128 visible ASCII characters".into(),
+            "x-correlation-id must be one header of 1 to 128 visible ASCII characters",
         )
     }
 
@@ -89,8 +102,7 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "funnel-not-found",
             "Funnel not found",
-            "this is not a funnel slug: 1 to 63 of a-z, 0-9 and -, starting with a letter or digit"
-                .into(),
+            "this is not a funnel slug: 1 to 63 of a-z, 0-9 and -, starting with a letter or digit",
         )
     }
 
@@ -100,7 +112,7 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "assessment-not-found",
             "Assessment not found",
-            detail.into(),
+            detail,
         )
     }
 
@@ -110,18 +122,13 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "processing-job-not-found",
             "Processing job not found",
-            detail.into(),
+            detail,
         )
     }
 
     /// 404: no route matches.
     pub fn no_route(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "No such route",
-            detail.into(),
-        )
+        Self::new(StatusCode::NOT_FOUND, "not-found", "No such route", detail)
     }
 
     /// 405: the path is routed, the method is not.
@@ -130,7 +137,7 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "Method not allowed",
-            "this path does not take this method".into(),
+            "this path does not take this method",
         )
     }
 
@@ -140,7 +147,7 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "database-unavailable",
             "Database unavailable",
-            detail.into(),
+            detail,
         )
     }
 
@@ -150,49 +157,23 @@ impl ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "Internal error",
-            detail.into(),
+            detail,
         )
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::unavailable("the database is unavailable; retry later")
-            }
-            _ => {
-                tracing::error!(error = %e, "database error");
-                Self::internal("a database error occurred")
-            }
+        if database_unavailable(&e) {
+            Self::unavailable("the database is unavailable; retry later")
+        } else {
+            Self::internal("a database error occurred")
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": format!("{PROBLEM_BASE}{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let (Some((name, value)), Some(obj)) = (self.extra, body.as_object_mut()) {
-            obj.insert(name.to_owned(), value);
-        }
-        let mut res = (self.status, body.to_string()).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        res
+        (*self.0).into_response()
     }
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::JobReply;
+
 use std::time::{Duration, Instant};
 
 use common::{App, app, config, problem};

@@ -140,10 +140,12 @@ async fn openapi_json_is_a_valid_openapi_3_1_document() {
     }
     let source = include_str!("../src/problem.rs");
     let mut spelled = 0;
-    for line in source.lines().map(str::trim) {
-        let Some(slug) = line
-            .strip_prefix('"')
-            .and_then(|l| l.strip_suffix("\","))
+    // Each slug is the second argument of `Self::new(status, "slug", ..)`,
+    // on a line of its own or not.
+    for call in source.split("Self::new(").skip(1) {
+        let Some(slug) = call
+            .split('"')
+            .nth(1)
             .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
         else {
             continue;

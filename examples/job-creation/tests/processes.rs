@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::JobReply;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::JobReply;
+
 use std::time::Duration;
 
 use common::{app, app_on, config, eventually, job, stage_outputs};

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::handler::Handler;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, on};
 use bytes::Bytes;
+use example_support::ops;
+use example_support::routes::Routes;
 use idempotency_audit::postgres::{PostgresSink, StreamBy};
 use idempotency_audit::{AuditEvent, BufferedSink};
 use idempotency_core::{
@@ -187,47 +187,6 @@ pub struct Service {
     routes: Vec<(Method, &'static str)>,
 }
 
-/// The router and the `(method, path)` of every route on it. Routes are
-/// added only through [`Routes::route`], so the list is exactly what the
-/// router serves, and the OpenAPI test checks each one is documented.
-struct Routes<S> {
-    router: Router<S>,
-    list: Vec<(Method, &'static str)>,
-}
-
-impl<S: Clone + Send + Sync + 'static> Routes<S> {
-    fn new() -> Self {
-        Self {
-            router: Router::new(),
-            list: Vec::new(),
-        }
-    }
-
-    /// Routes `method` on `path` to `handler`.
-    fn route<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
-    where
-        H: Handler<T, S>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
-        self.router = self.router.route(path, on(filter, handler));
-        self.list.push((method, path));
-        self
-    }
-
-    /// Wraps the routes added so far (layers, fallback).
-    fn map(mut self, f: impl FnOnce(Router<S>) -> Router<S>) -> Self {
-        self.router = f(self.router);
-        self
-    }
-
-    fn merge(mut self, other: Self) -> Self {
-        self.router = self.router.merge(other.router);
-        self.list.extend(other.list);
-        self
-    }
-}
-
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service").finish_non_exhaustive()
@@ -338,13 +297,12 @@ impl Service {
             .merge(promotion)
             .map(|r| {
                 r.fallback(|| async {
-                    ApiError {
-                        status: StatusCode::NOT_FOUND,
-                        slug: "not-found",
-                        title: "No such route",
-                        detail: "no route matches this method and path".into(),
-                        extra: None,
-                    }
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "not-found",
+                        "No such route",
+                        "no route matches this method and path",
+                    )
                 })
             });
         let router = router
@@ -699,14 +657,10 @@ pub(crate) async fn healthz() -> &'static str {
     responses((status = 200, description = "`ready`: the database answers", body = String, content_type = "text/plain"))
 )]
 pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
-    match tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&app.pool),
-    )
-    .await
-    {
-        Ok(Ok(_)) => "ready\n".into_response(),
-        _ => ApiError::unavailable("the database does not answer").into_response(),
+    if ops::database_ready(&app.pool).await {
+        "ready\n".into_response()
+    } else {
+        ApiError::unavailable("the database does not answer").into_response()
     }
 }
 
@@ -722,12 +676,5 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     )
 )]
 pub(crate) async fn render_metrics(State(app): State<AppState>) -> Response {
-    match &app.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics are disabled\n").into_response(),
-    }
+    ops::metrics(app.metrics.as_ref())
 }

@@ -26,14 +26,11 @@
 //! SIGTERM and Ctrl-C stop it gracefully: in-flight requests finish, the
 //! audit buffer writes what they queued, exit status 0.
 
-use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use example_promotion::{Config, Fault, Service};
-use metrics_exporter_prometheus::PrometheusBuilder;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use example_support::{ops, settings, shutdown};
 
 const DEFAULT_BIND: &str = "127.0.0.1:3001";
 
@@ -52,49 +49,8 @@ const WAIT_MS: RangeInclusive<u64> = 1..=300_000;
 /// Accepted length of `PROMOTION_ADMIN_TOKEN`.
 const ADMIN_TOKEN_LEN: RangeInclusive<usize> = 8..=256;
 
-const START_POSTGRES: &str = "start PostgreSQL (e.g. `pg_ctlcluster 15 main start`) and set \
-DATABASE_URL=postgres://postgres@127.0.0.1:5432/test";
-
-/// The listen address: `--bind ADDR` / `--bind=ADDR`, else `BIND_ADDR`, else the default.
-fn bind_addr(args: &[String], env: Option<String>) -> Result<SocketAddr, String> {
-    let mut from_args = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        if arg == "--bind" {
-            from_args = Some(
-                it.next()
-                    .ok_or("--bind needs an address (see --help)")?
-                    .clone(),
-            );
-        } else if let Some(v) = arg.strip_prefix("--bind=") {
-            from_args = Some(v.to_owned());
-        } else {
-            return Err(format!("unknown argument {arg:?} (see --help)"));
-        }
-    }
-    let name = if from_args.is_some() {
-        "--bind"
-    } else {
-        "BIND_ADDR"
-    };
-    let raw = from_args.or(env).unwrap_or_else(|| DEFAULT_BIND.to_owned());
-    raw.parse()
-        .map_err(|_| format!("{name}={raw:?} is not a socket address such as {DEFAULT_BIND}"))
-}
-
 /// The settings from the environment.
 fn config(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
-    let millis = |name: &str, default: Duration, range: RangeInclusive<u64>| match var(name) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if range.contains(&ms) => Ok(Duration::from_millis(ms)),
-            _ => Err(format!(
-                "{name}={v:?} is not a whole number of milliseconds from {} to {}",
-                range.start(),
-                range.end()
-            )),
-        },
-    };
     let admin_token = match var("PROMOTION_ADMIN_TOKEN").filter(|t| !t.is_empty()) {
         Some(t)
             if !ADMIN_TOKEN_LEN.contains(&t.len()) || !t.bytes().all(|b| b.is_ascii_graphic()) =>
@@ -108,19 +64,17 @@ fn config(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
         t => t,
     };
     let defaults = Config::default();
-    let fault = match var("PROMOTION_FAULT").as_deref() {
-        None | Some("") => None,
-        Some("crash-before-commit") => Some(Fault::CrashBeforeCommit),
-        Some("fail-once") => Some(Fault::FailBeforeCommit),
-        Some(other) => {
-            return Err(format!(
-                "PROMOTION_FAULT={other:?} is not crash-before-commit or fail-once"
-            ));
-        }
-    };
+    let fault = settings::choice(
+        &var,
+        "PROMOTION_FAULT",
+        &[
+            ("crash-before-commit", Fault::CrashBeforeCommit),
+            ("fail-once", Fault::FailBeforeCommit),
+        ],
+    )?;
     Ok(Config {
-        lease: millis("PROMOTION_LEASE_MS", defaults.lease, LEASE_MS)?,
-        wait: millis("PROMOTION_WAIT_MS", defaults.wait, WAIT_MS)?,
+        lease: settings::millis(&var, "PROMOTION_LEASE_MS", defaults.lease, LEASE_MS)?,
+        wait: settings::millis(&var, "PROMOTION_WAIT_MS", defaults.wait, WAIT_MS)?,
         admin_token,
         fault,
     })
@@ -135,67 +89,27 @@ async fn main() -> ExitCode {
     }
     // Every setting is checked before anything is bound or connected; a
     // nonsense value is one line on stderr and exit status 2.
-    let filter = match std::env::var("RUST_LOG") {
-        Err(_) => tracing_subscriber::EnvFilter::new("info"),
-        Ok(v) => match tracing_subscriber::EnvFilter::try_new(&v) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: RUST_LOG={v:?} is not a log filter such as info or warn ({e})");
-                return ExitCode::from(2);
-            }
-        },
-    };
     let env = |name: &str| std::env::var(name).ok();
-    let addr = match bind_addr(&args, env("BIND_ADDR")) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = match config(env) {
+    let checked = (|| {
+        let filter = settings::log_filter(env("RUST_LOG"))?;
+        let addr = settings::bind_addr(&args, env("BIND_ADDR"), DEFAULT_BIND)?;
+        let config = config(env)?;
+        let options = settings::postgres_url(env("DATABASE_URL"))?;
+        Ok::<_, String>((filter, addr, config, options))
+    })();
+    let (filter, addr, config, options) = match checked {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return settings::refuse(e),
     };
-    let Some(url) = env("DATABASE_URL").filter(|u| !u.is_empty()) else {
-        eprintln!("error: DATABASE_URL is not set; {START_POSTGRES}");
-        return ExitCode::from(2);
-    };
-    let options: PgConnectOptions = match url.parse() {
-        Ok(o) if url.starts_with("postgres://") || url.starts_with("postgresql://") => o,
-        Ok(_) => {
-            eprintln!("error: DATABASE_URL is not a postgres:// or postgresql:// URL");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("error: DATABASE_URL is not a PostgreSQL URL ({e})");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let pool = match PgPoolOptions::new()
-        .max_connections(20)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.options([("statement_timeout", "5000")]))
-        .await
-    {
+    settings::init_logging(filter);
+    let pool = match settings::connect(options, 20).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: cannot reach PostgreSQL at DATABASE_URL ({e}); {START_POSTGRES}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let metrics = match PrometheusBuilder::new().install_recorder() {
-        Ok(h) => Some(h),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics recorder not installed; /metrics is disabled");
-            None
-        }
-    };
-    let service = match Service::start(pool, config.clone(), metrics).await {
+    let service = match Service::start(pool, config.clone(), ops::install_metrics()).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -218,7 +132,7 @@ async fn main() -> ExitCode {
         "listening on http://{addr}"
     );
     if let Err(e) = axum::serve(listener, service.router())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown::signal())
         .await
     {
         eprintln!("error: server failed: {e}");
@@ -236,57 +150,10 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Ctrl-C or SIGTERM (what `docker stop`, systemd and Kubernetes send).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn bind_address_precedence() {
-        assert_eq!(bind_addr(&[], None).unwrap().to_string(), DEFAULT_BIND);
-        assert_eq!(
-            bind_addr(&[], Some("0.0.0.0:8080".into())).unwrap().port(),
-            8080
-        );
-        let a = args(&["--bind", "127.0.0.1:4000"]);
-        assert_eq!(
-            bind_addr(&a, Some("0.0.0.0:8080".into())).unwrap().port(),
-            4000
-        );
-        assert_eq!(
-            bind_addr(&args(&["--bind=127.0.0.1:4001"]), None)
-                .unwrap()
-                .port(),
-            4001
-        );
-        assert!(bind_addr(&args(&["--bind"]), None).is_err());
-        assert!(bind_addr(&args(&["--port", "1"]), None).is_err());
-    }
+    use std::time::Duration;
 
     #[test]
     fn settings_from_the_environment() {

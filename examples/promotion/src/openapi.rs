@@ -6,11 +6,12 @@
 //! schema.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use example_support::docs;
 use idempotency_tower::{PROBLEM_CONTENT_TYPE, ProblemType};
 use serde::Serialize;
 use utoipa::openapi::example::ExampleBuilder;
@@ -569,13 +570,6 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .expect("the OpenAPI document serializes")
 });
 
-/// Swagger UI's configuration: it reads `/openapi.json`.
-static SWAGGER: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
-    LazyLock::new(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json")));
-
-/// What the page's relative links resolve against.
-const DOCS_BASE: &str = "<head>\n    <base href=\"/docs/\">";
-
 /// The OpenAPI document of this service.
 #[utoipa::path(
     get,
@@ -584,11 +578,7 @@ const DOCS_BASE: &str = "<head>\n    <base href=\"/docs/\">";
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]
 pub(crate) async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
-    )
-        .into_response()
+    docs::document(DOCUMENT.as_str())
 }
 
 /// The interactive page (Swagger UI) over `/openapi.json`.
@@ -599,16 +589,7 @@ pub(crate) async fn openapi_json() -> Response {
     responses((status = 200, description = "Swagger UI; its assets are under `/docs/`", content_type = "text/html", body = String))
 )]
 pub(crate) async fn docs_page() -> Response {
-    match swagger_file("index.html") {
-        Some((_, bytes)) => (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            // The page's asset links are relative to `/docs/`, and this page
-            // is `/docs`.
-            String::from_utf8_lossy(&bytes).replacen("<head>", DOCS_BASE, 1),
-        )
-            .into_response(),
-        None => ApiError::internal("no Swagger UI page").into_response(),
-    }
+    docs::page().unwrap_or_else(|| ApiError::internal("no Swagger UI page").into_response())
 }
 
 /// An asset of the Swagger UI page, from the binary.
@@ -622,29 +603,13 @@ pub(crate) async fn docs_page() -> Response {
     )
 )]
 pub(crate) async fn docs_asset(Path(file): Path<String>) -> Response {
-    match swagger_file(&file) {
-        Some((content_type, bytes)) => {
-            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
-        }
-        None => ApiError {
-            status: StatusCode::NOT_FOUND,
-            slug: "not-found",
-            title: "No such route",
-            detail: "no such Swagger UI asset".into(),
-            extra: None,
-        }
-        .into_response(),
-    }
-}
-
-/// A file of the vendored Swagger UI: its media type and bytes.
-fn swagger_file(name: &str) -> Option<(String, Vec<u8>)> {
-    match utoipa_swagger_ui::serve(name, SWAGGER.clone()) {
-        Ok(Some(file)) => Some((file.content_type, file.bytes.into_owned())),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::error!(error = %e, name, "cannot render a Swagger UI file");
-            None
-        }
-    }
+    docs::asset(&file).unwrap_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such route",
+            "no such Swagger UI asset",
+        )
+        .into_response()
+    })
 }

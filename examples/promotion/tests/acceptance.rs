@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::PromotionReply;
+
 use common::{ADMIN_TOKEN, App, app, config, promotions, summary, work_orders};
 use example_promotion::{Config, Fault};
 use http::{StatusCode, header};

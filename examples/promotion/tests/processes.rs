@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::PromotionReply;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -347,27 +349,12 @@ fn startup_failures_are_one_clear_line() {
 /// Runs the binary with `env` until it exits; a process still running
 /// after 10 s (it started serving) is killed, and its output returned.
 fn run_to_exit(env: &[(&str, String)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-promotion"));
-    cmd.env("RUST_LOG", "warn")
-        .env_remove("PROMOTION_FAULT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = example_support::testing::command(env!("CARGO_BIN_EXE_example-promotion"));
+    cmd.env_remove("PROMOTION_FAULT");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("start example-promotion");
-    let pid = child.id().to_string();
-    let (exited, watch) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(Duration::from_secs(10)).is_err() {
-            let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
-        }
-    });
-    let out = child.wait_with_output().expect("wait");
-    let _ = exited.send(());
-    let _ = watchdog.join();
-    out
+    example_support::testing::run_to_exit(cmd, Duration::from_secs(10))
 }
 
 /// A nonsense setting is refused at start with one stderr line naming the

@@ -7,12 +7,11 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, on};
 use bytes::Bytes;
+use example_support::routes::Routes;
 use idempotency_core::{DynStore, Policy};
 use idempotency_tower::{Concurrency, DecisionHook, IdempotencyLayer};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -69,62 +68,6 @@ pub(crate) struct AppState {
     orders: Arc<Mutex<Vec<Order>>>,
     next_id: Arc<AtomicU64>,
     metrics: Option<PrometheusHandle>,
-}
-
-/// The router and the `(method, path)` of every route on it. Routes are
-/// added only through [`Routes::route`], so the list is exactly what the
-/// router serves, and the OpenAPI test checks each one is documented.
-pub(crate) struct Routes<S = ()> {
-    router: Router<S>,
-    list: Vec<(Method, &'static str)>,
-}
-
-impl<S: Clone + Send + Sync + 'static> Routes<S> {
-    fn new() -> Self {
-        Self {
-            router: Router::new(),
-            list: Vec::new(),
-        }
-    }
-
-    /// Routes `method` on `path` to `handler`.
-    fn route<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
-    where
-        H: Handler<T, S>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
-        self.router = self.router.route(path, on(filter, handler));
-        self.list.push((method, path));
-        self
-    }
-
-    /// Wraps the routes added so far (a layer).
-    fn map(mut self, f: impl FnOnce(Router<S>) -> Router<S>) -> Self {
-        self.router = f(self.router);
-        self
-    }
-
-    fn merge(mut self, other: Self) -> Self {
-        self.router = self.router.merge(other.router);
-        self.list.extend(other.list);
-        self
-    }
-
-    fn with_state(self, state: S) -> Routes {
-        Routes {
-            router: self.router.with_state(state),
-            list: self.list,
-        }
-    }
-}
-
-impl Routes {
-    /// Every `(method, path)` the router serves, paths in axum's syntax.
-    #[cfg(test)]
-    pub(crate) fn list(&self) -> &[(Method, &'static str)] {
-        &self.list
-    }
 }
 
 /// Builds the service over `store`.

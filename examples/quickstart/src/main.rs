@@ -29,7 +29,7 @@
 
 use std::process::ExitCode;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use example_support::settings as support;
 
 mod app;
 mod audit;
@@ -52,24 +52,14 @@ async fn main() -> ExitCode {
     }
     // Every setting is checked before anything is bound or connected; a
     // nonsense value is one line on stderr and exit status 2.
-    let filter = match std::env::var("RUST_LOG") {
-        Err(_) => tracing_subscriber::EnvFilter::new("info"),
-        Ok(v) => match tracing_subscriber::EnvFilter::try_new(&v) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: RUST_LOG={v:?} is not a log filter such as info or warn ({e})");
-                return ExitCode::from(2);
-            }
-        },
+    let env = |name: &str| std::env::var(name).ok();
+    let checked = support::log_filter(env("RUST_LOG"))
+        .and_then(|filter| Ok((filter, settings::Settings::from_env(&args, env)?)));
+    let (filter, settings) = match checked {
+        Ok(c) => c,
+        Err(e) => return support::refuse(e),
     };
-    let settings = match settings::Settings::from_env(&args, |name| std::env::var(name).ok()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    support::init_logging(filter);
 
     let store = match store::from_settings(&settings).await {
         Ok(s) => s,
@@ -78,13 +68,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = match PrometheusBuilder::new().install_recorder() {
-        Ok(h) => Some(h),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics recorder not installed; /metrics is disabled");
-            None
-        }
-    };
+    let metrics = example_support::ops::install_metrics();
     let addr = settings.bind;
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -108,7 +92,7 @@ async fn main() -> ExitCode {
     let service = app::app(store, &settings.idempotency, metrics, trail.clone());
     // On SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish...
     if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(example_support::shutdown::signal())
         .await
     {
         eprintln!("error: server failed: {e}");
@@ -123,27 +107,4 @@ async fn main() -> ExitCode {
         "stopped"
     );
     ExitCode::SUCCESS
-}
-
-/// Ctrl-C or SIGTERM (what `docker stop`, systemd and Kubernetes send).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
 }

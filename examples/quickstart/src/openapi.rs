@@ -3,11 +3,12 @@
 //! (`GET /docs`) whose assets are inside the binary.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
+use example_support::docs;
 use idempotency_tower::{PROBLEM_CONTENT_TYPE, ProblemType};
 use utoipa::openapi::example::ExampleBuilder;
 use utoipa::openapi::header::HeaderBuilder;
@@ -157,10 +158,6 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .expect("the OpenAPI document serializes")
 });
 
-/// Swagger UI's configuration: it reads `/openapi.json`.
-static SWAGGER: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
-    LazyLock::new(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json")));
-
 /// The OpenAPI document of this service.
 #[utoipa::path(
     get,
@@ -169,11 +166,7 @@ static SWAGGER: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]
 pub(crate) async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
-    )
-        .into_response()
+    docs::document(DOCUMENT.as_str())
 }
 
 /// The interactive page (Swagger UI) over `/openapi.json`.
@@ -184,20 +177,8 @@ pub(crate) async fn openapi_json() -> Response {
     responses((status = 200, description = "Swagger UI; its assets are under `/docs/`", content_type = "text/html", body = String))
 )]
 pub(crate) async fn docs_page() -> Response {
-    match swagger_file("index.html") {
-        Some((_, bytes)) => (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            // The page's asset links are relative to `/docs/`, and this page
-            // is `/docs`.
-            String::from_utf8_lossy(&bytes).replacen("<head>", DOCS_BASE, 1),
-        )
-            .into_response(),
-        None => app::problem(StatusCode::NOT_FOUND, "no Swagger UI page"),
-    }
+    docs::page().unwrap_or_else(|| app::problem(StatusCode::NOT_FOUND, "no Swagger UI page"))
 }
-
-/// What the page's relative links resolve against.
-const DOCS_BASE: &str = "<head>\n    <base href=\"/docs/\">";
 
 /// An asset of the Swagger UI page, from the binary.
 #[utoipa::path(
@@ -211,38 +192,23 @@ const DOCS_BASE: &str = "<head>\n    <base href=\"/docs/\">";
     )
 )]
 pub(crate) async fn docs_asset(Path(file): Path<String>) -> Response {
-    match swagger_file(&file) {
-        Some((content_type, bytes)) => {
-            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
-        }
-        None => app::problem(StatusCode::NOT_FOUND, format!("no asset {file}")),
-    }
-}
-
-/// A file of the vendored Swagger UI: its media type and bytes.
-fn swagger_file(name: &str) -> Option<(String, Vec<u8>)> {
-    match utoipa_swagger_ui::serve(name, SWAGGER.clone()) {
-        Ok(Some(file)) => Some((file.content_type, file.bytes.into_owned())),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::error!(error = %e, name, "cannot render a Swagger UI file");
-            None
-        }
-    }
+    docs::asset(&file)
+        .unwrap_or_else(|| app::problem(StatusCode::NOT_FOUND, format!("no asset {file}")))
 }
 
 #[cfg(test)]
 mod tests {
     use axum::Router;
     use axum::body::Body;
-    use axum::http::{Method, Request};
+    use axum::http::{Method, Request, header};
     use http_body_util::BodyExt;
     use idempotency_core::{DynStore, MemoryStore};
     use serde_json::Value;
     use tower::ServiceExt;
 
     use super::*;
-    use crate::app::{IdempotencySettings, Routes};
+    use crate::app::IdempotencySettings;
+    use example_support::routes::Routes;
 
     fn routes() -> Routes {
         app::routes(
@@ -294,7 +260,7 @@ mod tests {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let routes = routes();
         let mut routed = Vec::new();
-        for (method, path) in routes.list() {
+        for (method, path) in &routes.list {
             // axum's `{*rest}` is OpenAPI's `{rest}`.
             let path = path.replace("{*", "{");
             assert!(

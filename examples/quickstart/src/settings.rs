@@ -2,11 +2,10 @@
 //! at start, before anything is bound or connected: a nonsense value is one
 //! line naming the variable and what it accepts (exit status 2).
 
+use example_support::settings;
+use idempotency_audit::postgres::sqlx::postgres::PgConnectOptions;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::time::Duration;
-
-use idempotency_audit::postgres::sqlx::postgres::PgConnectOptions;
 
 use crate::app::IdempotencySettings;
 
@@ -59,52 +58,6 @@ pub(crate) struct Settings {
     pub(crate) idempotency: IdempotencySettings,
 }
 
-/// The listen address: `--bind ADDR` / `--bind=ADDR`, else `BIND_ADDR`, else the default.
-fn bind_addr(args: &[String], env: Option<String>) -> Result<SocketAddr, String> {
-    let mut from_args = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        if arg == "--bind" {
-            from_args = Some(
-                it.next()
-                    .ok_or("--bind needs an address (see --help)")?
-                    .clone(),
-            );
-        } else if let Some(v) = arg.strip_prefix("--bind=") {
-            from_args = Some(v.to_owned());
-        } else {
-            return Err(format!("unknown argument {arg:?} (see --help)"));
-        }
-    }
-    let name = if from_args.is_some() {
-        "--bind"
-    } else {
-        "BIND_ADDR"
-    };
-    let raw = from_args.or(env).unwrap_or_else(|| DEFAULT_BIND.to_owned());
-    raw.parse()
-        .map_err(|_| format!("{name}={raw:?} is not a socket address such as {DEFAULT_BIND}"))
-}
-
-/// `name` as whole seconds within `range`, or `None` when unset.
-fn secs(
-    var: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    range: RangeInclusive<u64>,
-) -> Result<Option<Duration>, String> {
-    let Some(v) = var(name) else {
-        return Ok(None);
-    };
-    match v.trim().parse::<u64>() {
-        Ok(s) if range.contains(&s) => Ok(Some(Duration::from_secs(s))),
-        _ => Err(format!(
-            "{name}={v:?} is not a whole number of seconds from {} to {}",
-            range.start(),
-            range.end()
-        )),
-    }
-}
-
 impl Settings {
     /// Reads and checks every setting; `var` reads the environment.
     ///
@@ -115,7 +68,7 @@ impl Settings {
         args: &[String],
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        let bind = bind_addr(args, var("BIND_ADDR"))?;
+        let bind = settings::bind_addr(args, var("BIND_ADDR"), DEFAULT_BIND)?;
         let store = match var("IDEMPOTENCY_STORE")
             .map(|s| s.trim().to_ascii_lowercase())
             .as_deref()
@@ -165,9 +118,9 @@ impl Settings {
             ));
         }
         let idempotency = IdempotencySettings {
-            lease: secs(&var, "IDEMPOTENCY_LEASE_SECS", LEASE_SECS)?,
-            retention: secs(&var, "IDEMPOTENCY_RETENTION_SECS", RETENTION_SECS)?,
-            wait: secs(&var, "IDEMPOTENCY_WAIT_SECS", WAIT_SECS)?,
+            lease: settings::secs(&var, "IDEMPOTENCY_LEASE_SECS", LEASE_SECS)?,
+            retention: settings::secs(&var, "IDEMPOTENCY_RETENTION_SECS", RETENTION_SECS)?,
+            wait: settings::secs(&var, "IDEMPOTENCY_WAIT_SECS", WAIT_SECS)?,
         };
         Ok(Self {
             bind,
@@ -182,10 +135,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
-    }
+    use std::time::Duration;
 
     fn with(pairs: &[(&str, &str)]) -> Result<Settings, String> {
         let pairs: Vec<(String, String)> = pairs
@@ -195,31 +145,6 @@ mod tests {
         Settings::from_env(&[], move |k: &str| {
             pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
-    }
-
-    #[test]
-    fn bind_address_precedence() {
-        assert_eq!(bind_addr(&[], None).unwrap().to_string(), DEFAULT_BIND);
-        assert_eq!(
-            bind_addr(&[], Some("0.0.0.0:8080".into())).unwrap().port(),
-            8080
-        );
-        let a = args(&["--bind", "127.0.0.1:4000"]);
-        assert_eq!(
-            bind_addr(&a, Some("0.0.0.0:8080".into())).unwrap().port(),
-            4000
-        );
-        let a = args(&["--bind=127.0.0.1:4001"]);
-        assert_eq!(bind_addr(&a, None).unwrap().port(), 4001);
-    }
-
-    #[test]
-    fn bad_arguments_are_errors() {
-        assert!(bind_addr(&args(&["--bind"]), None).is_err());
-        assert!(bind_addr(&args(&["--bind", "nope"]), None).is_err());
-        assert!(bind_addr(&args(&["--port", "1"]), None).is_err());
-        let err = bind_addr(&[], Some("localhost:99999".into())).unwrap_err();
-        assert!(err.starts_with("BIND_ADDR="), "{err}");
     }
 
     #[test]

@@ -3,29 +3,15 @@
 //! and start-up refusals of nonsense settings.
 #![cfg(unix)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{Method, Request, StatusCode};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use axum::http::{Method, StatusCode};
+use example_support::testing::{
+    self, HttpClient, Server, client, database_url, free_port, in_ci, send,
+};
 use idempotency_audit::postgres::sqlx::{self, PgPool};
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// A pool on the test database; `None` (with a printed line) when it is
 /// unreachable outside CI.
@@ -41,13 +27,6 @@ async fn pool() -> Option<PgPool> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// A name no other run uses (no `%` or `_`: it is a LIKE prefix).
 fn run_id() -> String {
     let nanos = SystemTime::now()
@@ -57,121 +36,14 @@ fn run_id() -> String {
     format!("qs-{}-{nanos}", std::process::id())
 }
 
-/// A running quickstart, killed on drop unless it has exited.
-struct Server {
-    child: Option<Child>,
-    addr: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM with the `kill` command.
-    fn terminate(&self) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Waits (at most 30 s) for the process to exit.
-    async fn exit_status(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let waited = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::task::spawn_blocking(move || {
-                let status = child.wait();
-                (child, status)
-            }),
-        )
-        .await;
-        match waited {
-            Ok(Ok((_, status))) => status.expect("wait"),
-            _ => panic!("the process did not exit: {}", self.log_text()),
-        }
-    }
-}
-
 /// Starts the binary with `env` on a free port and waits for `/healthz`.
 async fn spawn(env: &[(&str, &str)]) -> Server {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::env::temp_dir().join(format!("example-quickstart-{}.log", run_id()));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-quickstart"));
-    cmd.env("BIND_ADDR", addr.to_string())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("IDEMPOTENCY_STORE")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
+    let mut cmd = testing::command(env!("CARGO_BIN_EXE_example-quickstart"));
+    cmd.env("RUST_LOG", "info").env_remove("IDEMPOTENCY_STORE");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut server = Server {
-        child: Some(cmd.spawn().expect("start example-quickstart")),
-        addr,
-        log,
-    };
-    let http = client();
-    for _ in 0..300 {
-        if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("the service exited with {status}: {}", server.log_text());
-        }
-        if let Ok((StatusCode::OK, _)) =
-            send(&http, Method::GET, &server.url("/healthz"), &[], "").await
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the service did not start: {}", server.log_text());
-}
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn send(
-    http: &HttpClient,
-    method: Method,
-    url: &str,
-    headers: &[(&str, String)],
-    body: &str,
-) -> Result<(StatusCode, Bytes), hyper_util::client::legacy::Error> {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, v.as_str());
-    }
-    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-    let res = http.request(req).await?;
-    let status = res.status();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Ok((status, body))
+    Server::spawn(cmd, "/healthz").await
 }
 
 /// `POST /orders` as `user` with `key`, request id `rid` and `body`.
@@ -183,15 +55,15 @@ async fn order(
     rid: String,
     body: &str,
 ) -> Result<StatusCode, hyper_util::client::legacy::Error> {
+    let auth = format!("Bearer {user}");
     let headers = [
-        ("authorization", format!("Bearer {user}")),
-        ("idempotency-key", key),
-        ("x-request-id", rid),
-        ("content-type", "application/json".to_owned()),
+        ("authorization", auth.as_str()),
+        ("idempotency-key", key.as_str()),
+        ("x-request-id", rid.as_str()),
     ];
-    send(&http, Method::POST, &url, &headers, body)
+    send(&http, Method::POST, &url, Some(body), &headers)
         .await
-        .map(|(status, _)| status)
+        .map(|r| r.status)
 }
 
 /// Audit rows whose correlation id (the request's `x-request-id`) starts with `run`.
@@ -259,7 +131,7 @@ async fn sigterm_finishes_in_flight_requests_and_writes_every_audit_event() {
         finished.push(status.expect("an in-flight request is finished, not cut"));
     }
     assert_eq!(finished, vec![StatusCode::CREATED; 20]);
-    let status = server.exit_status().await;
+    let status = server.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", server.log_text());
     assert_eq!(
         audit_rows(&pool, &run).await,
@@ -269,31 +141,15 @@ async fn sigterm_finishes_in_flight_requests_and_writes_every_audit_event() {
     );
 }
 
-/// Runs the binary with `env` until it exits; a process still running
-/// after 10 s (it started serving) is killed, and its output returned.
+/// Runs the binary with `env` until it exits (killed after 10 s).
 fn run_to_exit(env: &[(&str, String)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-quickstart"));
+    let mut cmd = testing::command(env!("CARGO_BIN_EXE_example-quickstart"));
     cmd.env_remove("IDEMPOTENCY_STORE")
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("DATABASE_URL");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("start example-quickstart");
-    let pid = child.id().to_string();
-    let (exited, watch) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(Duration::from_secs(10)).is_err() {
-            let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
-        }
-    });
-    let out = child.wait_with_output().expect("wait");
-    let _ = exited.send(());
-    let _ = watchdog.join();
-    out
+    testing::run_to_exit(cmd, Duration::from_secs(10))
 }
 
 /// A nonsense setting is refused at start with one stderr line naming the

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use example_appointments::gateway::Gateway;
 use example_appointments::{Config, Service};
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -64,37 +64,7 @@ pub fn instance() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
 
-/// What a test reads back from a response.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn is_replay(&self) -> bool {
-        self.headers
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true")
-    }
-
-    /// The last segment of a problem's `type`.
-    pub fn problem(&self) -> String {
-        assert_eq!(
-            self.headers[http::header::CONTENT_TYPE],
-            "application/problem+json",
-            "{self:?}"
-        );
-        let t = self.json()["type"].as_str().unwrap_or_default().to_owned();
-        t.rsplit('/').next().unwrap_or_default().to_owned()
-    }
-}
+pub use example_support::testing::Reply;
 
 /// An HTTP client of a base URL.
 #[derive(Clone)]
@@ -136,14 +106,7 @@ impl Http {
         .await
         .expect("the service answers in 30 s")
         .expect("request");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply::read(res).await
     }
 
     pub async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Reply {

@@ -5,20 +5,13 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
-use bytes::Bytes;
 use example_job_creation::{Config, Service};
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use tower::ServiceExt;
@@ -124,38 +117,27 @@ pub fn config() -> Config {
     }
 }
 
-/// What a test reads back from a response.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+#[allow(unused_imports)]
+pub use example_support::testing::{
+    HttpClient, Reply, Server, client, counter, eventually, free_port, send,
+};
+
+/// What the job creation tests read from a reply beyond [`Reply`]'s own.
+pub trait JobReply {
+    /// `data.processingJob.jobId`.
+    fn job_id(&self) -> Option<Uuid>;
+    /// The `x-correlation-id` header.
+    fn correlation(&self) -> String;
 }
 
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// The problem `type` of a problem+json answer.
-    pub fn problem_type(&self) -> String {
-        assert_eq!(
-            self.headers[http::header::CONTENT_TYPE],
-            "application/problem+json",
-            "{self:?}"
-        );
-        self.json()["type"].as_str().unwrap_or_default().to_owned()
-    }
-
-    /// `data.processingJob.jobId`.
-    pub fn job_id(&self) -> Option<Uuid> {
+impl JobReply for Reply {
+    fn job_id(&self) -> Option<Uuid> {
         self.json()["data"]["processingJob"]["jobId"]
             .as_str()
             .map(|s| s.parse().unwrap())
     }
 
-    pub fn correlation(&self) -> String {
+    fn correlation(&self) -> String {
         self.headers["x-correlation-id"]
             .to_str()
             .unwrap()
@@ -212,14 +194,7 @@ impl App {
             .body(Body::from(body.unwrap_or_default().to_owned()))
             .unwrap();
         let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply::read(res).await
     }
 
     pub async fn get(&self, uri: &str) -> Reply {
@@ -350,86 +325,6 @@ pub async fn audit_events(pool: &PgPool, audit_schema: &str, assessment: Uuid) -
     .collect()
 }
 
-/// Polls `check` every 20 ms until it is true; panics after `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-// ---- running binaries -------------------------------------------------
-
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build_http()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A running service process, killed on drop.
-pub struct Server {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub log: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends `signal` (`TERM`, `KILL`) with the `kill` command.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit; kills it (SIGKILL) if it has not
-    /// within `within`, so a hung process fails the test instead of hanging it.
-    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let (exited, watch) = std::sync::mpsc::channel::<()>();
-        let watchdog = std::thread::spawn(move || {
-            if watch.recv_timeout(within).is_err() {
-                let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
-            }
-        });
-        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait");
-        let _ = exited.send(());
-        let _ = watchdog.join();
-        status
-    }
-}
-
 /// The environment of a binary running with `config`'s settings.
 pub fn env_of(config: &Config) -> Vec<(&'static str, String)> {
     let ms = |d: Duration| d.as_millis().to_string();
@@ -451,73 +346,16 @@ pub fn env_of(config: &Config) -> Vec<(&'static str, String)> {
 /// Starts the binary with `config`'s settings and `extra` on a free port,
 /// and waits for `/readyz`.
 pub async fn spawn(config: &Config, extra: &[(&str, &str)]) -> Server {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::env::temp_dir().join(format!("example-job-creation-{}.log", Uuid::new_v4()));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-job-creation"));
+    let mut cmd = example_support::testing::command(env!("CARGO_BIN_EXE_example-job-creation"));
     cmd.env("DATABASE_URL", database_url())
-        .env("BIND_ADDR", addr.to_string())
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .env_remove("JOB_CREATION_FAULT")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
+        .env_remove("JOB_CREATION_FAULT");
     for (k, v) in env_of(config) {
         cmd.env(k, v);
     }
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("start example-job-creation");
-    let mut server = Server { child, addr, log };
-    let client = client();
-    for _ in 0..300 {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!("the service exited with {status}: {}", server.log_text());
-        }
-        if let Ok(r) = send(&client, Method::GET, &server.url("/readyz"), None, &[]).await
-            && r.status == StatusCode::OK
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = server.child.kill();
-    panic!("the service did not become ready: {}", server.log_text());
-}
-
-pub async fn send(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    body: Option<&str>,
-    headers: &[(&str, &str)],
-) -> Result<Reply, hyper_util::client::legacy::Error> {
-    let mut req = Request::builder().method(method).uri(url);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
-        .unwrap();
-    let res = client.request(req).await?;
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    Server::spawn(cmd, "/readyz").await
 }
 
 /// A new assessment of `funnel`, through a running server.
@@ -537,18 +375,4 @@ pub async fn assessment_on(client: &HttpClient, server: &Server, funnel: &str) -
         .unwrap()
         .parse()
         .unwrap()
-}
-
-/// Sum of a Prometheus counter in a `/metrics` text (0 when absent).
-pub fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let base = series.split('{').next()?;
-            (base == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .map(|v| v as u64)
-        .sum()
 }

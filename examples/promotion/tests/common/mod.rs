@@ -4,19 +4,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use bytes::Bytes;
 use example_promotion::{Config, Service};
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, Request, StatusCode};
 use idempotency_core::{IdempotencyStore, Record};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
@@ -24,14 +17,7 @@ use tower::ServiceExt;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+pub use example_support::testing::{database_url, in_ci};
 
 /// A pool on the test database; `None` (with a printed skip line) when it is
 /// unreachable outside CI. Under CI an unreachable database fails the test.
@@ -52,37 +38,17 @@ pub async fn pool() -> Option<PgPool> {
     }
 }
 
-/// What a test reads back from a response.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+#[allow(unused_imports)]
+pub use example_support::testing::{HttpClient, Reply, Server, client, counter, free_port};
+
+/// What the promotion tests read from a reply beyond [`Reply`]'s own.
+pub trait PromotionReply {
+    /// `workorder_id` of the JSON body.
+    fn workorder_id(&self) -> String;
 }
 
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn is_replay(&self) -> bool {
-        self.headers
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true")
-    }
-
-    /// The problem `type` of a problem+json answer.
-    pub fn problem_type(&self) -> String {
-        assert_eq!(
-            self.headers[http::header::CONTENT_TYPE],
-            "application/problem+json",
-            "{self:?}"
-        );
-        self.json()["type"].as_str().unwrap_or_default().to_owned()
-    }
-
-    pub fn workorder_id(&self) -> String {
+impl PromotionReply for Reply {
+    fn workorder_id(&self) -> String {
         self.json()["workorder_id"]
             .as_str()
             .unwrap_or_else(|| panic!("no workorder_id: {self:?}"))
@@ -142,14 +108,7 @@ impl App {
             .body(Body::from(body.unwrap_or_default().to_owned()))
             .unwrap();
         let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply::read(res).await
     }
 
     pub async fn post(&self, uri: &str, body: Option<&str>) -> Reply {
@@ -281,134 +240,26 @@ pub fn summary(events: &[Value]) -> Vec<(String, String, bool, Option<String>)> 
 
 // ---- running binaries -------------------------------------------------
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build_http()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A running service process, killed on drop.
-pub struct Server {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub log: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM with the `kill` command.
-    pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit; kills it (SIGKILL) if it has not
-    /// within `within`, so a hung process fails the test instead of hanging it.
-    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let (exited, watch) = std::sync::mpsc::channel::<()>();
-        let watchdog = std::thread::spawn(move || {
-            if watch.recv_timeout(within).is_err() {
-                let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
-            }
-        });
-        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait");
-        let _ = exited.send(());
-        let _ = watchdog.join();
-        status
-    }
-}
-
 /// Starts the binary with `env` on a free port and waits for `/readyz`.
 pub async fn spawn(env: &[(&str, &str)]) -> Server {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::env::temp_dir().join(format!("example-promotion-{}.log", uuid::Uuid::new_v4()));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-promotion"));
+    let mut cmd = example_support::testing::command(env!("CARGO_BIN_EXE_example-promotion"));
     cmd.env("DATABASE_URL", database_url())
-        .env("BIND_ADDR", addr.to_string())
         .env("PROMOTION_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .env_remove("PROMOTION_FAULT")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
+        .env_remove("PROMOTION_FAULT");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("start example-promotion");
-    let mut server = Server { child, addr, log };
-    let client = client();
-    for _ in 0..300 {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!("the service exited with {status}: {}", server.log_text());
-        }
-        if let Ok(r) = send(&client, Method::GET, &server.url("/readyz"), None).await
-            && r.status == StatusCode::OK
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = server.child.kill();
-    panic!("the service did not become ready: {}", server.log_text());
+    Server::spawn(cmd, "/readyz").await
 }
 
+/// `method url` with an optional JSON body.
 pub async fn send(
     client: &HttpClient,
     method: Method,
     url: &str,
     body: Option<&str>,
 ) -> Result<Reply, hyper_util::client::legacy::Error> {
-    let mut req = Request::builder().method(method).uri(url);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
-        .unwrap();
-    let res = client.request(req).await?;
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    example_support::testing::send(client, method, url, body, &[]).await
 }
 
 /// A finalized estimate, created through a running server.
@@ -429,18 +280,4 @@ pub async fn finalized_estimate_on(client: &HttpClient, server: &Server) -> Stri
     .unwrap();
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     id
-}
-
-/// Sum of a Prometheus counter in a `/metrics` text (0 when absent).
-pub fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let base = series.split('{').next()?;
-            (base == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .map(|v| v as u64)
-        .sum()
 }

@@ -1,0 +1,27 @@
+//! What the example services share, and nothing more: each piece is a
+//! function or a small type the service calls, never a framework it plugs
+//! into. A service keeps its own routes, state, settings table and
+//! problem types; this crate holds the mechanics they had in common.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`settings`] | read and check start-up settings; every failure is one line naming the setting |
+//! | [`shutdown`] | the future that completes on SIGTERM or Ctrl-C |
+//! | [`migrate`] | versioned SQL migrations in one transaction under an advisory lock, with checksums |
+//! | [`problem`] | RFC 9457 `application/problem+json` answers with stable `type` URIs |
+//! | [`docs`] | `/openapi.json` and the vendored Swagger UI of `/docs` |
+//! | [`ops`] | the bodies of `/readyz` and `/metrics` |
+//! | [`routes`] | a router that lists every `(method, path)` it serves, for the OpenAPI test |
+//! | `testing` (feature `testing`) | run a service binary on a free port, talk HTTP to it, stop it |
+
+pub mod docs;
+pub mod migrate;
+pub mod ops;
+pub mod problem;
+pub mod routes;
+pub mod settings;
+pub mod shutdown;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use problem::Problem;
