@@ -64,6 +64,7 @@ CREATE TABLE {{schema}}.staged_exports (
     original_data       jsonb       NOT NULL,
     prepared_data       jsonb       NOT NULL,
     approved_data       jsonb,
+    posted_data         jsonb,
     total_amount        numeric(18, 2),
     prepared_by         text        NOT NULL,
     reviewer            text,
