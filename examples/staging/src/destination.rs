@@ -150,15 +150,19 @@ impl Destination {
     }
 }
 
-fn key_of(headers: &HeaderMap) -> Result<String, Response> {
+fn key_of(headers: &HeaderMap) -> Option<String> {
     match headers.get("idempotency-key").map(|v| v.to_str()) {
-        Some(Ok(k)) if (1..=255).contains(&k.len()) => Ok(k.to_owned()),
-        _ => Err((
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error_code": "MISSING_KEY", "message": "Idempotency-Key is required"})),
-        )
-            .into_response()),
+        Some(Ok(k)) if (1..=255).contains(&k.len()) => Some(k.to_owned()),
+        _ => None,
     }
+}
+
+fn missing_key() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error_code": "MISSING_KEY", "message": "Idempotency-Key is required"})),
+    )
+        .into_response()
 }
 
 fn unavailable() -> Response {
@@ -178,9 +182,8 @@ struct PostingBody {
 }
 
 async fn book(State(d): State<Destination>, headers: HeaderMap, body: Json<Value>) -> Response {
-    let key = match key_of(&headers) {
-        Ok(k) => k,
-        Err(r) => return r,
+    let Some(key) = key_of(&headers) else {
+        return missing_key();
     };
     let Ok(posting) = serde_json::from_value::<PostingBody>(body.0) else {
         return (
@@ -241,9 +244,8 @@ async fn reverse(
     Path(booking_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let key = match key_of(&headers) {
-        Ok(k) => k,
-        Err(r) => return r,
+    let Some(key) = key_of(&headers) else {
+        return missing_key();
     };
     match d.admit().await {
         Fault::Fail => return unavailable(),

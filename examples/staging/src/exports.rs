@@ -147,18 +147,35 @@ pub(crate) async fn guarded_update<'q>(
     }
 }
 
+/// What a transition's audit event says.
+pub(crate) struct Transition<'a> {
+    /// The state after it.
+    pub(crate) to: &'a str,
+    /// The event type.
+    pub(crate) kind: &'a str,
+    /// Who did it.
+    pub(crate) actor: &'a str,
+    /// Why, when said.
+    pub(crate) reason: Option<&'a str>,
+    /// More attributes (an object).
+    pub(crate) attributes: Value,
+}
+
 /// After the update: reads the after snapshot and appends the audit event
 /// (before and after) to the export's chain, in the same transaction.
 pub(crate) async fn audited(
     app: &AppState,
     conn: &mut PgConnection,
     locked: &Locked,
-    to: &str,
-    kind: &str,
-    actor: &str,
-    reason: Option<&str>,
-    attributes: Value,
+    t: Transition<'_>,
 ) -> Result<Value, ApiError> {
+    let Transition {
+        to,
+        kind,
+        actor,
+        reason,
+        attributes,
+    } = t;
     let after = snapshot(app, conn, locked.id)
         .await?
         .ok_or_else(|| ApiError::internal("the export vanished during its transition"))?;
@@ -459,11 +476,13 @@ pub(crate) async fn review(
         &app,
         &mut tx,
         &locked,
-        "UNDER_REVIEW",
-        "staging.export.review_started",
-        &reviewer,
-        None,
-        json!({}),
+        Transition {
+            to: "UNDER_REVIEW",
+            kind: "staging.export.review_started",
+            actor: &reviewer,
+            reason: None,
+            attributes: json!({}),
+        },
     )
     .await?;
     tx.commit().await?;
@@ -513,11 +532,13 @@ pub(crate) async fn reject(
         &app,
         &mut tx,
         &locked,
-        "REJECTED",
-        "staging.export.rejected",
-        &by,
-        Some(&reason),
-        json!({}),
+        Transition {
+            to: "REJECTED",
+            kind: "staging.export.rejected",
+            actor: &by,
+            reason: Some(&reason),
+            attributes: json!({}),
+        },
     )
     .await?;
     tx.commit().await?;
@@ -719,11 +740,13 @@ pub(crate) async fn approve(
             &app,
             &mut tx,
             &locked,
-            &locked.status.clone(),
-            "staging.export.approval_recorded",
-            &req.approved_by,
-            req.change_reason.as_deref(),
-            attrs,
+            Transition {
+                to: &locked.status.clone(),
+                kind: "staging.export.approval_recorded",
+                actor: &req.approved_by,
+                reason: req.change_reason.as_deref(),
+                attributes: attrs,
+            },
         )
         .await?;
         let a = approvals(&app, &mut tx, id).await?;
@@ -753,11 +776,13 @@ pub(crate) async fn approve(
         &app,
         &mut tx,
         &locked,
-        "APPROVED",
-        "staging.export.approved",
-        &req.approved_by,
-        req.change_reason.as_deref(),
-        attrs,
+        Transition {
+            to: "APPROVED",
+            kind: "staging.export.approved",
+            actor: &req.approved_by,
+            reason: req.change_reason.as_deref(),
+            attributes: attrs,
+        },
     )
     .await?;
     let a = approvals(&app, &mut tx, id).await?;

@@ -7,7 +7,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use example_support::docs;
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::problem::ApiError;
 
@@ -56,6 +58,7 @@ pub struct ProblemDoc {
         docs_asset,
     ),
     components(schemas(ProblemDoc)),
+    modifiers(&CommonProblems),
     tags(
         (name = "intake", description = "Uploads, once per file content"),
         (name = "staging", description = "The staging workflow"),
@@ -65,6 +68,67 @@ pub struct ProblemDoc {
     )
 )]
 pub struct ApiDoc;
+
+/// Adds what every operation may answer: `invalid-json` where the body
+/// is JSON, `internal` and `unavailable` everywhere but the docs; and the
+/// `x-request-id` header on every answer.
+struct CommonProblems;
+
+impl Modify for CommonProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in &mut openapi.paths.paths {
+            for op in [item.get.as_mut(), item.post.as_mut(), item.put.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"));
+                let responses = &mut op.responses.responses;
+                let mut add = |status: &str, slug: &str| {
+                    let entry = responses.entry(status.to_owned()).or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description("")
+                                .content(
+                                    "application/problem+json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("Problem")))
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                    });
+                    if let RefOr::T(r) = entry {
+                        let sep = if r.description.is_empty() { "" } else { " or " };
+                        r.description.push_str(&format!("{sep}`{slug}`"));
+                    }
+                };
+                if json_body {
+                    add("400", "invalid-json");
+                }
+                if !path.starts_with("/docs") && path != "/openapi.json" {
+                    add("500", "internal");
+                    if path != "/readyz" {
+                        add("503", "unavailable");
+                    }
+                }
+                for response in responses.values_mut() {
+                    if let RefOr::T(r) = response {
+                        r.headers.insert(
+                            "x-request-id".to_owned(),
+                            HeaderBuilder::new()
+                                .schema(ObjectBuilder::new().schema_type(Type::String))
+                                .description(Some("The request's id: the client's or a new UUIDv7"))
+                                .build(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The document, rendered once.
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {

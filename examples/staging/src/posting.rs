@@ -26,7 +26,7 @@ use idempotency_core::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::exports::{self, Locked, audited, check, export_id, guarded_update, lock};
+use crate::exports::{self, Locked, Transition, audited, check, export_id, guarded_update, lock};
 use crate::problem::ApiError;
 use crate::{AppState, json_body, metric, optional_text, text_field};
 
@@ -294,8 +294,7 @@ pub(crate) async fn post(
                             .bind(i32::try_from(calls - 1).unwrap_or(0)),
                         )
                         .await?;
-                        let after = audited(&app, &mut tx, &locked, "POSTED", "staging.export.posted", &by, None,
-                            json!({"booking_id": booking_id, "destination_calls": calls, "fence": attempt.fence()})).await?;
+                        let after = audited(&app, &mut tx, &locked, Transition { to: "POSTED", kind: "staging.export.posted", actor: &by, reason: None, attributes: json!({"booking_id": booking_id, "destination_calls": calls, "fence": attempt.fence()}) }).await?;
                         let bytes = serde_json::to_vec(&after).unwrap_or_default();
                         app.store
                             .complete_in(&mut tx, attempt.lease(), Completion::new(Outcome::Value(bytes.into())))
@@ -358,11 +357,13 @@ async fn failed(
         app,
         tx,
         locked,
-        "FAILED",
-        "staging.export.post_failed",
-        by,
-        Some(message),
-        json!({"error_code": code, "destination_calls": calls}),
+        Transition {
+            to: "FAILED",
+            kind: "staging.export.post_failed",
+            actor: by,
+            reason: Some(message),
+            attributes: json!({"error_code": code, "destination_calls": calls}),
+        },
     )
     .await?;
     Ok(())
@@ -453,8 +454,7 @@ pub(crate) async fn rollback(
                     .bind(reversal_id.clone()),
                 )
                 .await?;
-                let after = audited(&app, &mut tx, &locked, "ROLLED_BACK", "staging.export.rolled_back", &by, Some(&reason),
-                    json!({"reversal_id": reversal_id})).await?;
+                let after = audited(&app, &mut tx, &locked, Transition { to: "ROLLED_BACK", kind: "staging.export.rolled_back", actor: &by, reason: Some(&reason), attributes: json!({"reversal_id": reversal_id}) }).await?;
                 let bytes = serde_json::to_vec(&after).unwrap_or_default();
                 app.store
                     .complete_in(&mut tx, attempt.lease(), Completion::new(Outcome::Value(bytes.into())))

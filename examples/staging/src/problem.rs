@@ -152,16 +152,6 @@ impl ApiError {
         )
     }
 
-    /// 409: the level-1 approval expired; the chain starts again.
-    pub fn approval_expired() -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "approval-expired",
-            "Approval request expired",
-            "the first approval expired before the second; approve again from the first level",
-        )
-    }
-
     /// 403: rollback is disabled (`STAGING_ENABLE_ROLLBACK=false`).
     pub fn rollback_disabled() -> Self {
         Self::new(
