@@ -104,8 +104,19 @@ pub struct Config {
     pub destination_url: String,
     /// `STAGING_DESTINATION_TIMEOUT_MS`: one destination call's deadline.
     pub destination_timeout: Duration,
-    /// Lease of a running post or rollback (renewed while it runs).
+    /// `STAGING_LEASE_MS`: lease of a running post or rollback (renewed
+    /// while it runs): how soon a crashed one is taken over.
     pub lease: Duration,
+    /// `STAGING_FAULT`: a fault to inject (tests and demonstrations only).
+    pub fault: Option<Fault>,
+}
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The process exits right after the destination booked a posting,
+    /// before its transition commits (a crash at the worst moment).
+    CrashAfterBooking,
 }
 
 impl Default for Config {
@@ -131,6 +142,7 @@ impl Default for Config {
             destination_url: "http://127.0.0.1:3007".into(),
             destination_timeout: Duration::from_secs(5),
             lease: Duration::from_secs(10),
+            fault: None,
         }
     }
 }

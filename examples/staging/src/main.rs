@@ -23,6 +23,8 @@
 //! | `STAGING_DEFAULT_PRIORITY` | 5 | 1 to 10 | priority of a staging that names none |
 //! | `STAGING_COMPLIANCE_FLAGS` | `SOX,GDPR,FINANCIAL` | comma-separated, 1 to 16 of `A-Z0-9_` each | flags on every export |
 //! | `STAGING_SECOND_APPROVAL_ABOVE` | 10000.00 | a decimal amount | totals above it need two approvers |
+//! | `STAGING_LEASE_MS` | 10000 | 1000 to 3600000 | lease of a running post or rollback: how soon a crashed one is taken over |
+//! | `STAGING_FAULT` | unset | `crash-after-booking` | tests and demonstrations only |
 //! | `RUST_LOG` | `info` | a `tracing` filter | log filter |
 //!
 //! A value outside its range is one line on stderr and exit status 2,
@@ -34,7 +36,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use example_staging::invoice::Money;
-use example_staging::{Config, Service};
+use example_staging::{Config, Fault, Service};
 use example_support::{ops, settings, shutdown};
 
 const DEFAULT_BIND: &str = "127.0.0.1:3004";
@@ -47,7 +49,8 @@ STAGING_DESTINATION_URL, STAGING_DESTINATION_TIMEOUT_MS, IDEMPOTENCY_TTL_SECONDS
 IDEMPOTENCY_MAX_EXECUTIONS, IDEMPOTENCY_CLEANUP_HOURS, STAGING_QUALITY_THRESHOLD,
 STAGING_APPROVAL_TIMEOUT_HOURS, STAGING_MAX_BATCH_SIZE, STAGING_ENABLE_DIFF_TRACKING,
 STAGING_ENABLE_APPROVAL_CHAINS, STAGING_ENABLE_ROLLBACK, STAGING_DEFAULT_PRIORITY,
-STAGING_COMPLIANCE_FLAGS, STAGING_SECOND_APPROVAL_ABOVE, RUST_LOG";
+STAGING_COMPLIANCE_FLAGS, STAGING_SECOND_APPROVAL_ABOVE, STAGING_LEASE_MS,
+STAGING_FAULT (tests only), RUST_LOG";
 
 /// The settings from the environment.
 fn config(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
@@ -153,7 +156,12 @@ fn config(var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
             d.destination_timeout,
             50..=120_000,
         )?,
-        lease: d.lease,
+        lease: settings::millis(&var, "STAGING_LEASE_MS", d.lease, 1_000..=3_600_000)?,
+        fault: settings::choice(
+            &var,
+            "STAGING_FAULT",
+            &[("crash-after-booking", Fault::CrashAfterBooking)],
+        )?,
     })
 }
 
@@ -257,6 +265,8 @@ mod tests {
             ("STAGING_DESTINATION_TIMEOUT_MS", "1"),
             ("STAGING_MAX_UPLOAD_BYTES", "0"),
             ("STAGING_SCHEMA", "Bad-Name"),
+            ("STAGING_LEASE_MS", "999"),
+            ("STAGING_FAULT", "explode"),
         ] {
             let err = config(|n: &str| (n == name).then(|| value.to_owned())).unwrap_err();
             assert!(err.contains(name), "{name}: {err}");

@@ -262,6 +262,10 @@ pub(crate) async fn post(
                     "data": data,
                 });
                 let called = call_with_retries(&app, "/postings", &dest_key, &posting).await;
+                if called.is_ok() && app.config.fault == Some(crate::Fault::CrashAfterBooking) {
+                    tracing::error!(export = %id, "fault injection: exiting after the booking, before the commit");
+                    std::process::exit(3);
+                }
                 let mut tx = app.pool.begin().await?;
                 let locked = lock(&app, &mut tx, id).await?;
                 match called {

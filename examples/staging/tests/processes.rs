@@ -140,6 +140,129 @@ async fn the_service_posts_to_the_destination_process_and_both_stop_on_sigterm()
     let _ = std::fs::remove_dir_all(files);
 }
 
+/// A process that dies after the destination booked and before the
+/// `POSTED` transition committed: the record's lease runs out, another
+/// process takes the post over and calls the destination with the same
+/// key; the booking is found, not made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_cut_by_a_crash_after_booking_is_finished_by_another_process_with_one_booking() {
+    let Some(pool) = common::pool().await else {
+        return;
+    };
+    let dest = Server::spawn(
+        testing::command(env!("CARGO_BIN_EXE_staging-destination")),
+        "/healthz",
+    )
+    .await;
+    let (schema, audit, store) = (unique("stg_c"), unique("stg_ca"), unique("stg_ci"));
+    let files = std::env::temp_dir().join(unique("staging-files"));
+    let service = |fault: Option<&str>| {
+        let mut cmd = testing::command(env!("CARGO_BIN_EXE_example-staging"));
+        cmd.env("DATABASE_URL", testing::database_url())
+            .env("STAGING_SCHEMA", &schema)
+            .env("STAGING_AUDIT_SCHEMA", &audit)
+            .env("STAGING_STORE_SCHEMA", &store)
+            .env("STAGING_FILE_DIR", &files)
+            .env("STAGING_LEASE_MS", "1000")
+            .env("STAGING_DESTINATION_URL", dest.url(""));
+        if let Some(f) = fault {
+            cmd.env("STAGING_FAULT", f);
+        }
+        Server::spawn(cmd, "/readyz")
+    };
+    let mut crashing = service(Some("crash-after-booking")).await;
+    let http = testing::client();
+    let data = invoice_data("INV-CRASH", "64.00");
+    let up = common::upload(
+        &http,
+        &crashing.url(""),
+        "vendor_id=v9&uploaded_by=u9",
+        data.to_string().as_bytes(),
+        "application/json",
+    )
+    .await;
+    let call = |server: &Server, method: Method, path: String, body: serde_json::Value| {
+        let (http, url) = (http.clone(), server.url(&path));
+        async move { testing::send(&http, method, &url, Some(&body.to_string()), &[]).await }
+    };
+    let r = call(&crashing, Method::POST, "/api/v1/staging/stage".into(), json!({"invoice_id": up.json()["invoice_id"],
+        "export_format": "csv", "destination_system": "xero", "export_data": data, "prepared_by": "paula"})).await.unwrap();
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    call(
+        &crashing,
+        Method::POST,
+        format!("/api/v1/staging/{id}/review"),
+        json!({"reviewer": "rita"}),
+    )
+    .await
+    .unwrap();
+    let r = call(
+        &crashing,
+        Method::PUT,
+        format!("/api/v1/staging/{id}/approve"),
+        json!({"approved_by": "alice"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let body = json!({"posted_by": "pete", "external_reference": "XR-1"});
+    let cut = call(
+        &crashing,
+        Method::POST,
+        format!("/api/v1/staging/{id}/post"),
+        body.clone(),
+    )
+    .await;
+    assert!(cut.is_err(), "the process died before answering: {cut:?}");
+    assert_eq!(crashing.wait_exit(Duration::from_secs(10)).code(), Some(3));
+    let books = testing::send(&http, Method::GET, &dest.url("/postings"), None, &[])
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        books["bookings"].as_array().unwrap().len(),
+        1,
+        "booked before the crash"
+    );
+    let status: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT status FROM \"{schema}\".staged_exports WHERE id = $1::uuid"
+    )))
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "APPROVED", "the transition did not commit");
+
+    let other = service(None).await;
+    let r = call(
+        &other,
+        Method::POST,
+        format!("/api/v1/staging/{id}/post"),
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["status"], "POSTED");
+    let books = testing::send(&http, Method::GET, &dest.url("/postings"), None, &[])
+        .await
+        .unwrap()
+        .json();
+    let bookings = books["bookings"].as_array().unwrap();
+    assert_eq!(bookings.len(), 1, "{books}");
+    assert_eq!(r.json()["booking_id"], bookings[0]["booking_id"]);
+    drop(other);
+    for s in [&schema, &audit, &store] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{s}\" CASCADE"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let _ = std::fs::remove_dir_all(files);
+}
+
 /// A nonsense setting is one line on stderr and exit status 2, before
 /// anything is bound or connected (the database here is closed).
 #[test]
