@@ -273,3 +273,57 @@ async fn rollback_disabled_and_posting_what_is_not_approved() {
     assert_eq!(r.status, 404);
     app.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reversal_leaves_posted_and_a_later_rollback_reverses_once() {
+    let Some(app) = app().await else { return };
+    let id = app.approved(invoice_data("INV-RV", "12.00")).await;
+    let r = app
+        .post(&format!("/api/v1/staging/{id}/post"), post_body("pete"))
+        .await;
+    assert_eq!(r.json()["status"], "POSTED");
+    app.faults(Faults {
+        fail_next: 3,
+        ..Faults::default()
+    });
+    let body = json!({"rolled_back_by": "rob", "reason": "wrong vendor"});
+    let r = app
+        .post(&format!("/api/v1/staging/{id}/rollback"), body.clone())
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), slug(&r).as_str()),
+        (502, "destination-failed")
+    );
+    let e = app.get(&format!("/api/v1/staging/{id}")).await.json();
+    assert_eq!(
+        (e["status"].as_str(), e["reversal_id"].as_str()),
+        (Some("POSTED"), None)
+    );
+    assert!(app.bookings(&id).await[0]["reversal_id"].is_null());
+    let r = app
+        .post(&format!("/api/v1/staging/{id}/rollback"), body)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["status"], "ROLLED_BACK");
+    let bookings = app.bookings(&id).await;
+    assert_eq!(
+        (bookings.len(), bookings[0]["reversal_id"].as_str()),
+        (1, Some("RV-1"))
+    );
+    // One booking call, three failed reversal calls, one reversal.
+    assert_eq!(app.destination.calls(), 5);
+    let types: Vec<String> = app
+        .audit_events(&id)
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| *t == "staging.export.rolled_back")
+            .count(),
+        1
+    );
+    app.drop().await;
+}
