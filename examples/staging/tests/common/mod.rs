@@ -29,7 +29,10 @@ pub async fn pool() -> Option<PgPool> {
         .connect(&url)
         .await;
     match pool {
-        Ok(p) => Some(p),
+        Ok(p) => {
+            drop_stale_schemas(&p).await;
+            Some(p)
+        }
         Err(e) => {
             assert!(!in_ci(), "PostgreSQL at {url} is unreachable under CI: {e}");
             println!("skipping: PostgreSQL at {url} is unreachable");
@@ -38,12 +41,43 @@ pub async fn pool() -> Option<PgPool> {
     }
 }
 
-/// A name no other test uses.
+/// A name no other test uses: `<prefix>_<unix seconds>_<random>`.
 pub fn unique(prefix: &str) -> String {
     format!(
-        "{prefix}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
+        "{prefix}_{}_{}",
+        now_secs(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Test schemas older than this are left over from an interrupted run.
+const STALE_AFTER_SECS: u64 = 600;
+
+/// Drops the `stg_*` schemas of runs that ended without cleaning up.
+async fn drop_stale_schemas(pool: &PgPool) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'stg\\_%'")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let cutoff = now_secs().saturating_sub(STALE_AFTER_SECS);
+    for name in names {
+        let secs = name.split('_').nth(2).and_then(|s| s.parse::<u64>().ok());
+        if secs.is_some_and(|s| s < cutoff) {
+            let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+            )))
+            .execute(pool)
+            .await;
+        }
+    }
 }
 
 /// Serves `router` on 127.0.0.1 (a free port); the server lives as long as the runtime.
