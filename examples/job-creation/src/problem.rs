@@ -1,57 +1,19 @@
 //! The service's error answers: RFC 9457 `application/problem+json`,
 //! each with a stable `type` under [`PROBLEM_BASE`].
 
-use std::ops::{Deref, DerefMut};
-
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use example_support::problem::{Problem, database_unavailable, field_errors};
+use example_support::problem::{database_unavailable, field_errors};
 
 /// Base of the `type` URI of every problem the service itself answers.
 pub const PROBLEM_BASE: &str = "https://idempotency.rs/problems/job-creation/";
 
-/// An error answer of the service: a [`Problem`] under [`PROBLEM_BASE`]
-/// (its fields read through `Deref`; boxed, so a `Result` stays small),
-/// one constructor per situation.
-#[derive(Debug, Clone)]
-pub struct ApiError(pub Box<Problem>);
-
-impl Deref for ApiError {
-    type Target = Problem;
-    fn deref(&self) -> &Problem {
-        &self.0
-    }
-}
-
-impl DerefMut for ApiError {
-    fn deref_mut(&mut self) -> &mut Problem {
-        &mut self.0
-    }
+example_support::service_error! {
+    /// An error answer of the service: a `Problem` under [`PROBLEM_BASE`],
+    /// one constructor per situation.
+    pub struct ApiError under PROBLEM_BASE;
 }
 
 impl ApiError {
-    /// A problem of `status` with stable `slug` and `title`.
-    pub fn new(
-        status: StatusCode,
-        slug: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
-        Self(Box::new(Problem::new(
-            PROBLEM_BASE,
-            status,
-            slug,
-            title,
-            detail,
-        )))
-    }
-
-    /// Adds an extension member.
-    #[must_use]
-    pub fn with(self, name: &'static str, value: serde_json::Value) -> Self {
-        Self(Box::new(self.0.with(name, value)))
-    }
-
     /// 400: the body is not JSON, or not a JSON object.
     pub fn invalid_json(detail: impl Into<String>) -> Self {
         Self::new(
@@ -169,11 +131,5 @@ impl From<sqlx::Error> for ApiError {
         } else {
             Self::internal("a database error occurred")
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (*self.0).into_response()
     }
 }

@@ -8,7 +8,7 @@
 //! | [`settings`] | read and check start-up settings; every failure is one line naming the setting |
 //! | [`shutdown`] | the future that completes on SIGTERM or Ctrl-C |
 //! | [`migrate`] | versioned SQL migrations in one transaction under an advisory lock, with checksums |
-//! | [`problem`] | RFC 9457 `application/problem+json` answers with stable `type` URIs |
+//! | [`problem`] | RFC 9457 `application/problem+json` answers with stable `type` URIs; [`service_error!`] declares a service's error type over them |
 //! | [`docs`] | `/openapi.json` and the vendored Swagger UI of `/docs` |
 //! | [`ops`] | the bodies of `/readyz` and `/metrics` |
 //! | [`routes`] | a router that lists every `(method, path)` it serves, for the OpenAPI test |
@@ -25,3 +25,10 @@ pub mod shutdown;
 pub mod testing;
 
 pub use problem::Problem;
+
+/// What [`service_error!`] expands to needs; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use axum;
+    pub use serde_json;
+}

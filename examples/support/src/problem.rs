@@ -139,6 +139,81 @@ impl IntoResponse for Problem {
     }
 }
 
+/// Declares a service's error type: a newtype over a boxed [`Problem`]
+/// (boxed, so a `Result` stays small) whose fields read through `Deref`,
+/// with `new(status, slug, title, detail)` under the service's base URI,
+/// `with(name, value)` for extension members, and `IntoResponse`. The
+/// service adds one constructor per situation in its own `impl`, so every
+/// problem type it answers is spelled in its own source.
+///
+/// ```
+/// use axum::http::StatusCode;
+///
+/// const BASE: &str = "https://idempotency.rs/problems/example/";
+/// example_support::service_error! {
+///     /// An error answer of the service.
+///     pub struct ApiError under BASE;
+/// }
+///
+/// impl ApiError {
+///     /// 404: no such thing.
+///     pub fn not_found(id: &str) -> Self {
+///         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("there is no {id}"))
+///     }
+/// }
+///
+/// let e = ApiError::not_found("x").with("id", serde_json::json!("x"));
+/// assert_eq!(e.type_uri(), "https://idempotency.rs/problems/example/not-found");
+/// assert_eq!(e.status, StatusCode::NOT_FOUND);
+/// ```
+#[macro_export]
+macro_rules! service_error {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident under $base:expr;) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        $vis struct $name(pub ::std::boxed::Box<$crate::problem::Problem>);
+
+        impl ::std::ops::Deref for $name {
+            type Target = $crate::problem::Problem;
+            fn deref(&self) -> &$crate::problem::Problem {
+                &self.0
+            }
+        }
+
+        impl ::std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut $crate::problem::Problem {
+                &mut self.0
+            }
+        }
+
+        impl $name {
+            /// A problem of `status` with the stable `slug` and `title`.
+            pub fn new(
+                status: $crate::__private::axum::http::StatusCode,
+                slug: &'static str,
+                title: &'static str,
+                detail: impl ::std::convert::Into<::std::string::String>,
+            ) -> Self {
+                Self(::std::boxed::Box::new($crate::problem::Problem::new(
+                    $base, status, slug, title, detail,
+                )))
+            }
+
+            /// Adds the extension member `name`.
+            #[must_use]
+            pub fn with(self, name: &'static str, value: $crate::__private::serde_json::Value) -> Self {
+                Self(::std::boxed::Box::new(self.0.with(name, value)))
+            }
+        }
+
+        impl $crate::__private::axum::response::IntoResponse for $name {
+            fn into_response(self) -> $crate::__private::axum::response::Response {
+                $crate::__private::axum::response::IntoResponse::into_response(*self.0)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
