@@ -12,8 +12,10 @@
 //! or [`ReadFirst::Adaptive`] (the default of the stores of this
 //! project), which peeks while the share of recent claims that a peek
 //! would have answered is at least one half. Every claim teaches it,
-//! peeked or not: the claim's own answer says whether a peek would have
-//! answered it. The choice never changes an answer, only its cost: the
+//! peeked or not: a peek by whether it answered, an unpeeked claim by its
+//! own answer ([`PeekGate::would_answer`]: a replay yes, an in-flight
+//! answer no, since in a burst of simultaneous duplicates every read runs
+//! before the first claim creates the record). The choice never changes an answer, only its cost: the
 //! claim that follows a peek decides from the record as it is then.
 //!
 //! ```
@@ -33,6 +35,8 @@
 //! ```
 
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::Claim;
 
 /// Whether a store reads a record before it claims it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,6 +104,16 @@ impl PeekGate {
         self.share.store(next, Ordering::Relaxed);
     }
 
+    /// What an unpeeked claim teaches: whether a read just before it would
+    /// have answered it. A replay, a mismatch, a terminal failure or a
+    /// corrupted record, yes: those records were there before the claim and
+    /// stay. An in-flight answer, no: it comes mostly from a burst of
+    /// duplicates that arrive together, whose reads would all have run
+    /// before the first claim created the record, and found nothing.
+    pub fn would_answer(claim: &Claim) -> bool {
+        !matches!(claim, Claim::Acquired { .. } | Claim::InFlight { .. })
+    }
+
     /// The current share of claims answered without a write, 0.0 to 1.0.
     pub fn share(&self) -> f64 {
         f64::from(self.share.load(Ordering::Relaxed)) / f64::from(ONE)
@@ -151,6 +165,20 @@ mod tests {
             gate.observe(true);
         }
         assert!(gate.share() > 0.99 && gate.share() <= 1.0);
+    }
+
+    #[test]
+    fn an_unpeeked_claim_teaches_by_its_answer() {
+        use std::time::Duration;
+        let in_flight = Claim::InFlight {
+            retry_after: Duration::from_secs(1),
+            attempt: 1,
+        };
+        assert!(!PeekGate::would_answer(&in_flight));
+        assert!(PeekGate::would_answer(&Claim::Mismatch));
+        assert!(PeekGate::would_answer(&Claim::Corrupted {
+            detail: String::new()
+        }));
     }
 
     #[test]

@@ -616,10 +616,11 @@ impl IdempotencyStore for PostgresStore {
         }
         for _ in 0..CLAIM_ROUNDS {
             if let Some((written, raw)) = self.claim_once(req, token, max_attempts).await? {
-                if !peeked {
-                    gate.observe(!written);
+                let claim = self.decide(req, token, written, raw).await;
+                if !peeked && let Ok(claim) = &claim {
+                    gate.observe(PeekGate::would_answer(claim));
                 }
-                return self.decide(req, token, written, raw).await;
+                return claim;
             }
         }
         Err(StoreError::backend(ClaimContention(CLAIM_ROUNDS)))

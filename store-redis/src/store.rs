@@ -603,7 +603,7 @@ impl IdempotencyStore for RedisStore {
             }
         } else {
             let claim = self.claim_script(req).await?;
-            gate.observe(!matches!(claim, Claim::Acquired { .. }));
+            gate.observe(PeekGate::would_answer(&claim));
             return Ok(claim);
         }
         self.claim_script(req).await
