@@ -553,3 +553,74 @@ async fn a_completed_record_is_read_whole_on_every_claim() {
         }
     ));
 }
+
+/// A completion publishes on the change channel only when a waiter marked
+/// the record: completing an unwatched record, then a watched one, the
+/// first message on the channel is the watched record's key (pub/sub keeps
+/// the order of the publishing scripts).
+#[tokio::test]
+async fn only_a_watched_record_publishes_its_completion() {
+    use futures_util::StreamExt;
+
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(store.change_channel()).await.unwrap();
+    let mut raw = raw().await;
+
+    let (quiet, watched) = (key(), key());
+    let (quiet_lease, _) = acquire(&store, &req(quiet)).await;
+    let (watched_lease, _) = acquire(&store, &req(watched)).await;
+    let waiter = {
+        let store = store.clone();
+        // A duplicate that waits, as the layer's wait mode does: it claims,
+        // waits for a change (polling until the subscription is up), claims again.
+        tokio::spawn(async move {
+            idempotency_core::claim_with_wait(&store, &req(watched), Some(Duration::from_secs(10)))
+                .await
+        })
+    };
+    // The waiter marks the record before it sleeps.
+    let rk = store.record_key(&watched);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw
+        .hget::<_, _, Option<String>>(&rk, "v")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never marked the record"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        raw.hget::<_, _, Option<String>>(store.record_key(&quiet), "v")
+            .await
+            .unwrap(),
+        None
+    );
+
+    store.complete(&quiet_lease, value("q")).await.unwrap();
+    store.complete(&watched_lease, value("w")).await.unwrap();
+    let mut messages = pubsub.on_message();
+    let first = tokio::time::timeout(Duration::from_secs(5), messages.next())
+        .await
+        .expect("the watched completion was published")
+        .unwrap();
+    assert_eq!(first.get_payload_bytes(), watched.as_bytes().as_slice());
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter woke")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(answer, Claim::Completed(_)), "{answer:?}");
+    // The completed record carries no mark.
+    assert_eq!(
+        raw.hget::<_, _, Option<String>>(&rk, "v").await.unwrap(),
+        None
+    );
+}
