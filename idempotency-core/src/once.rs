@@ -66,7 +66,8 @@ pub enum RunError<E> {
         reason: String,
     },
     /// The operation ran in this call and returned an error; the record is
-    /// marked failed (retryable or terminal as classified).
+    /// marked failed (retryable or terminal as classified) or released
+    /// ([`FailureClass::Release`]).
     #[error("operation failed")]
     Operation(#[source] E),
     /// The operation ran, but another worker took the record over meanwhile
@@ -81,13 +82,30 @@ pub enum RunError<E> {
     Codec(#[source] serde_json::Error),
 }
 
-/// Whether a failed operation may run again.
+/// What a failed operation leaves behind for the next call with its key.
+///
+/// | class | the record | the next call with the key |
+/// |---|---|---|
+/// | [`Retryable`](Self::Retryable) | `Failed`, retryable | executes again as the next attempt; once the policy's max attempts are used up, gets [`RunError::Failed`] |
+/// | [`Terminal`](Self::Terminal) | `Failed`, terminal | gets [`RunError::Failed`], for the record's retention |
+/// | [`Release`](Self::Release) | absent (released; the fence still only grows) | executes afresh as attempt 1: no attempt is used up |
+///
+/// `Release` is for an operation that refused before it changed anything
+/// (a business rule said no, the input is not valid yet): the refusal is
+/// not an outcome worth replaying, and a later call — after the state it
+/// depends on changed — must be allowed to run. An operation that may have
+/// left an effect must not release: the next call would run it again from
+/// the start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FailureClass {
     /// A later call may execute again (until max attempts).
     Retryable,
     /// Every later call gets [`RunError::Failed`].
     Terminal,
+    /// Nothing happened: the record is released and a later call executes
+    /// afresh, without using up an attempt.
+    Release,
 }
 
 /// Runs async operations once per key, over any [`IdempotencyStore`].
@@ -175,7 +193,8 @@ where
     ///    it stores its value (`Completed`) or its error (`Failed`, retrying
     ///    a failed write with backoff while the lease is renewed),
     ///    retryable or terminal per `classify` (the last allowed attempt is
-    ///    always terminal).
+    ///    always terminal), or releases the record when `classify` says
+    ///    [`FailureClass::Release`].
     ///
     /// # Errors
     ///
@@ -281,6 +300,15 @@ where
                 let failure = match classify(&e) {
                     FailureClass::Retryable => Failure::retryable("operation returned an error"),
                     FailureClass::Terminal => Failure::terminal("operation returned an error"),
+                    FailureClass::Release => {
+                        // As with a failure that cannot be recorded: a
+                        // release that cannot be written was logged by the
+                        // engine (the lease then expires and the next call
+                        // takes the record over); the operation's error is
+                        // the answer.
+                        let _ = owned.release().await;
+                        return Err(RunError::Operation(e));
+                    }
                 };
                 // A failure that cannot be recorded was logged by the engine
                 // with what happens next; the operation's error is the answer.

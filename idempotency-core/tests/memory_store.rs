@@ -208,6 +208,46 @@ async fn terminal_classification_and_last_attempt() {
     }
 }
 
+/// A refusal classified `Release` leaves no record: the next call runs
+/// afresh as attempt 1 (max attempts is never used up by refusals), every
+/// run draws a greater fence, and once the operation succeeds it replays.
+#[tokio::test]
+async fn release_classification_leaves_no_record_and_uses_no_attempt() {
+    let store = MemoryStore::new();
+    let runner = Idempotent::new(store.clone(), Policy::default().max_attempts(1));
+    let fp = Fingerprint::of_bytes("t", b"");
+    let k = key(7);
+    let mut fences = Vec::new();
+    for _ in 0..3 {
+        let r: Result<Execution<u8>, _> = runner
+            .run_classified(
+                k,
+                fp,
+                |attempt| {
+                    fences.push((attempt.number(), attempt.fence()));
+                    async { Err("not approved yet") }
+                },
+                |_| FailureClass::Release,
+            )
+            .await;
+        assert!(
+            matches!(r, Err(RunError::Operation("not approved yet"))),
+            "{r:?}"
+        );
+        assert!(
+            store.get(&k).await.unwrap().is_none(),
+            "a released key holds no record"
+        );
+    }
+    assert!(fences.iter().all(|(n, _)| *n == 1), "{fences:?}");
+    assert!(fences.windows(2).all(|w| w[0].1 < w[1].1), "{fences:?}");
+
+    let r: Result<Execution<u8>, RunError<&str>> = runner.run(k, fp, |_| async { Ok(9) }).await;
+    assert_eq!(r.unwrap(), Execution::Executed(9));
+    let r: Result<Execution<u8>, RunError<&str>> = runner.run(k, fp, |_| async { Ok(10) }).await;
+    assert_eq!(r.unwrap(), Execution::Replayed(9));
+}
+
 #[tokio::test]
 async fn wait_mode_returns_the_first_value() {
     let store = MemoryStore::new();
