@@ -5,17 +5,12 @@
 //! The handlers read their bodies with serde and answer with `json!`; the
 //! types here are their schema.
 
-use std::sync::LazyLock;
-
-use axum::extract::Path;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use example_support::docs;
+pub use example_support::openapi::{FieldError, Problem, ValidationProblem};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::problem::ApiError;
+use crate::problem::PROBLEM_BASE;
 
 /// The service's OpenAPI document.
 #[derive(OpenApi)]
@@ -94,44 +89,6 @@ impl Modify for DemoAuth {
                 ),
             );
     }
-}
-
-/// A problem+json body (RFC 9457).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    /// `https://idempotency.rs/problems/appointments/{slug}`.
-    #[schema(example = "https://idempotency.rs/problems/appointments/source-already-scheduled")]
-    pub r#type: String,
-    /// The same for every occurrence of the type.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// This occurrence.
-    pub detail: String,
-}
-
-/// `validation-failed`: a problem with the broken rules.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ValidationProblem {
-    /// `https://idempotency.rs/problems/appointments/validation-failed`.
-    pub r#type: String,
-    /// `Request body failed validation`.
-    pub title: String,
-    /// 422.
-    pub status: u16,
-    /// How many fields failed.
-    pub detail: String,
-    /// Each broken rule.
-    pub errors: Vec<FieldError>,
-}
-
-/// One broken rule.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FieldError {
-    /// JSON pointer of the field.
-    pub pointer: String,
-    /// What is wrong.
-    pub detail: String,
 }
 
 /// `POST /shops`: hours in UTC, every day.
@@ -282,54 +239,4 @@ pub struct Appointment {
     pub notifications: Vec<serde_json::Value>,
 }
 
-/// The document, rendered once.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
-        .to_json()
-        .expect("the OpenAPI document serializes")
-});
-
-/// The OpenAPI document of this service.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "docs",
-    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
-)]
-pub(crate) async fn openapi_json() -> Response {
-    docs::document(DOCUMENT.as_str())
-}
-
-/// The interactive page (Swagger UI) over `/openapi.json`.
-#[utoipa::path(
-    get,
-    path = "/docs",
-    tag = "docs",
-    responses((status = 200, description = "Swagger UI; its assets are under `/docs/`", content_type = "text/html", body = String))
-)]
-pub(crate) async fn docs_page() -> Response {
-    docs::page().unwrap_or_else(|| ApiError::internal("no Swagger UI page").into_response())
-}
-
-/// An asset of the Swagger UI page, from the binary.
-#[utoipa::path(
-    get,
-    path = "/docs/{file}",
-    tag = "docs",
-    params(("file" = String, Path, description = "An asset name, e.g. `swagger-ui.css`")),
-    responses(
-        (status = 200, description = "The asset (CSS, JavaScript or an image)"),
-        (status = 404, description = "`not-found`", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-pub(crate) async fn docs_asset(Path(file): Path<String>) -> Response {
-    docs::asset(&file).unwrap_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "No such route",
-            "no such Swagger UI asset",
-        )
-        .into_response()
-    })
-}
+example_support::docs_endpoints!(ApiDoc, Problem, under PROBLEM_BASE, missing "not-found", "`not-found`");

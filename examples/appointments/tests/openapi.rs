@@ -6,20 +6,6 @@ mod common;
 
 use common::*;
 use http::{Method, StatusCode, header};
-use serde_json::Value;
-
-fn collect_refs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            if let Some(Value::String(r)) = m.get("$ref") {
-                out.push(r.clone());
-            }
-            m.values().for_each(|v| collect_refs(v, out));
-        }
-        Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
-        _ => {}
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_openapi_3_1_and_every_operation_is_routed() {
@@ -91,18 +77,7 @@ async fn the_document_is_openapi_3_1_and_every_operation_is_routed() {
             && r.json()["title"] == "No such route";
         assert!(!fallback, "{op} is documented but not routed");
     }
-    let mut refs = Vec::new();
-    collect_refs(&doc, &mut refs);
-    assert!(!refs.is_empty());
-    for r in refs {
-        let name = r
-            .strip_prefix("#/components/schemas/")
-            .expect("a schema ref");
-        assert!(
-            doc["components"]["schemas"].get(name).is_some(),
-            "{r} dangles"
-        );
-    }
+    example_support::openapi_checks::assert_refs_resolve(&doc);
     assert!(doc["components"]["securitySchemes"]["demo"].is_object());
 
     let page = app.http.call(Method::GET, "/docs", None, &[]).await;

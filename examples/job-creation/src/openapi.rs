@@ -5,20 +5,13 @@
 //! The handlers build their JSON with `json!`; the body types here are its
 //! schema.
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
-
-use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use example_support::docs;
+use example_support::openapi::Catalog;
+pub use example_support::openapi::{FieldError, Problem, ValidationProblem};
 use serde::Serialize;
-use utoipa::openapi::example::ExampleBuilder;
-use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::problem::{ApiError, PROBLEM_BASE};
+use crate::problem::PROBLEM_BASE;
 use crate::{assessments, jobs};
 
 /// The service's OpenAPI document.
@@ -66,44 +59,6 @@ use crate::{assessments, jobs};
     )
 )]
 pub struct ApiDoc;
-
-/// A problem+json body (RFC 9457).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    /// `https://idempotency.rs/problems/job-creation/{slug}`.
-    #[schema(example = "https://idempotency.rs/problems/job-creation/assessment-not-found")]
-    pub r#type: String,
-    /// The same for every occurrence of the type.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// This occurrence.
-    pub detail: String,
-}
-
-/// `validation-failed`: a problem with the broken rules.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ValidationProblem {
-    /// `https://idempotency.rs/problems/job-creation/validation-failed`.
-    pub r#type: String,
-    /// `Request body failed validation`.
-    pub title: String,
-    /// 422.
-    pub status: u16,
-    /// How many fields failed.
-    pub detail: String,
-    /// Each broken rule.
-    pub errors: Vec<FieldError>,
-}
-
-/// One broken rule of a body.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FieldError {
-    /// JSON pointer of the field, e.g. `/patientId`.
-    pub pointer: String,
-    /// What is wrong.
-    pub detail: String,
-}
 
 /// The body of `POST /api/funnels/{slug}/assessments`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -332,149 +287,23 @@ const OPERATION_PROBLEMS: &[(&str, &str, &[&str])] = &[
     ("get", "/docs/{file}", &["not-found", "method-not-allowed"]),
 ];
 
-/// Adds each operation's problem answers (one example per type) and
-/// `x-request-id` on every answer.
+/// The service's problems per operation and `x-request-id` on every answer.
+static CATALOG: Catalog = Catalog {
+    base: PROBLEM_BASE,
+    types: &PROBLEM_TYPES,
+    operations: OPERATION_PROBLEMS,
+    common: &["internal", "database-unavailable"],
+    idempotent: &[],
+    request_id: "The request's id: the client's (1 to 128 visible ASCII characters) or a new UUIDv7",
+};
+
+/// Applies [`CATALOG`].
 struct Problems;
 
 impl Modify for Problems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let ops = [("get", item.get.as_mut()), ("post", item.post.as_mut())];
-            for (method, op) in ops {
-                let Some(op) = op else { continue };
-                let responses = &mut op.responses.responses;
-                if let Some((_, _, slugs)) = OPERATION_PROBLEMS
-                    .iter()
-                    .find(|(m, p, _)| *m == method && p == path)
-                {
-                    let common: &[&str] = if path.starts_with("/docs") {
-                        &[]
-                    } else {
-                        &["internal", "database-unavailable"]
-                    };
-                    for slug in slugs.iter().chain(common) {
-                        let (slug, status, title) = PROBLEM_TYPES
-                            .iter()
-                            .find(|(s, _, _)| s == slug)
-                            .expect("a listed problem type");
-                        add_problem(responses, *status, slug, title);
-                    }
-                }
-                for response in responses.values_mut() {
-                    if let RefOr::T(r) = response {
-                        r.headers.insert(
-                            "x-request-id".to_owned(),
-                            HeaderBuilder::new()
-                                .schema(ObjectBuilder::new().schema_type(Type::String))
-                                .description(Some(
-                                    "The request's id: the client's (1 to 128 visible ASCII characters) or a new UUIDv7",
-                                ))
-                                .build(),
-                        );
-                    }
-                }
-            }
-        }
+        CATALOG.apply(openapi);
     }
 }
 
-/// Adds a problem example to the response of `status`.
-fn add_problem(
-    responses: &mut BTreeMap<String, RefOr<utoipa::openapi::Response>>,
-    status: StatusCode,
-    slug: &str,
-    title: &str,
-) {
-    let uri = format!("{PROBLEM_BASE}{slug}");
-    let entry = responses
-        .entry(status.as_u16().to_string())
-        .or_insert_with(|| {
-            RefOr::T(
-                ResponseBuilder::new()
-                    .description(status.canonical_reason().unwrap_or("Error"))
-                    .build(),
-            )
-        });
-    let RefOr::T(response) = entry else { return };
-    response
-        .description
-        .push_str(&format!("\n\n`{uri}`: {title}"));
-    let schema = if slug == "validation-failed" {
-        "ValidationProblem"
-    } else {
-        "Problem"
-    };
-    let content = response
-        .content
-        .entry("application/problem+json".to_owned())
-        .or_insert_with(|| {
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name(schema)))
-                .build()
-        });
-    content.examples.insert(
-        slug.to_owned(),
-        RefOr::T(
-            ExampleBuilder::new()
-                .summary(title)
-                .value(Some(serde_json::json!({
-                    "type": uri,
-                    "title": title,
-                    "status": status.as_u16(),
-                    "detail": title,
-                })))
-                .build(),
-        ),
-    );
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers.insert(
-            "Retry-After".to_owned(),
-            HeaderBuilder::new()
-                .schema(ObjectBuilder::new().schema_type(Type::Integer))
-                .description(Some("Seconds to wait before retrying"))
-                .build(),
-        );
-    }
-}
-
-/// The document, rendered once.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
-        .to_json()
-        .expect("the OpenAPI document serializes")
-});
-
-/// The OpenAPI document of this service.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "docs",
-    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
-)]
-pub(crate) async fn openapi_json() -> Response {
-    docs::document(DOCUMENT.as_str())
-}
-
-/// The interactive page (Swagger UI) over `/openapi.json`.
-#[utoipa::path(
-    get,
-    path = "/docs",
-    tag = "docs",
-    responses((status = 200, description = "Swagger UI; its assets are under `/docs/`", content_type = "text/html", body = String))
-)]
-pub(crate) async fn docs_page() -> Response {
-    docs::page().unwrap_or_else(|| ApiError::internal("no Swagger UI page").into_response())
-}
-
-/// An asset of the Swagger UI page, from the binary.
-#[utoipa::path(
-    get,
-    path = "/docs/{file}",
-    tag = "docs",
-    params(("file" = String, Path, description = "An asset name, e.g. `swagger-ui.css`")),
-    responses((status = 200, description = "The asset (CSS, JavaScript or an image)"))
-)]
-pub(crate) async fn docs_asset(Path(file): Path<String>) -> Response {
-    docs::asset(&file)
-        .unwrap_or_else(|| ApiError::no_route("no such Swagger UI asset").into_response())
-}
+example_support::docs_endpoints!(ApiDoc, Problem, under PROBLEM_BASE, missing "not-found", "`not-found`");

@@ -12,19 +12,6 @@ use http::{StatusCode, header};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-fn collect_refs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            if let Some(Value::String(r)) = m.get("$ref") {
-                out.push(r.clone());
-            }
-            m.values().for_each(|v| collect_refs(v, out));
-        }
-        Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
-        _ => {}
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_openapi_and_docs() {
     let Some(w) = world().await else { return };
@@ -58,15 +45,7 @@ async fn health_metrics_openapi_and_docs() {
     assert_eq!(reply.headers[header::CONTENT_TYPE], "application/json");
     let doc = reply.json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."));
-    let mut refs = Vec::new();
-    collect_refs(&doc, &mut refs);
-    for r in refs {
-        let name = r.trim_start_matches("#/components/schemas/");
-        assert!(
-            doc["components"]["schemas"].get(name).is_some(),
-            "{r} is not defined"
-        );
-    }
+    example_support::openapi_checks::assert_refs_resolve(&doc);
     oas3::from_json(std::str::from_utf8(&reply.body).unwrap()).expect("an OpenAPI 3.1 document");
     // The page and its assets come from the binary.
     let page = http.get("/docs").await;

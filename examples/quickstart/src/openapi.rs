@@ -2,21 +2,13 @@
 //! handlers' `#[utoipa::path]` attributes, and the Swagger UI page
 //! (`GET /docs`) whose assets are inside the binary.
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
-
-use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::Response;
-use example_support::docs;
-use idempotency_tower::{PROBLEM_CONTENT_TYPE, ProblemType};
-use utoipa::openapi::example::ExampleBuilder;
-use utoipa::openapi::header::HeaderBuilder;
+use example_support::openapi::{add_layer_problems, string_header};
+use utoipa::openapi::RefOr;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi};
 
-use crate::app;
+use crate::app::{self, Problem};
 
 /// The service's OpenAPI document.
 #[derive(OpenApi)]
@@ -36,7 +28,7 @@ use crate::app;
         docs_page,
         docs_asset,
     ),
-    components(schemas(app::Order, app::CreateOrder, app::Simulate, app::Problem)),
+    components(schemas(app::Order, app::CreateOrder, app::Simulate, Problem)),
     modifiers(&BearerAuth, &IdempotencyProblems),
     tags(
         (name = "orders", description = "Orders of the authenticated user"),
@@ -65,7 +57,7 @@ impl Modify for BearerAuth {
 }
 
 /// The answers of the idempotency layer itself, added to every operation it
-/// guards, one example per [`ProblemType`] (so a new problem type of the
+/// guards, one example per [`idempotency_tower::ProblemType`] (so a new problem type of the
 /// layer is documented without touching this file).
 struct IdempotencyProblems;
 
@@ -84,123 +76,30 @@ impl Modify for IdempotencyProblems {
                 continue;
             };
             add_layer_problems(&mut op.responses.responses);
+            let request_id = string_header("The request's id, the client's or a generated one");
+            for response in op.responses.responses.values_mut() {
+                if let RefOr::T(r) = response {
+                    r.headers
+                        .insert("x-request-id".to_owned(), request_id.clone());
+                }
+            }
         }
     }
 }
 
-/// Adds one `application/problem+json` example per [`ProblemType`] to the
-/// response of its status (created when the handler documents none).
-pub(crate) fn add_layer_problems(
-    responses: &mut BTreeMap<String, RefOr<utoipa::openapi::Response>>,
-) {
-    for kind in ProblemType::ALL {
-        let status = kind.status();
-        let entry = responses
-            .entry(status.as_u16().to_string())
-            .or_insert_with(|| {
-                RefOr::T(
-                    ResponseBuilder::new()
-                        .description(status.canonical_reason().unwrap_or("Error"))
-                        .build(),
-                )
-            });
-        let RefOr::T(response) = entry else { continue };
-        response.description.push_str(&format!(
-            "\n\n`{}`: {} (answered by the idempotency layer)",
-            kind.uri(),
-            kind.title()
-        ));
-        let content = response
-            .content
-            .entry(PROBLEM_CONTENT_TYPE.to_owned())
-            .or_insert_with(|| {
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build()
-            });
-        content.examples.insert(
-            kind.slug().to_owned(),
-            RefOr::T(
-                ExampleBuilder::new()
-                    .summary(kind.title())
-                    .value(Some(serde_json::json!({
-                        "type": kind.uri(),
-                        "title": kind.title(),
-                        "status": status.as_u16(),
-                        "detail": kind.title(),
-                    })))
-                    .build(),
-            ),
-        );
-        response.headers.insert(
-            "x-request-id".to_owned(),
-            HeaderBuilder::new()
-                .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::String))
-                .description(Some("The request's id, the client's or a generated one"))
-                .build(),
-        );
-        if matches!(kind, ProblemType::InFlight | ProblemType::StoreUnavailable) {
-            response.headers.insert(
-                "Retry-After".to_owned(),
-                HeaderBuilder::new()
-                    .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer))
-                    .description(Some("Seconds to wait before retrying with the same key"))
-                    .build(),
-            );
-        }
-    }
-}
-
-/// The document, rendered once.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
-        .to_json()
-        .expect("the OpenAPI document serializes")
-});
-
-/// The OpenAPI document of this service.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "docs",
-    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
-)]
-pub(crate) async fn openapi_json() -> Response {
-    docs::document(DOCUMENT.as_str())
-}
-
-/// The interactive page (Swagger UI) over `/openapi.json`.
-#[utoipa::path(
-    get,
-    path = "/docs",
-    tag = "docs",
-    responses((status = 200, description = "Swagger UI; its assets are under `/docs/`", content_type = "text/html", body = String))
-)]
-pub(crate) async fn docs_page() -> Response {
-    docs::page().unwrap_or_else(|| app::problem(StatusCode::NOT_FOUND, "no Swagger UI page"))
-}
-
-/// An asset of the Swagger UI page, from the binary.
-#[utoipa::path(
-    get,
-    path = "/docs/{file}",
-    tag = "docs",
-    params(("file" = String, Path, description = "An asset name, e.g. `swagger-ui.css`")),
-    responses(
-        (status = 200, description = "The asset (CSS, JavaScript or an image)"),
-        (status = 404, description = "No such asset", body = app::Problem, content_type = "application/problem+json"),
-    )
-)]
-pub(crate) async fn docs_asset(Path(file): Path<String>) -> Response {
-    docs::asset(&file)
-        .unwrap_or_else(|| app::problem(StatusCode::NOT_FOUND, format!("no asset {file}")))
-}
+example_support::docs_endpoints!(
+    ApiDoc,
+    Problem,
+    "No such asset",
+    app::problem(StatusCode::NOT_FOUND, "no such Swagger UI asset"),
+    app::problem(StatusCode::NOT_FOUND, "no Swagger UI page"),
+);
 
 #[cfg(test)]
 mod tests {
     use axum::Router;
     use axum::body::Body;
-    use axum::http::{Method, Request, header};
+    use axum::http::{Request, header};
     use http_body_util::BodyExt;
     use idempotency_core::{DynStore, MemoryStore};
     use serde_json::Value;
@@ -208,6 +107,7 @@ mod tests {
 
     use super::*;
     use crate::app::IdempotencySettings;
+    use example_support::openapi_checks as checks;
     use example_support::routes::Routes;
 
     fn routes() -> Routes {
@@ -245,13 +145,6 @@ mod tests {
         (status, content_type, body)
     }
 
-    /// The operation of `method` in a path item of the JSON document.
-    fn operation<'a>(doc: &'a Value, path: &str, method: &Method) -> Option<&'a Value> {
-        doc["paths"]
-            .get(path)?
-            .get(method.as_str().to_ascii_lowercase())
-    }
-
     /// The router's routes come from [`Routes::route`], the only way to add
     /// one, so a route added to the router and not to `ApiDoc` fails here;
     /// and the other way round, a documented operation no route serves.
@@ -259,25 +152,8 @@ mod tests {
     fn every_route_is_documented_and_every_operation_routed() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let routes = routes();
-        let mut routed = Vec::new();
-        for (method, path) in &routes.list {
-            // axum's `{*rest}` is OpenAPI's `{rest}`.
-            let path = path.replace("{*", "{");
-            assert!(
-                operation(&doc, &path, method).is_some(),
-                "{method} {path} is routed but not in the OpenAPI document"
-            );
-            routed.push((method.as_str().to_ascii_lowercase(), path));
-        }
-        for (path, item) in doc["paths"].as_object().unwrap() {
-            for method in item.as_object().unwrap().keys() {
-                assert!(
-                    routed.contains(&(method.clone(), path.clone())),
-                    "{method} {path} is documented but not routed"
-                );
-            }
-        }
-        assert_eq!(routed.len(), 8);
+        let list = routes.list.iter().map(|(m, p)| (m.as_str(), *p));
+        assert_eq!(checks::assert_routes_match(&doc, list), 8);
     }
 
     #[tokio::test]
@@ -309,20 +185,9 @@ mod tests {
                 }
             }
         }
-        let mut refs = Vec::new();
-        collect_refs(&doc, &mut refs);
-        assert!(!refs.is_empty());
-        for r in refs {
-            let name = r
-                .strip_prefix("#/components/schemas/")
-                .expect("a schema ref");
-            assert!(
-                doc["components"]["schemas"].get(name).is_some(),
-                "{r} dangles"
-            );
-        }
+        checks::assert_refs_resolve(&doc);
         // The idempotency contract of `POST /orders`.
-        let post = operation(&doc, "/orders", &Method::POST).unwrap();
+        let post = checks::operation(&doc, "/orders", "post").unwrap();
         let key = post["parameters"]
             .as_array()
             .unwrap()
@@ -340,14 +205,7 @@ mod tests {
                 .is_some()
         );
         assert!(responses["201"]["headers"].get("x-request-id").is_some());
-        assert!(responses["409"]["headers"].get("Retry-After").is_some());
-        assert!(responses["503"]["headers"].get("Retry-After").is_some());
-        for kind in ProblemType::ALL {
-            let example = &responses[kind.status().as_str()]["content"][PROBLEM_CONTENT_TYPE]["examples"]
-                [kind.slug()]["value"];
-            assert_eq!(example["type"], kind.uri());
-            assert_eq!(example["status"], kind.status().as_u16());
-        }
+        checks::assert_layer_problems(responses);
         let problem = &doc["components"]["schemas"]["Problem"];
         let required: Vec<&str> = problem["required"]
             .as_array()
@@ -359,53 +217,6 @@ mod tests {
         assert!(doc["components"]["securitySchemes"].get("bearer").is_some());
     }
 
-    fn collect_refs(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(m) => {
-                if let Some(Value::String(r)) = m.get("$ref") {
-                    out.push(r.clone());
-                }
-                m.values().for_each(|v| collect_refs(v, out));
-            }
-            Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
-            _ => {}
-        }
-    }
-
-    /// The value of every `attr="..."` in `html`.
-    fn attribute_values(html: &str, attr: &str) -> Vec<String> {
-        let attr = format!(" {attr}=\"");
-        html.match_indices(&attr)
-            .map(|(at, _)| {
-                let rest = &html[at + attr.len()..];
-                rest[..rest.find('"').unwrap()].to_owned()
-            })
-            .collect()
-    }
-
-    /// Every `<script src>` and `<link href>` of an HTML page, resolved as
-    /// a browser does against its `<base href>`; `None` for one on another
-    /// host.
-    fn asset_links(html: &str) -> Vec<Option<String>> {
-        let base_tag = "<base href=\"/docs/\">";
-        assert!(html.contains(base_tag), "{html}");
-        let html = html.replacen(base_tag, "", 1);
-        let mut links = attribute_values(&html, "src");
-        links.extend(attribute_values(&html, "href"));
-        links
-            .into_iter()
-            .map(|link| {
-                if link.starts_with("//") || link.contains("://") {
-                    None
-                } else if link.starts_with('/') {
-                    Some(link)
-                } else {
-                    Some(format!("/docs/{}", link.trim_start_matches("./")))
-                }
-            })
-            .collect()
-    }
-
     #[tokio::test]
     async fn docs_page_and_all_its_assets_are_served_by_the_app() {
         let app = service();
@@ -413,7 +224,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert!(content_type.starts_with("text/html"), "{content_type}");
         let html = String::from_utf8(body).unwrap();
-        let links = asset_links(&html);
+        let links = checks::asset_links(&html);
         assert!(links.len() >= 5, "{links:?}");
         for link in links {
             let link = link.expect("every asset is served by the app itself");

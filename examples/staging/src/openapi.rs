@@ -1,17 +1,11 @@
 //! The OpenAPI 3.1 document (`/openapi.json`) and its Swagger UI (`/docs`).
 
-use std::sync::LazyLock;
-
-use axum::extract::Path;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use example_support::docs;
+use example_support::openapi::{add_header_everywhere, string_header};
 use serde::Serialize;
-use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::problem::ApiError;
+use crate::problem::PROBLEM_BASE;
 
 /// An RFC 9457 problem, as every error answer of the service.
 #[derive(Debug, Serialize, ToSchema)]
@@ -114,56 +108,14 @@ impl Modify for CommonProblems {
                         add("503", "unavailable");
                     }
                 }
-                for response in responses.values_mut() {
-                    if let RefOr::T(r) = response {
-                        r.headers.insert(
-                            "x-request-id".to_owned(),
-                            HeaderBuilder::new()
-                                .schema(ObjectBuilder::new().schema_type(Type::String))
-                                .description(Some("The request's id: the client's or a new UUIDv7"))
-                                .build(),
-                        );
-                    }
-                }
             }
         }
+        add_header_everywhere(
+            openapi,
+            "x-request-id",
+            &string_header("The request's id: the client's or a new UUIDv7"),
+        );
     }
 }
 
-/// The document, rendered once.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
-        .to_json()
-        .expect("the OpenAPI document serializes")
-});
-
-/// The OpenAPI document of this service.
-#[utoipa::path(get, path = "/openapi.json", tag = "docs",
-    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
-pub(crate) async fn openapi_json() -> Response {
-    docs::document(DOCUMENT.as_str())
-}
-
-/// The interactive page (Swagger UI) over `/openapi.json`.
-#[utoipa::path(get, path = "/docs", tag = "docs",
-    responses((status = 200, description = "Swagger UI; its assets are under `/docs/`", content_type = "text/html", body = String)))]
-pub(crate) async fn docs_page() -> Response {
-    docs::page().unwrap_or_else(|| ApiError::internal("no Swagger UI page").into_response())
-}
-
-/// An asset of the Swagger UI page, from the binary.
-#[utoipa::path(get, path = "/docs/{file}", tag = "docs",
-    params(("file" = String, Path, description = "An asset name, e.g. `swagger-ui.css`")),
-    responses((status = 200, description = "The asset (CSS, JavaScript or an image)"),
-              (status = 404, description = "`no-route`", body = ProblemDoc, content_type = "application/problem+json")))]
-pub(crate) async fn docs_asset(Path(file): Path<String>) -> Response {
-    docs::asset(&file).unwrap_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no-route",
-            "No such route",
-            "no such Swagger UI asset",
-        )
-        .into_response()
-    })
-}
+example_support::docs_endpoints!(ApiDoc, ProblemDoc, under PROBLEM_BASE, missing "no-route", "`no-route`");

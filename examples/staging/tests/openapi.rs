@@ -7,20 +7,7 @@ mod common;
 
 use common::app;
 use example_staging::problem::PROBLEM_BASE;
-use serde_json::Value;
-
-fn collect_refs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            if let Some(Value::String(r)) = m.get("$ref") {
-                out.push(r.clone());
-            }
-            m.values().for_each(|v| collect_refs(v, out));
-        }
-        Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
-        _ => {}
-    }
-}
+use example_support::openapi_checks as checks;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_openapi_3_1_and_matches_the_routes() {
@@ -51,17 +38,8 @@ async fn the_document_is_openapi_3_1_and_matches_the_routes() {
         .collect();
     routed.sort();
     assert_eq!(documented, routed);
-    let mut refs = Vec::new();
-    collect_refs(&doc, &mut refs);
-    for r in refs {
-        let name = r
-            .strip_prefix("#/components/schemas/")
-            .expect("a schema reference");
-        assert!(
-            doc["components"]["schemas"][name].is_object(),
-            "{r} does not resolve"
-        );
-    }
+    checks::assert_refs_resolve(&doc);
+    checks::assert_every_answer_has(&doc, "x-request-id");
     // Every slug the problem module spells is documented.
     let text = doc.to_string();
     let source = include_str!("../src/problem.rs");

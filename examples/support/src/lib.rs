@@ -10,12 +10,17 @@
 //! | [`migrate`] | versioned SQL migrations in one transaction under an advisory lock, with checksums |
 //! | [`problem`] | RFC 9457 `application/problem+json` answers with stable `type` URIs; [`service_error!`] declares a service's error type over them |
 //! | [`docs`] | `/openapi.json` and the vendored Swagger UI of `/docs` |
+//! | [`openapi`] | the problem body schemas, problem examples and headers of the documents; [`docs_endpoints!`] declares the documentation's handlers |
 //! | [`ops`] | the bodies of `/readyz` and `/metrics` |
 //! | [`routes`] | a router that lists every `(method, path)` it serves, for the OpenAPI test |
+//! | `openapi_checks` (feature `testing`) | the checks the services' OpenAPI tests share |
 //! | `testing` (feature `testing`) | run a service binary on a free port, talk HTTP to it, stop it |
 
 pub mod docs;
 pub mod migrate;
+pub mod openapi;
+#[cfg(feature = "testing")]
+pub mod openapi_checks;
 pub mod ops;
 pub mod problem;
 pub mod routes;
