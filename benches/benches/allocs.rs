@@ -5,18 +5,13 @@
 //! Run with: `cargo bench -p idempotency-benches --bench allocs`
 #![allow(missing_docs)]
 
+mod common;
+
 use std::alloc::System;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use bytes::Bytes;
+use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use idempotency_core::MemoryStore;
 use idempotency_tower::IdempotencyLayer;
@@ -25,45 +20,6 @@ use tower::ServiceExt;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-#[derive(Clone, Default)]
-struct App {
-    effects: Arc<Mutex<HashMap<String, u32>>>,
-    next_id: Arc<AtomicU64>,
-}
-
-async fn create_order(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim_matches('"')
-        .to_owned();
-    *app.effects.lock().unwrap().entry(key).or_default() += 1;
-    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
-    let out = format!(
-        r#"{{"id":{id},"request_bytes":{},"status":"created"}}"#,
-        body.len()
-    );
-    (
-        StatusCode::CREATED,
-        [
-            (header::LOCATION, format!("/orders/{id}")),
-            (header::CONTENT_TYPE, "application/json".to_owned()),
-        ],
-        out,
-    )
-        .into_response()
-}
-
-fn request(key: &str) -> Request<Body> {
-    let body = format!(r#"{{"sku":"SKU-{key}","quantity":1,"note":"bench"}}"#);
-    Request::post("/orders")
-        .header("content-type", "application/json")
-        .header("idempotency-key", format!("\"{key}\""))
-        .body(Body::from(body))
-        .unwrap()
-}
 
 async fn send(router: &Router, req: Request<Body>) -> StatusCode {
     let res = router.clone().oneshot(req).await.unwrap();
@@ -81,7 +37,7 @@ fn per_request(
     key: impl Fn(usize) -> String,
     expect: StatusCode,
 ) -> (f64, f64) {
-    let requests: Vec<_> = (0..n).map(|i| request(&key(i))).collect();
+    let requests: Vec<_> = (0..n).map(|i| common::request(&key(i))).collect();
     let region = Region::new(GLOBAL);
     rt.block_on(async {
         for req in requests {
@@ -100,11 +56,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let routes = || {
-        Router::new()
-            .route("/orders", post(create_order))
-            .with_state(App::default())
-    };
+    let routes = || common::routes(common::App::default());
     let bare = routes();
     let memory = routes().layer(IdempotencyLayer::new(MemoryStore::new()).namespace("bench"));
     // Warm up: lazily built statics, the store's first allocations.

@@ -5,17 +5,12 @@
 //! Run with: `cargo bench -p idempotency-benches --bench layer`
 #![allow(missing_docs)]
 
-use std::collections::HashMap;
+mod common;
+
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::http::StatusCode;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
@@ -23,47 +18,8 @@ use idempotency_core::MemoryStore;
 use idempotency_tower::IdempotencyLayer;
 use tower::ServiceExt;
 
-#[derive(Clone, Default)]
-struct App {
-    effects: Arc<Mutex<HashMap<String, u32>>>,
-    next_id: Arc<AtomicU64>,
-}
-
-async fn create_order(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim_matches('"')
-        .to_owned();
-    *app.effects.lock().unwrap().entry(key).or_default() += 1;
-    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
-    let out = format!(
-        r#"{{"id":{id},"request_bytes":{},"status":"created"}}"#,
-        body.len()
-    );
-    (
-        StatusCode::CREATED,
-        [
-            (header::LOCATION, format!("/orders/{id}")),
-            (header::CONTENT_TYPE, "application/json".to_owned()),
-        ],
-        out,
-    )
-        .into_response()
-}
-
-fn request(key: &str) -> Request<Body> {
-    let body = format!(r#"{{"sku":"SKU-{key}","quantity":1,"note":"bench"}}"#);
-    Request::post("/orders")
-        .header("content-type", "application/json")
-        .header("idempotency-key", format!("\"{key}\""))
-        .body(Body::from(body))
-        .unwrap()
-}
-
 async fn send(router: &Router, key: &str) -> (StatusCode, Bytes) {
-    let res = router.clone().oneshot(request(key)).await.unwrap();
+    let res = router.clone().oneshot(common::request(key)).await.unwrap();
     let status = res.status();
     (status, res.into_body().collect().await.unwrap().to_bytes())
 }
@@ -73,11 +29,7 @@ fn layer(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let routes = || {
-        Router::new()
-            .route("/orders", post(create_order))
-            .with_state(App::default())
-    };
+    let routes = || common::routes(common::App::default());
     let bare = routes();
     let memory = routes().layer(IdempotencyLayer::new(MemoryStore::new()).namespace("bench"));
     let (status, _) = rt.block_on(send(&memory, "replayed"));
