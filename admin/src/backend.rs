@@ -89,6 +89,14 @@ impl Backend {
         }
     }
 
+    /// `postgres/<schema>` or `redis/<prefix>`: the subject of a purge event.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Self::Postgres(s) => format!("postgres/{}", s.schema()),
+            Self::Redis(s) => format!("redis/{}", s.config().key_prefix()),
+        }
+    }
+
     pub(crate) async fn inspect(
         &self,
         key: &StorageKey,

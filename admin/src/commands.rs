@@ -207,6 +207,7 @@ pub(crate) async fn release(
             "forced": force,
             "lease_live": live,
             "changed_meanwhile": meanwhile,
+            "inspected_fence": current.record.fence,
             "before": record_json(&before, false),
             "after": {"state": "ABSENT"},
             "audit_event": {"id": event.id.to_string(), "written": written},
@@ -301,6 +302,7 @@ pub(crate) async fn resolve(
             "action": "resolve",
             "key": hex,
             "changed_meanwhile": meanwhile,
+            "inspected_fence": current.record.fence,
             "before": record_json(&before, false),
             "after": after,
             "audit_event": {"id": event.id.to_string(), "written": written},
@@ -329,7 +331,8 @@ pub(crate) async fn purge(
     let location = backend.location();
     if expired == 0 {
         return Err(Failure::NothingMatched(format!(
-            "no expired records in {location}"
+            "no expired records in {}",
+            backend.name()
         )));
     }
     let Some(change) = change else {
@@ -340,7 +343,7 @@ pub(crate) async fn purge(
     };
     let trail = Trail::open(audit, store.connect_timeout).await?;
     confirm(
-        &format!("Delete {expired} expired records from {location}?"),
+        &format!("Delete {expired} expired records from {}?", backend.name()),
         change.yes,
     )?;
     let batch_size = batch as usize;
@@ -375,7 +378,7 @@ pub(crate) async fn purge(
         "purge",
         &change,
         AuditOutcome::Deleted,
-        &location.to_string(),
+        &backend.name(),
         None,
     )
     .attribute("location", location.clone())

@@ -35,7 +35,7 @@ impl Failure {
         let (what, detail) = match self {
             Self::NothingMatched(m) => ("nothing matched", m),
             Self::Usage(m) => ("usage", m),
-            Self::Unreachable(m) => ("store unreachable", m),
+            Self::Unreachable(m) => ("store unreachable or failing", m),
             Self::Refused(m) => ("refused", m),
         };
         format!("idempotency-admin: {what}: {detail}")

@@ -1,11 +1,4 @@
-//! `idempotency-admin`: the operator CLI for idempotency records.
-//!
-//! Inspect, list, release, resolve and purge records in a PostgreSQL or
-//! Redis store (cluster included) through the stores' public APIs, and
-//! verify the PostgreSQL audit trail. Every change asks for confirmation on
-//! a terminal, needs a reason, names its actor and leaves an audit event.
-//! See the crate README for every command, the exit codes and the
-//! guarantees.
+#![doc = include_str!("../README.md")]
 
 mod backend;
 mod cli;

@@ -701,3 +701,60 @@ async fn changes_land_in_the_audit_trail_and_verify() {
     assert!(run.assert_code(5).stdout.contains("BROKEN"), "{run:?}");
     common::drop_schema(&schema).await;
 }
+
+/// On a terminal the change is asked for: `y` confirms, anything else
+/// refuses (exit 4). The terminal is a pseudo-terminal from `script(1)`.
+#[tokio::test]
+async fn a_terminal_is_asked_to_confirm() {
+    let script_available = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !script_available {
+        assert!(
+            !idempotency_core::conformance::support::in_ci(),
+            "script(1) is needed under CI"
+        );
+        println!("skipping: script(1) unavailable");
+        return;
+    }
+    let Some(t) = Target::postgres().await else {
+        return;
+    };
+    let on_tty = |k: &StorageKey, answer: &str| {
+        let mut line = format!("'{}'", env!("CARGO_BIN_EXE_idempotency-admin"));
+        for a in &t.args {
+            line.push_str(&format!(" '{a}'"));
+        }
+        line.push_str(&format!(" release {} --reason crashed", k.to_hex()));
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("USER", "test-operator")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script runs");
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, answer.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let k = key();
+    t.stuck(k).await;
+    let (code, out) = on_tty(&k, "n\n");
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("[y/N]") && out.contains("not confirmed"),
+        "{out}"
+    );
+    t.run(&["inspect", &k.to_hex()]).assert_code(0);
+    let (code, out) = on_tty(&k, "y\n");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("released {}", k.to_hex())), "{out}");
+    t.run(&["inspect", &k.to_hex()]).assert_code(1);
+}
