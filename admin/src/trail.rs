@@ -79,8 +79,9 @@ pub(crate) fn audit_sink(pool: PgPool, schema: &str) -> Result<PostgresSink, Fai
 
 impl Trail {
     /// Opens the trail before anything is changed: with an audit database,
-    /// it must answer now (and is migrated first with `--audit-migrate`),
-    /// so a change is never made that cannot be recorded.
+    /// its events table must answer now (after a migration with
+    /// `--audit-migrate`), so a change is not made that cannot be recorded
+    /// (the append itself can still fail afterwards: see `record`).
     pub(crate) async fn open(args: &AuditArgs, connect_timeout: Duration) -> Result<Self, Failure> {
         let Some(url) = &args.audit_database_url else {
             return Ok(Self { sink: None });
@@ -92,10 +93,16 @@ impl Trail {
         if args.audit_migrate {
             sink.migrate().await.map_err(|e| unreachable(&e))?;
         }
-        sqlx::query("SELECT 1")
-            .execute(sink.pool())
-            .await
-            .map_err(|e| unreachable(&e))?;
+        // The trail's table must be there (and readable, as for the
+        // insert-only role), not only the database: a missing schema is
+        // found before the change, not after it.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM \"{}\".events LIMIT 0",
+            sink.schema()
+        )))
+        .execute(sink.pool())
+        .await
+        .map_err(|e| unreachable(&e))?;
         Ok(Self { sink: Some(sink) })
     }
 

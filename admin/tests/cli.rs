@@ -680,6 +680,32 @@ async fn changes_land_in_the_audit_trail_and_verify() {
         ]
     );
 
+    // A trail without its tables (no --audit-migrate): refused before the change.
+    let s = key();
+    t.stuck(s).await;
+    let missing = format!(
+        "adm_missing_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let hs = hex(&s);
+    let run = t.run(&[
+        "--audit-database-url",
+        url.as_str(),
+        "--audit-schema",
+        missing.as_str(),
+        "release",
+        hs.as_str(),
+        "--yes",
+        "--reason",
+        "r",
+    ]);
+    assert!(
+        run.assert_code(3).stderr.contains("nothing was changed"),
+        "{run:?}"
+    );
+    assert!(run.audit_events().is_empty());
+    t.run(&["inspect", &hs]).assert_code(0);
+
     let mut args = trail.to_vec();
     args.extend(["audit", "verify", "--stream", "/nothing-here"]);
     admin(&args).assert_code(1);
