@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admin;
 pub mod cache;
 mod engine;
 mod fingerprint;
@@ -19,6 +20,7 @@ pub mod wait;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
+pub use admin::{AdminRecord, AdminStore, ListFilter, Listing};
 pub use engine::{
     Attempt, OwnedAttempt, Run, SettleError, WithTimeout, claim_with_wait, downstream_key,
     with_timeout,

@@ -744,6 +744,58 @@ impl PurgeExpired for MemoryStore {
     }
 }
 
+/// Operator reads: a copy of the record, expired or not; a listing or a
+/// count walks every shard, one lock at a time.
+impl crate::admin::AdminStore for MemoryStore {
+    fn inspect(
+        &self,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<crate::admin::AdminRecord>, StoreError>> + Send {
+        let now = self.now();
+        let found = lock(&self.inner.shards[self.slot(key)])
+            .records
+            .get(key)
+            .cloned();
+        async move { Ok(found.map(|r| crate::admin::AdminRecord::new(r, now))) }
+    }
+
+    fn list(
+        &self,
+        filter: &crate::admin::ListFilter,
+    ) -> impl Future<Output = Result<crate::admin::Listing, StoreError>> + Send {
+        let now = self.now();
+        let mut matched = Vec::new();
+        for s in self.inner.shards.iter() {
+            matched.extend(
+                lock(s)
+                    .records
+                    .values()
+                    .map(|r| crate::admin::AdminRecord::new(r.clone(), now))
+                    .filter(|r| filter.matches(r)),
+            );
+        }
+        let listing = crate::admin::Listing::from_matches(matched, filter.limit);
+        async move { Ok(listing) }
+    }
+
+    fn count_expired(&self) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let now = self.now();
+        let n: usize = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| {
+                lock(s)
+                    .records
+                    .values()
+                    .filter(|r| r.is_expired(now))
+                    .count()
+            })
+            .sum();
+        async move { Ok(n as u64) }
+    }
+}
+
 impl ClockControl for MemoryStore {
     fn advance(&self, by: Duration) {
         let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);

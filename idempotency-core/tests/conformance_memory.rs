@@ -11,3 +11,24 @@ mod one_shard {
     use idempotency_core::MemoryStore;
     idempotency_core::store_conformance_tests!(async { Some(MemoryStore::with_shards(1)) });
 }
+
+mod admin {
+    //! The operator abilities (`AdminStore`, `PurgeExpired`).
+    use idempotency_core::MemoryStore;
+    use idempotency_core::conformance::admin;
+
+    #[tokio::test]
+    async fn inspect_reads_every_state_and_expired_records() {
+        admin::inspect_reads_every_state_and_expired_records(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn list_orders_filters_and_counts() {
+        admin::list_orders_filters_and_counts(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn count_and_purge_expired() {
+        admin::count_and_purge_expired(&MemoryStore::new()).await;
+    }
+}

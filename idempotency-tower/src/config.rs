@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderName, Method};
-use idempotency_core::{FingerprintMode, KeySpec, Policy, StorageKey};
+use idempotency_core::{FingerprintMode, Policy, StorageKey};
 
 use crate::hook::DecisionHook;
 use crate::key::{HeaderKey, KeyMaterial, KeySource, ScopeSource};
@@ -170,14 +170,7 @@ impl Config {
         scope: &str,
         material: &KeyMaterial,
     ) -> StorageKey {
-        let spec = KeySpec::new(&self.namespace).scope(scope);
-        match material {
-            KeyMaterial::Client(k) => spec.client_key(k),
-            KeyMaterial::Derived(values) => {
-                spec.method(method.as_str()).route(route).derived(values)
-            }
-        }
-        .storage_key()
+        material.storage_key(&self.namespace, scope, method.as_str(), route)
     }
 
     /// Whether the query string takes part in the fingerprint.

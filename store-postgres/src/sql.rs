@@ -70,6 +70,9 @@ statements! {
     migrate_bootstrap => "migrate_bootstrap.sql",
     migrate_applied => "migrate_applied.sql",
     migrate_record => "migrate_record.sql",
+    admin_inspect => "admin_inspect.sql",
+    admin_list => "admin_list.sql",
+    admin_count_expired => "admin_count_expired.sql",
 }
 
 #[cfg(test)]

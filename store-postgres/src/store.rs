@@ -381,7 +381,12 @@ impl PostgresStore {
         Reaper::spawn(self.clone(), period, batch)
     }
 
-    fn offset(&self) -> i64 {
+    /// The statements, specialised to the store's schema.
+    pub(crate) fn queries(&self) -> &Queries {
+        &self.inner.sql
+    }
+
+    pub(crate) fn offset(&self) -> i64 {
         i64::try_from(self.inner.offset_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
     }
 
@@ -872,7 +877,10 @@ impl idempotency_core::cache::Invalidations for PostgresStore {
 
 /// The record as it was before an operator's resolution (an undecodable
 /// outcome reads as corrupted).
-fn resolve_before(key: StorageKey, row: &sqlx::postgres::PgRow) -> Result<Record, StoreError> {
+pub(crate) fn resolve_before(
+    key: StorageKey,
+    row: &sqlx::postgres::PgRow,
+) -> Result<Record, StoreError> {
     let raw = RawRecord::from_row(row)?;
     let state = match raw.state()? {
         Decoded::State(s) => s,

@@ -58,7 +58,7 @@ macro_rules! scripts {
                 LazyLock::new(|| build(include_str!(concat!("../lua/", $file))));
         )*
         /// Every script, for preloading.
-        pub(crate) fn all() -> [&'static Lua; 8] {
+        pub(crate) fn all() -> [&'static Lua; 10] {
             [&*CLAIM, $(&*$name),*]
         }
     };
@@ -72,6 +72,8 @@ scripts! {
     GET => "get.lua",
     MARK_CORRUPTED => "mark_corrupted.lua",
     RESOLVE => "resolve.lua",
+    ADMIN_READ => "admin_read.lua",
+    PURGE => "purge.lua",
 }
 
 /// One `EVALSHA` of a script on its record's keys, its arguments written

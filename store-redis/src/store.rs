@@ -72,7 +72,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// `<prefix>:{<64-hex storage key>}<suffix>` as one command argument.
-struct RecordKey<'a> {
+pub(crate) struct RecordKey<'a> {
     prefix: &'a str,
     key: &'a StorageKey,
     suffix: &'static str,
@@ -171,7 +171,7 @@ impl RedisStore {
 
     /// [`RedisStore::record_key`] as a command argument, written into the
     /// command buffer without an intermediate string.
-    fn key_arg<'a>(&'a self, key: &'a StorageKey) -> RecordKey<'a> {
+    pub(crate) fn key_arg<'a>(&'a self, key: &'a StorageKey) -> RecordKey<'a> {
         RecordKey {
             prefix: &self.inner.config.prefix,
             key,
@@ -189,7 +189,7 @@ impl RedisStore {
     }
 
     /// A script run on a record and its fence floor.
-    fn eval_with_floor(&self, script: &'static scripts::Lua, key: &StorageKey) -> Eval {
+    pub(crate) fn eval_with_floor(&self, script: &'static scripts::Lua, key: &StorageKey) -> Eval {
         Eval::with_floor(script, self.key_arg(key), self.floor_arg(key))
     }
 
@@ -255,11 +255,16 @@ impl RedisStore {
         Ok(())
     }
 
-    fn offset(&self) -> u64 {
+    /// The connections.
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    pub(crate) fn offset(&self) -> u64 {
         self.inner.offset_ms.load(Ordering::Relaxed)
     }
 
-    async fn eval(&self, op: &'static str, inv: &Eval) -> Result<Value, StoreError> {
+    pub(crate) async fn eval(&self, op: &'static str, inv: &Eval) -> Result<Value, StoreError> {
         let started = Instant::now();
         let result = async {
             let mut conn = self.inner.backend.checkout().await?;
@@ -551,7 +556,7 @@ fn attempt(v: &Value) -> Result<u32, StoreError> {
     u32::try_from(uint(v)?).map_err(|_| protocol("attempt number"))
 }
 
-fn protocol(what: &'static str) -> StoreError {
+pub(crate) fn protocol(what: &'static str) -> StoreError {
     StoreError::backend(ProtocolError(what))
 }
 
@@ -562,7 +567,12 @@ impl From<ProtocolError> for StoreError {
 }
 
 /// A record that cannot be decoded, shown as what it is.
-fn corrupted_record(key: StorageKey, fields: &[Value], detail: String, now: u64) -> Record {
+pub(crate) fn corrupted_record(
+    key: StorageKey,
+    fields: &[Value],
+    detail: String,
+    now: u64,
+) -> Record {
     Record {
         key,
         fingerprint: Fingerprint::from_bytes(

@@ -131,6 +131,14 @@ async fn three_node_cluster() {
     }
     assert_eq!(holding, 3, "every node holds records");
 
+    // Operator reads and purges scan every primary.
+    idempotency_core::conformance::admin::list_orders_filters_and_counts(&cluster.store()).await;
+    idempotency_core::conformance::admin::count_and_purge_expired(&cluster.store()).await;
+    idempotency_core::conformance::admin::inspect_reads_every_state_and_expired_records(
+        &cluster.store(),
+    )
+    .await;
+
     // Waiting works across nodes: the change channel is cluster-wide.
     let a = cluster.store();
     a.wait_for_change(

@@ -34,6 +34,7 @@ use crate::store::{
     Resolution, StateKind, StoreError,
 };
 
+pub mod admin;
 pub mod cache;
 pub mod inbox;
 pub mod model;

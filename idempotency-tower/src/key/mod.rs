@@ -35,6 +35,49 @@ pub enum KeyMaterial {
     Derived(Vec<Vec<u8>>),
 }
 
+impl KeyMaterial {
+    /// The record's identity for this material, exactly as the layer
+    /// computes it: namespace and scope always; a client key alone (the
+    /// method and route do not count: the same key sent to another route is
+    /// the same operation, answered 422); derived material together with
+    /// the method and the route template.
+    ///
+    /// Operator tools use it to find the record of a request from what the
+    /// service was configured with.
+    ///
+    /// ```
+    /// use idempotency_core::{IdempotencyKey, KeySpec};
+    /// use idempotency_tower::KeyMaterial;
+    ///
+    /// let key = IdempotencyKey::new("order-42").unwrap();
+    /// let material = KeyMaterial::Client(key.clone());
+    /// assert_eq!(
+    ///     material.storage_key("shop", "tenant-1", "POST", "/orders"),
+    ///     KeySpec::new("shop").scope("tenant-1").client_key(&key).storage_key(),
+    /// );
+    /// // Derived material: the route template is part of the identity.
+    /// let derived = KeyMaterial::Derived(vec![b"E-1".to_vec(), b"3".to_vec()]);
+    /// assert_ne!(
+    ///     derived.storage_key("promotion", "", "POST", "/estimates/{id}/promote"),
+    ///     derived.storage_key("promotion", "", "POST", "/estimates/{id}/copy"),
+    /// );
+    /// ```
+    pub fn storage_key(
+        &self,
+        namespace: &str,
+        scope: &str,
+        method: &str,
+        route: &str,
+    ) -> idempotency_core::StorageKey {
+        let spec = idempotency_core::KeySpec::new(namespace).scope(scope);
+        match self {
+            Self::Client(k) => spec.client_key(k),
+            Self::Derived(values) => spec.method(method).route(route).derived(values),
+        }
+        .storage_key()
+    }
+}
+
 /// Why a request's key was refused (answered 400 `key-invalid`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
