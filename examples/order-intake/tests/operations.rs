@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{order, world};
 use http::{StatusCode, header};
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa::OpenApi;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
