@@ -1,14 +1,19 @@
 //! Walking the stored chains.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{PostgresSink, hash32, map_err, pg_text};
+use super::{PostgresSink, hash32, map_err, pg_text, set_role};
 use crate::chain::{BreakKind, ChainReport, ChainRow, ChainVerifier};
 use crate::error::AuditError;
-use crate::event::AuditEvent;
+use crate::time::EventTime;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 impl PostgresSink {
     /// Verifies one stream: contiguous sequence numbers from 1, every
@@ -19,9 +24,12 @@ impl PostgresSink {
     /// Reads the rows in pages (see [`with_verify_batch`](Self::with_verify_batch))
     /// inside one read-only `REPEATABLE READ` transaction, so memory stays
     /// bounded whatever the stream's length and concurrent appends do not
-    /// disturb the result. Stops at the first broken link, which the report
-    /// names by sequence number. A stream that does not exist is reported
-    /// intact and empty.
+    /// disturb the result. Reports **every** broken link
+    /// ([`ChainReport::breaks`], by sequence number; see [`ChainVerifier`]):
+    /// a malformed row does not hide a changed one after it. A stream that
+    /// does not exist is reported intact and empty. With
+    /// [`with_least_privilege`](Self::with_least_privilege) it reads as the
+    /// reader role.
     ///
     /// The chain detects rows changed, removed or inserted behind the
     /// triggers' back; it cannot detect a rewrite of a whole stream's tail
@@ -44,6 +52,9 @@ impl PostgresSink {
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
             .map_err(map_err)?;
+        if self.least_privilege {
+            set_role(&mut tx, self.roles()?.reader()).await?;
+        }
         let head = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.head)))
             .bind(stream)
             .fetch_optional(&mut *tx)
@@ -61,7 +72,7 @@ impl PostgresSink {
         let mut verifier = ChainVerifier::new(stream);
         let batch = i64::try_from(self.verify_batch).unwrap_or(i64::MAX);
         let mut after = 0i64;
-        'pages: loop {
+        loop {
             let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.page)))
                 .bind(stream)
                 .bind(after)
@@ -71,22 +82,18 @@ impl PostgresSink {
                 .map_err(map_err)?;
             for row in &rows {
                 let seq: i64 = row.try_get("seq").map_err(map_err)?;
-                let prev_hash: Vec<u8> = row.try_get("prev_hash").map_err(map_err)?;
-                let hash: Vec<u8> = row.try_get("hash").map_err(map_err)?;
-                let content: String = row.try_get("content").map_err(map_err)?;
+                let prev_hash: &[u8] = row.try_get("prev_hash").map_err(map_err)?;
+                let hash: &[u8] = row.try_get("hash").map_err(map_err)?;
+                let content: &str = row.try_get("content").map_err(map_err)?;
+                let seq_u = seq.unsigned_abs();
                 verifier.push(&ChainRow {
-                    seq: seq.unsigned_abs(),
-                    prev_hash: &prev_hash,
-                    hash: &hash,
-                    content: &content,
+                    seq: seq_u,
+                    prev_hash,
+                    hash,
+                    content,
                 });
-                if !verifier.is_broken()
-                    && let Err(kind) = check_columns(row, &content)
-                {
-                    verifier.record_break(seq.unsigned_abs(), kind);
-                }
-                if verifier.is_broken() {
-                    break 'pages;
+                if let Err(kind) = check_columns(row, content) {
+                    verifier.record_break(seq_u, kind);
                 }
                 after = seq;
             }
@@ -138,49 +145,83 @@ impl PostgresSink {
     }
 }
 
-/// Compares the queryable columns with the hashed content.
+/// The fields of an event that back the queryable columns, borrowed from
+/// the content where they need no unescaping.
+#[derive(Deserialize)]
+struct Indexed<'a> {
+    id: uuid::Uuid,
+    #[serde(rename = "type", borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(default, borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    #[serde(default, borrow)]
+    actor: Option<IndexedActor<'a>>,
+    #[serde(default, borrow)]
+    outcome: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    correlation_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    key_hash: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct IndexedActor<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    tenant: Option<Cow<'a, str>>,
+}
+
+fn invalid(detail: impl Into<String>) -> BreakKind {
+    BreakKind::InvalidContent {
+        detail: detail.into(),
+    }
+}
+
+/// Compares the queryable columns with the hashed content, which must be an
+/// event (a JSON object with at least `id`, `type`, `source` and `time`).
 fn check_columns(row: &PgRow, content: &str) -> Result<(), BreakKind> {
-    let event: AuditEvent =
-        serde_json::from_str(content).map_err(|e| BreakKind::InvalidContent {
-            detail: e.to_string(),
-        })?;
-    let text = |column: &'static str| -> Result<Option<String>, BreakKind> {
-        row.try_get::<Option<String>, _>(column)
-            .map_err(|e| BreakKind::InvalidContent {
-                detail: format!("column {column}: {e}"),
-            })
-    };
+    let event: Indexed<'_> = serde_json::from_str(content).map_err(|e| invalid(e.to_string()))?;
+    let time = EventTime::parse_rfc3339(&event.time).map_err(|e| invalid(format!("time: {e}")))?;
     let same = |column: &'static str, expected: Option<&str>| -> Result<(), BreakKind> {
-        let stored = text(column)?;
-        if stored.as_deref() == expected.map(pg_text).as_deref() {
+        let stored: Option<&str> = row
+            .try_get(column)
+            .map_err(|e| invalid(format!("column {column}: {e}")))?;
+        if stored == expected.map(pg_text).as_deref() {
             Ok(())
         } else {
             Err(BreakKind::ColumnMismatch { column })
         }
     };
-    let id: uuid::Uuid = row.try_get("id").map_err(|e| BreakKind::InvalidContent {
-        detail: format!("column id: {e}"),
-    })?;
+    let id: uuid::Uuid = row
+        .try_get("id")
+        .map_err(|e| invalid(format!("column id: {e}")))?;
     if id != event.id {
         return Err(BreakKind::ColumnMismatch { column: "id" });
     }
-    let time_us: i64 = row
-        .try_get("time_us")
-        .map_err(|e| BreakKind::InvalidContent {
-            detail: format!("column time: {e}"),
-        })?;
-    if time_us != event.time.unix_micros() {
+    // timestamptz in binary: microseconds since 2000-01-01, big-endian.
+    let stored_time = row
+        .try_get_raw("time")
+        .ok()
+        .and_then(|v| v.as_bytes().ok())
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| i64::from_be_bytes(b).saturating_add(PG_EPOCH_UNIX_MICROS));
+    if stored_time != Some(time.unix_micros()) {
         return Err(BreakKind::ColumnMismatch { column: "time" });
     }
     same("type", Some(&event.event_type))?;
     same("source", Some(&event.source))?;
     same("subject", event.subject.as_deref())?;
-    same("actor_id", event.actor.as_ref().map(|a| a.id.as_str()))?;
+    same("actor_id", event.actor.as_ref().map(|a| a.id.as_ref()))?;
     same(
         "actor_tenant",
         event.actor.as_ref().and_then(|a| a.tenant.as_deref()),
     )?;
-    same("outcome", event.outcome.as_ref().map(|o| o.as_str()))?;
+    same("outcome", event.outcome.as_deref())?;
     same("correlation_id", event.correlation_id.as_deref())?;
     same("key_hash", event.key_hash.as_deref())?;
     Ok(())
