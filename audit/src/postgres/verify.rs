@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use futures_util::TryStreamExt;
 use serde::Deserialize;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -73,14 +74,16 @@ impl PostgresSink {
         let batch = i64::try_from(self.verify_batch).unwrap_or(i64::MAX);
         let mut after = 0i64;
         loop {
-            let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.page)))
+            // Streamed: the server produces rows while the last ones are checked.
+            let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.page)))
                 .bind(stream)
                 .bind(after)
                 .bind(batch)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            for row in &rows {
+                .fetch(&mut *tx);
+            let mut in_page = 0u64;
+            while let Some(row) = rows.try_next().await.map_err(map_err)? {
+                let row = &row;
+                in_page += 1;
                 let seq: i64 = row.try_get("seq").map_err(map_err)?;
                 let prev_hash: &[u8] = row.try_get("prev_hash").map_err(map_err)?;
                 let hash: &[u8] = row.try_get("hash").map_err(map_err)?;
@@ -97,7 +100,8 @@ impl PostgresSink {
                 }
                 after = seq;
             }
-            if (rows.len() as u64) < self.verify_batch as u64 {
+            drop(rows);
+            if in_page < self.verify_batch as u64 {
                 break;
             }
         }
