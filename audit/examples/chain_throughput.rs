@@ -11,7 +11,9 @@
 //! `--atomic N` also appends N single events, each in a transaction of its
 //! own (default 0: skipped), by `--atomic-writers W` writers (default 32)
 //! over `--streams S` streams (default 256); `--verify-batch ROWS` rows per
-//! verification query (default 10,000). The schema `audit_bench_<random>`
+//! verification query (default 10,000); `--schema NAME` uses (and keeps)
+//! that schema, so `0 --schema NAME` verifies again what an earlier
+//! `--schema NAME` run appended. Otherwise the schema `audit_bench_<random>`
 //! (and its roles) is dropped at the end.
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ struct Options {
     atomic_writers: usize,
     streams: usize,
     verify_batch: usize,
+    schema: Option<String>,
 }
 
 fn options() -> Result<Options, Box<dyn std::error::Error>> {
@@ -42,10 +45,15 @@ fn options() -> Result<Options, Box<dyn std::error::Error>> {
         atomic_writers: 32,
         streams: 256,
         verify_batch: 10_000,
+        schema: None,
     };
     let mut positional = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--schema" {
+            o.schema = Some(args.next().ok_or("--schema needs a value")?);
+            continue;
+        }
         let mut value = || -> Result<usize, Box<dyn std::error::Error>> {
             Ok(args.next().ok_or(format!("{arg} needs a value"))?.parse()?)
         };
@@ -156,17 +164,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_connections(u32::try_from(o.writers.max(o.atomic_writers) + 1)?)
         .connect(&url)
         .await?;
-    let schema = format!(
-        "audit_bench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
+    let keep = o.schema.is_some();
+    let schema = o.schema.clone().unwrap_or_else(|| {
+        format!(
+            "audit_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    });
     let sink = PostgresSink::new(pool.clone())
         .with_schema(&schema)?
         .with_verify_batch(o.verify_batch);
     sink.migrate().await?;
 
     let result = run(&sink, &pool, &o).await;
-
+    if keep {
+        return result;
+    }
     let roles = sink.roles()?;
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP SCHEMA \"{schema}\" CASCADE; DROP ROLE \"{}\", \"{}\", \"{}\";",
@@ -204,7 +217,7 @@ async fn run(
             rate(o.atomic, took)
         );
     }
-    if o.total > 0 {
+    if o.total > 0 || o.schema.is_some() {
         let started = Instant::now();
         let report = sink.verify("bench").await?;
         let took = started.elapsed();

@@ -27,72 +27,27 @@ $do$;
 
 -- The per-row trigger that chained every insert (a head lock, a sha256 and a
 -- head update per row) is replaced by append_events below, which locks the
--- head once per batch, and by one statement-level linkage check.
+-- head once per batch and inserts the batch in one statement.
 DROP TRIGGER events_chain ON {{schema}}.events;
 DROP FUNCTION {{schema}}.chain_event();
 
--- Locks a stream's head row, creating it (empty) on the first event.
-CREATE FUNCTION {{schema}}.lock_head(p_stream text, OUT head_seq bigint, OUT head_hash bytea)
+-- Rows enter only through append_events, which marks its own INSERT with a
+-- transaction-local setting. Only the owner (and superusers) may INSERT at
+-- all: this stops their mistakes, not them (they may set the mark, or switch
+-- the triggers off); the writer role has no INSERT privilege to begin with.
+CREATE FUNCTION {{schema}}.refuse_direct_insert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    SELECT last_seq, last_hash INTO head_seq, head_hash
-      FROM {{schema}}.streams WHERE stream = p_stream FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO {{schema}}.streams (stream, last_seq, last_hash)
-        VALUES (p_stream, 0, decode(repeat('00', 32), 'hex'))
-        ON CONFLICT (stream) DO NOTHING;
-        SELECT last_seq, last_hash INTO head_seq, head_hash
-          FROM {{schema}}.streams WHERE stream = p_stream FOR UPDATE;
-        IF NOT FOUND THEN
-            -- Only under REPEATABLE READ / SERIALIZABLE: the head was created
-            -- by a transaction this snapshot cannot see.
-            RAISE EXCEPTION 'audit stream % was created concurrently; retry the transaction', p_stream
-                USING ERRCODE = 'serialization_failure';
-        END IF;
+    IF current_setting('idempotency_audit.appending', true) IS DISTINCT FROM TG_TABLE_SCHEMA THEN
+        RAISE EXCEPTION 'audit table %.% takes rows only through append_events', TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'AUD01';
     END IF;
-END
-$fn$;
-
--- Every INSERT into events, whoever makes it, must continue its streams:
--- per stream, contiguous seq from head + 1, each prev_hash the previous
--- row's hash (the head's for the first). The head then moves to the last
--- row. The row hashes themselves are recomputed by the verifier.
-CREATE FUNCTION {{schema}}.link_events() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-    r         record;
-    head      record;
-    bad       bigint;
-    new_head  bytea;
-BEGIN
-    FOR r IN
-        SELECT stream, min(seq) AS first_seq, max(seq) AS last_seq, count(*) AS n
-          FROM new_rows GROUP BY stream ORDER BY stream
-    LOOP
-        SELECT * INTO head FROM {{schema}}.lock_head(r.stream);
-        IF r.first_seq IS DISTINCT FROM head.head_seq + 1 OR r.last_seq - r.first_seq + 1 <> r.n THEN
-            RAISE EXCEPTION 'audit stream %: new events must take seq % onwards without gaps', r.stream, head.head_seq + 1
-                USING ERRCODE = 'AUD01';
-        END IF;
-        SELECT l.seq INTO bad FROM (
-            SELECT seq, prev_hash, lag(hash, 1, head.head_hash) OVER (ORDER BY seq) AS expected
-              FROM new_rows WHERE stream = r.stream
-        ) l WHERE l.prev_hash IS DISTINCT FROM l.expected ORDER BY l.seq LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'audit stream % seq %: prev_hash is not the previous event''s hash', r.stream, bad
-                USING ERRCODE = 'AUD01';
-        END IF;
-        SELECT hash INTO new_head FROM new_rows WHERE stream = r.stream AND seq = r.last_seq;
-        UPDATE {{schema}}.streams SET last_seq = r.last_seq, last_hash = new_head
-         WHERE stream = r.stream;
-    END LOOP;
     RETURN NULL;
 END
 $fn$;
 
-CREATE TRIGGER events_link AFTER INSERT ON {{schema}}.events
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION {{schema}}.link_events();
+CREATE TRIGGER events_insert_guard BEFORE INSERT ON {{schema}}.events
+    FOR EACH STATEMENT EXECUTE FUNCTION {{schema}}.refuse_direct_insert();
 
 -- A stream head starts empty and only moves forward, to a stored row.
 CREATE OR REPLACE FUNCTION {{schema}}.guard_stream_head() RETURNS trigger
@@ -115,7 +70,8 @@ $fn$;
 -- Appends a batch of events to one stream: locks the head once, chains the
 -- rows
 --   hash = sha256(prev_hash || be64(seq) || be64(len(stream)) || stream || content)
--- and inserts them in one statement. Returns the first seq and every hash.
+-- inserts them in one statement and moves the head to the last. Returns the
+-- first seq and every hash.
 -- The arrays are parallel, one element per event; times are microseconds
 -- since the Unix epoch. SECURITY DEFINER: runs as the owner, so the writer
 -- role needs no privilege on the tables, only EXECUTE on this function.
@@ -136,9 +92,10 @@ CREATE FUNCTION {{schema}}.append_events(
     OUT hashes        bytea[])
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    n      int := coalesce(cardinality(p_contents), 0);
-    head   record;
-    h      bytea;
+    n         int := coalesce(cardinality(p_contents), 0);
+    head_seq  bigint;
+    head_hash bytea;
+    h         bytea;
     prefix bytea := int8send(octet_length(convert_to(p_stream, 'UTF8'))::bigint) || convert_to(p_stream, 'UTF8');
     prevs  bytea[] := '{}';
 BEGIN
@@ -151,19 +108,34 @@ BEGIN
         RAISE EXCEPTION 'append_events: the arrays must have one element per event, 1 to 100000 of them'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT * INTO head FROM {{schema}}.lock_head(p_stream);
-    first_seq := head.head_seq + 1;
-    h := head.head_hash;
+    SELECT last_seq, last_hash INTO head_seq, head_hash
+      FROM {{schema}}.streams WHERE stream = p_stream FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO {{schema}}.streams (stream, last_seq, last_hash)
+        VALUES (p_stream, 0, decode(repeat('00', 32), 'hex'))
+        ON CONFLICT (stream) DO NOTHING;
+        SELECT last_seq, last_hash INTO head_seq, head_hash
+          FROM {{schema}}.streams WHERE stream = p_stream FOR UPDATE;
+        IF NOT FOUND THEN
+            -- Only under REPEATABLE READ / SERIALIZABLE: the head was created
+            -- by a transaction this snapshot cannot see.
+            RAISE EXCEPTION 'audit stream % was created concurrently; retry the transaction', p_stream
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+    END IF;
+    first_seq := head_seq + 1;
+    h := head_hash;
     hashes := '{}';
     FOR i IN 1..n LOOP
         prevs := prevs || h;
-        h := sha256(h || int8send(head.head_seq + i) || prefix || convert_to(p_contents[i], 'UTF8'));
+        h := sha256(h || int8send(head_seq + i) || prefix || convert_to(p_contents[i], 'UTF8'));
         hashes := hashes || h;
     END LOOP;
+    PERFORM set_config('idempotency_audit.appending', '{{schema_name}}', true);
     INSERT INTO {{schema}}.events
         (stream, seq, id, type, source, subject, time, actor_id, actor_tenant, outcome,
          correlation_id, key_hash, content, prev_hash, hash)
-    SELECT p_stream, head.head_seq + u.o, u.id, u.type, u.source, u.subject,
+    SELECT p_stream, head_seq + u.o, u.id, u.type, u.source, u.subject,
            timestamptz 'epoch' + (u.t / 1000000) * interval '1 second'
                                + (u.t % 1000000) * interval '1 microsecond',
            u.actor_id, u.actor_tenant, u.outcome, u.correlation_id, u.key_hash,
@@ -172,5 +144,61 @@ BEGIN
                   p_outcomes, p_correlation_ids, p_key_hashes, p_contents, prevs, hashes)
            WITH ORDINALITY AS u(id, type, source, subject, t, actor_id, actor_tenant, outcome,
                                 correlation_id, key_hash, content, prev, hash, o);
+    PERFORM set_config('idempotency_audit.appending', '', true);
+    UPDATE {{schema}}.streams SET last_seq = head_seq + n, last_hash = h WHERE stream = p_stream;
+END
+$fn$;
+
+-- One event: the same as append_events with arrays of one, without the
+-- arrays (the single-event atomic append of a business transaction).
+-- Returns the event's seq and hash.
+CREATE FUNCTION {{schema}}.append_event(
+    p_stream         text,
+    p_id             uuid,
+    p_type           text,
+    p_source         text,
+    p_subject        text,
+    p_time           bigint,
+    p_actor_id       text,
+    p_actor_tenant   text,
+    p_outcome        text,
+    p_correlation_id text,
+    p_key_hash       text,
+    p_content        text,
+    OUT seq          bigint,
+    OUT hash         bytea)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    head_seq     bigint;
+    head_hash    bytea;
+    stream_bytes bytea := convert_to(p_stream, 'UTF8');
+BEGIN
+    SELECT s.last_seq, s.last_hash INTO head_seq, head_hash
+      FROM {{schema}}.streams s WHERE s.stream = p_stream FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO {{schema}}.streams (stream, last_seq, last_hash)
+        VALUES (p_stream, 0, decode(repeat('00', 32), 'hex'))
+        ON CONFLICT (stream) DO NOTHING;
+        SELECT s.last_seq, s.last_hash INTO head_seq, head_hash
+          FROM {{schema}}.streams s WHERE s.stream = p_stream FOR UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'audit stream % was created concurrently; retry the transaction', p_stream
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+    END IF;
+    seq := head_seq + 1;
+    hash := sha256(head_hash || int8send(seq) || int8send(octet_length(stream_bytes)::bigint)
+                   || stream_bytes || convert_to(p_content, 'UTF8'));
+    PERFORM set_config('idempotency_audit.appending', '{{schema_name}}', true);
+    INSERT INTO {{schema}}.events
+        (stream, seq, id, type, source, subject, time, actor_id, actor_tenant, outcome,
+         correlation_id, key_hash, content, prev_hash, hash)
+    VALUES (p_stream, seq, p_id, p_type, p_source, p_subject,
+            timestamptz 'epoch' + (p_time / 1000000) * interval '1 second'
+                                + (p_time % 1000000) * interval '1 microsecond',
+            p_actor_id, p_actor_tenant, p_outcome, p_correlation_id, p_key_hash,
+            p_content::json, head_hash, hash);
+    PERFORM set_config('idempotency_audit.appending', '', true);
+    UPDATE {{schema}}.streams SET last_seq = seq, last_hash = hash WHERE stream = p_stream;
 END
 $fn$;

@@ -2,7 +2,7 @@
 -- schema (idempotent). {{schema}}, {{owner}}, {{writer}} and {{reader}} are
 -- replaced by the schema and the role names before this runs.
 --   owner:  owns the tables and functions; the append function runs as it.
---   writer: may only call append_events (no INSERT, UPDATE, DELETE, TRUNCATE,
+--   writer: may only call append_events and append_event (no INSERT, UPDATE, DELETE, TRUNCATE,
 --           no trigger changes: those need the owner).
 --   reader: may read the events and stream heads (the verifier).
 -- The owner needs CREATE on the schema to be handed its objects.
@@ -32,4 +32,6 @@ REVOKE ALL ON ALL TABLES IN SCHEMA {{schema}} FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {{schema}} FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION {{schema}}.append_events(text, uuid[], text[], text[], text[], bigint[],
     text[], text[], text[], text[], text[], text[]) TO {{writer}};
+GRANT EXECUTE ON FUNCTION {{schema}}.append_event(text, uuid, text, text, text, bigint,
+    text, text, text, text, text, text) TO {{writer}};
 GRANT SELECT ON ALL TABLES IN SCHEMA {{schema}} TO {{reader}};

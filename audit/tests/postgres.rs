@@ -210,10 +210,10 @@ async fn update_delete_and_truncate_are_refused() {
     assert!(report.is_intact() && report.events == 2, "{report}");
 }
 
-/// Even the owner's direct INSERT must continue its stream: the next seq,
-/// linked to the head's hash.
+/// Rows enter only through the append function: even a superuser's direct
+/// INSERT is refused (while the triggers are on), whatever it supplies.
 #[tokio::test]
-async fn a_direct_insert_must_continue_its_stream() {
+async fn a_direct_insert_is_refused() {
     let sink = sink!();
     let stream = common::stream("direct");
     append_n(&sink, &stream, 2).await;
@@ -222,44 +222,49 @@ async fn a_direct_insert_must_continue_its_stream() {
         .fetch_one(sink.pool())
         .await
         .unwrap();
-    let insert = |seq: i64, prev: Vec<u8>| {
-        sqlx::query(
+    for (seq, prev) in [(3, head), (5, vec![0; 32])] {
+        let err = sqlx::query(
             "INSERT INTO audit.events (stream, seq, id, type, source, time, content, prev_hash, hash) \
              VALUES ($1, $2, gen_random_uuid(), 't', 's', now(), '{}', $3, sha256('x'))",
         )
-        .bind(stream.clone())
+        .bind(&stream)
         .bind(seq)
         .bind(prev)
         .execute(sink.pool())
-    };
-    for (seq, prev, why) in [
-        (5, head.clone(), "a gap"),
-        (2, head.clone(), "an existing seq"),
-        (3, vec![0; 32], "another prev_hash"),
-    ] {
-        let err = insert(seq, prev).await.unwrap_err();
-        let code = sqlstate(&err);
+        .await
+        .unwrap_err();
+        assert_eq!(
+            sqlstate(&err).as_deref(),
+            Some(APPEND_ONLY_SQLSTATE),
+            "{err}"
+        );
         assert!(
-            code.as_deref() == Some(APPEND_ONLY_SQLSTATE) || code.as_deref() == Some("23505"),
-            "{why}: {err}"
+            err.to_string().contains("only through append_events"),
+            "{err}"
         );
     }
-    // Linked correctly: accepted (its hash is wrong, which the verifier reports).
-    insert(3, head).await.unwrap();
-    let report = sink.verify(&stream).await.unwrap();
+    // The mark the function sets is its own: after a call, a direct INSERT
+    // in the same transaction is refused again.
+    let mut tx = sink.pool().begin().await.unwrap();
+    sink.append_to_stream(&mut tx, &stream, &event(&stream, 3))
+        .await
+        .unwrap();
+    let err = sqlx::query(
+        "INSERT INTO audit.events (stream, seq, id, type, source, time, content, prev_hash, hash) \
+         VALUES ($1, 4, gen_random_uuid(), 't', 's', now(), '{}', sha256('x'), sha256('x'))",
+    )
+    .bind(&stream)
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
     assert_eq!(
-        breaks(&report),
-        [
-            (3, 3, BreakKind::HashMismatch),
-            (
-                3,
-                3,
-                BreakKind::InvalidContent {
-                    detail: "missing field `id` at line 1 column 2".into()
-                }
-            )
-        ]
+        sqlstate(&err).as_deref(),
+        Some(APPEND_ONLY_SQLSTATE),
+        "{err}"
     );
+    tx.rollback().await.unwrap();
+    let report = sink.verify(&stream).await.unwrap();
+    assert!(report.is_intact() && report.events == 2, "{report}");
 }
 
 /// Several kinds of tampering in one stream: every one is reported, in

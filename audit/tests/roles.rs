@@ -91,7 +91,7 @@ fn forbidden_to_the_writer(schema: &str, owner: &str) -> Vec<(&'static str, Stri
         ("read", format!("SELECT count(*) FROM {s}.events")),
         (
             "lock a head",
-            format!("SELECT * FROM {s}.lock_head('orders')"),
+            format!("SELECT 1 FROM {s}.streams FOR UPDATE"),
         ),
         ("become the owner", format!("SET ROLE \"{owner}\"")),
         ("drop the table", format!("DROP TABLE {s}.events")),
@@ -197,6 +197,36 @@ async fn a_malformed_row_from_the_writer_does_not_hide_later_tampering() {
     // Not JSON at all: refused by the column type.
     let not_json = append_raw(&app_pool, &schema, "{").await.unwrap_err();
     assert_eq!(sqlstate(&not_json).as_deref(), Some("22P02"));
+    // Arrays that do not line up, or no event at all: refused.
+    for arrays in [
+        "ARRAY[gen_random_uuid()], ARRAY['t', 't'], ARRAY['s']",
+        "ARRAY[]::uuid[], ARRAY[]::text[], ARRAY[]::text[]",
+    ] {
+        let n = if arrays.contains("[]") {
+            "ARRAY[]::"
+        } else {
+            "ARRAY[NULL]::"
+        };
+        let sql = format!(
+            "SELECT first_seq FROM \"{schema}\".append_events('orders', {arrays}, \
+             {n}text[], {t}, {n}text[], {n}text[], {n}text[], {n}text[], {n}text[], {c})",
+            t = if n == "ARRAY[]::" {
+                "ARRAY[]::bigint[]"
+            } else {
+                "ARRAY[0::bigint]"
+            },
+            c = if n == "ARRAY[]::" {
+                "ARRAY[]::text[]"
+            } else {
+                "ARRAY['{}']"
+            },
+        );
+        let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&app_pool)
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{arrays}: {err}");
+    }
     for n in 5..=8 {
         writer.append(&event(n)).await.unwrap();
     }

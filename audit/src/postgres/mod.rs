@@ -89,9 +89,13 @@ impl Schema {
         &self.name
     }
 
-    /// Substitutes the quoted schema name for `{{schema}}` in a SQL template.
+    /// Substitutes the quoted schema name for `{{schema}}`, and the bare
+    /// name (a valid identifier, safe in a string literal) for
+    /// `{{schema_name}}`, in a SQL template.
     pub(crate) fn apply(&self, template: &str) -> String {
-        template.replace("{{schema}}", &self.quoted)
+        template
+            .replace("{{schema_name}}", &self.name)
+            .replace("{{schema}}", &self.quoted)
     }
 }
 
@@ -99,6 +103,7 @@ impl Schema {
 #[derive(Debug)]
 struct Sql {
     append: Arc<str>,
+    append_one: Arc<str>,
     head: Arc<str>,
     page: Arc<str>,
     next_stream: Arc<str>,
@@ -110,7 +115,10 @@ impl Sql {
         Self {
             append: s("SELECT first_seq, hashes FROM {{schema}}.append_events(\
                  $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+            append_one: s("SELECT seq, hash FROM {{schema}}.append_event(\
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
             head: s("SELECT last_seq, last_hash FROM {{schema}}.streams WHERE stream = $1"),
+            // verify.rs reads these columns by position.
             page: s(
                 "SELECT seq, prev_hash, hash, content::text AS content, id, type, source, \
                   subject, time, actor_id, actor_tenant, outcome, correlation_id, key_hash \
@@ -602,20 +610,30 @@ impl PostgresSink {
         stream: &str,
         event: &AuditEvent,
     ) -> Result<Appended, AuditError> {
-        let mut columns = Columns::with_capacity(1);
-        columns.push(event);
-        let (seq, hashes) = self
-            .append_columns(conn, stream, columns)
+        let text = |s: &str| pg_text(s).into_owned();
+        let opt = |s: Option<&str>| s.map(text);
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.append_one)))
+            .bind(stream)
+            .bind(event.id)
+            .bind(text(&event.event_type))
+            .bind(text(&event.source))
+            .bind(opt(event.subject.as_deref()))
+            .bind(event.time.unix_micros())
+            .bind(opt(event.actor.as_ref().map(|a| a.id.as_str())))
+            .bind(opt(event.actor.as_ref().and_then(|a| a.tenant.as_deref())))
+            .bind(opt(event.outcome.as_ref().map(|o| o.as_str())))
+            .bind(opt(event.correlation_id.as_deref()))
+            .bind(opt(event.key_hash.as_deref()))
+            .bind(event.canonical_json())
+            .fetch_one(&mut *conn)
             .await
             .map_err(|e| map_insert_err(e, Some(event)))?;
-        let hash = hashes
-            .into_iter()
-            .next()
-            .ok_or_else(|| AuditError::backend("append_events returned no hash for the event"))?;
+        let seq: i64 = row.try_get("seq").map_err(map_err)?;
+        let hash: Vec<u8> = row.try_get("hash").map_err(map_err)?;
         Ok(Appended {
             stream: stream.to_owned(),
-            seq,
-            hash,
+            seq: seq.unsigned_abs(),
+            hash: hash32(&hash)?,
         })
     }
 
