@@ -43,8 +43,8 @@ pub const MAX_SUBJECT_LEN: usize = 1024;
 pub const REFUSED_METRIC: &str = "audit_events_refused_total";
 
 /// SQLSTATE raised by the triggers when something tries to update, delete
-/// or truncate the audit tables, or to insert a row that does not continue
-/// its stream.
+/// or truncate the audit tables, insert into the events table other than
+/// through the append functions, or move a stream head back.
 pub const APPEND_ONLY_SQLSTATE: &str = "AUD01";
 
 /// Rows read per query while verifying, unless told otherwise.
@@ -297,9 +297,11 @@ fn hash32(bytes: &[u8]) -> Result<[u8; 32], AuditError> {
 ///
 /// Every row gets the next sequence number of its stream and
 /// `hash = SHA-256(prev_hash ‖ be64(seq) ‖ be64(len(stream)) ‖ stream ‖ content)`
-/// ([`chain_hash`](crate::chain_hash)), both assigned in the database by a
-/// trigger that locks the stream's head row, so concurrent writers never
-/// fork or gap a chain. Which stream an event goes to is decided by
+/// ([`chain_hash`](crate::chain_hash)), both assigned in the database by the
+/// append functions (`append_event`, `append_events`), which lock the
+/// stream's head row once per call, so concurrent writers never fork or gap
+/// a chain. The application's role needs only the schema's writer role
+/// ([`AuditRoles`]). Which stream an event goes to is decided by
 /// [`StreamBy`] (default: the event's source).
 ///
 /// A batch ([`AuditSink::append_batch`]) is written in one transaction, but

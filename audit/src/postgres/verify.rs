@@ -41,7 +41,7 @@ impl PostgresSink {
     /// # Errors
     ///
     /// [`AuditError::InvalidStream`], or a database error. A broken chain is
-    /// not an error: it is in [`ChainReport::broken`].
+    /// not an error: its breaks are in [`ChainReport::breaks`].
     ///
     /// # Cancel safety
     ///
