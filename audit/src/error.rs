@@ -69,6 +69,28 @@ pub enum AuditError {
         /// Migration name.
         name: String,
     },
+    /// A database role name is not a plain lowercase identifier of at most
+    /// 63 bytes (a role name derived from a long schema name can be too
+    /// long: name the roles with `PostgresSink::with_roles`).
+    #[error(
+        "invalid role name {name:?}: use 1 to 63 of [a-z0-9_], not starting with a digit or pg_"
+    )]
+    InvalidRole {
+        /// The rejected name.
+        name: String,
+    },
+    /// The audit roles do not exist (or the migrating role is not a member
+    /// of the owner role) and the migrating role may not create them: an
+    /// administrator runs `PostgresSink::roles_sql` once, then migrate again.
+    #[error(
+        "audit roles missing: {missing:?}; {user} may not create roles or grant membership: run the SQL of PostgresSink::roles_sql as a role with CREATEROLE, then migrate again"
+    )]
+    RolesMissing {
+        /// What is missing: role names, or `member of <owner>`.
+        missing: Vec<String>,
+        /// The migrating role (`current_user`).
+        user: String,
+    },
     /// The sink was shut down.
     #[error("audit sink is closed")]
     Closed,

@@ -20,7 +20,8 @@ pub mod decision;
 
 pub use canonical::canonical_json;
 pub use chain::{
-    BreakKind, ChainBreak, ChainReport, ChainRow, ChainVerifier, GENESIS_HASH, chain_hash,
+    BreakKind, ChainBreak, ChainReport, ChainRow, ChainVerifier, GENESIS_HASH, MAX_LISTED_BREAKS,
+    chain_hash,
 };
 pub use error::{AuditError, BatchError, BoxError, RefusedEvent};
 pub use event::{

@@ -52,12 +52,23 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// The first break of a broken report.
 fn broken(report: &idempotency_audit::ChainReport) -> (u64, BreakKind) {
     let b = report
-        .broken
-        .clone()
+        .first_break()
+        .cloned()
         .unwrap_or_else(|| panic!("expected a break: {report}"));
     (b.seq, b.kind)
+}
+
+/// Every break of a report, as (seq, through, kind).
+fn breaks(report: &idempotency_audit::ChainReport) -> Vec<(u64, u64, BreakKind)> {
+    assert_eq!(report.break_count, report.breaks.len() as u64, "{report}");
+    report
+        .breaks
+        .iter()
+        .map(|b| (b.seq, b.through, b.kind.clone()))
+        .collect()
 }
 
 #[tokio::test]
@@ -199,71 +210,109 @@ async fn update_delete_and_truncate_are_refused() {
     assert!(report.is_intact() && report.events == 2, "{report}");
 }
 
+/// Rows enter only through the append function: even a superuser's direct
+/// INSERT is refused (while the triggers are on), whatever it supplies.
 #[tokio::test]
-async fn the_insert_only_role_appends_but_cannot_change_anything() {
+async fn a_direct_insert_is_refused() {
     let sink = sink!();
-    let stream = common::stream("role");
-    let role = format!(
-        "audit_app_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let pool = sink.pool();
-    // The grants the README tells the application's role to have.
-    let setup = format!(
-        "CREATE ROLE {role} NOLOGIN;
-         GRANT USAGE ON SCHEMA audit TO {role};
-         GRANT INSERT, SELECT ON audit.events TO {role};"
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
-        .execute(pool)
+    let stream = common::stream("direct");
+    append_n(&sink, &stream, 2).await;
+    let head: Vec<u8> = sqlx::query_scalar("SELECT last_hash FROM audit.streams WHERE stream = $1")
+        .bind(&stream)
+        .fetch_one(sink.pool())
         .await
         .unwrap();
-
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {role}")))
-        .execute(&mut *conn)
+    for (seq, prev) in [(3, head), (5, vec![0; 32])] {
+        let err = sqlx::query(
+            "INSERT INTO audit.events (stream, seq, id, type, source, time, content, prev_hash, hash) \
+             VALUES ($1, $2, gen_random_uuid(), 't', 's', now(), '{}', $3, sha256('x'))",
+        )
+        .bind(&stream)
+        .bind(seq)
+        .bind(prev)
+        .execute(sink.pool())
+        .await
+        .unwrap_err();
+        assert_eq!(
+            sqlstate(&err).as_deref(),
+            Some(APPEND_ONLY_SQLSTATE),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("only through append_events"),
+            "{err}"
+        );
+    }
+    // The mark the function sets is its own: after a call, a direct INSERT
+    // in the same transaction is refused again.
+    let mut tx = sink.pool().begin().await.unwrap();
+    sink.append_to_stream(&mut tx, &stream, &event(&stream, 3))
         .await
         .unwrap();
-    let first = sink.append_in(&mut conn, &event(&stream, 1)).await;
-    let second = sink.append_in(&mut conn, &event(&stream, 2)).await;
-    let update = sqlx::query("UPDATE audit.events SET outcome = 'x' WHERE stream = $1")
-        .bind(&stream)
-        .execute(&mut *conn)
-        .await;
-    let head = sqlx::query("UPDATE audit.streams SET last_seq = last_seq + 1 WHERE stream = $1")
-        .bind(&stream)
-        .execute(&mut *conn)
-        .await;
-    let forged = sqlx::query(
+    let err = sqlx::query(
         "INSERT INTO audit.events (stream, seq, id, type, source, time, content, prev_hash, hash) \
-         VALUES ($1, 99, gen_random_uuid(), 't', 's', now(), '{}', '\\x00', '\\x00') RETURNING seq",
+         VALUES ($1, 4, gen_random_uuid(), 't', 's', now(), '{}', sha256('x'), sha256('x'))",
     )
     .bind(&stream)
-    .fetch_one(&mut *conn)
-    .await;
-    sqlx::raw_sql("RESET ROLE")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
-    let cleanup = format!("DROP OWNED BY {role}; DROP ROLE {role};");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup))
-        .execute(pool)
-        .await
-        .unwrap();
-
-    assert_eq!(first.unwrap().seq, 1);
-    assert_eq!(second.unwrap().seq, 2);
-    assert_eq!(sqlstate(&update.unwrap_err()).as_deref(), Some("42501"));
-    assert_eq!(sqlstate(&head.unwrap_err()).as_deref(), Some("42501"));
-    // Whatever the role supplies, the trigger assigns seq and hashes; the
-    // verifier still refuses content that is not an event.
-    let forged: i64 = forged.unwrap().get("seq");
-    assert_eq!(forged, 3);
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some(APPEND_ONLY_SQLSTATE),
+        "{err}"
+    );
+    tx.rollback().await.unwrap();
     let report = sink.verify(&stream).await.unwrap();
-    assert!(
-        matches!(broken(&report), (3, BreakKind::InvalidContent { .. })),
-        "{report}"
+    assert!(report.is_intact() && report.events == 2, "{report}");
+}
+
+/// Several kinds of tampering in one stream: every one is reported, in
+/// sequence order, with a summary.
+#[tokio::test]
+async fn every_break_of_a_stream_is_reported() {
+    let sink = sink!();
+    let pool = sink.pool();
+    let stream = common::stream("many-breaks");
+    append_n(&sink, &stream, 10).await;
+    for sql in [
+        "UPDATE audit.events SET outcome = 'deleted' WHERE stream = $1 AND seq = 2",
+        "UPDATE audit.events SET content = replace(content::text, '\"n\":4', '\"n\":40')::json \
+         WHERE stream = $1 AND seq = 4",
+        "UPDATE audit.events SET content = replace(content::text, '\"n\":6', '\"n\":60')::json, \
+           hash = sha256(prev_hash || int8send(seq) \
+             || int8send(octet_length(convert_to(stream, 'UTF8'))::bigint) \
+             || convert_to(stream, 'UTF8') \
+             || convert_to(replace(content::text, '\"n\":6', '\"n\":60'), 'UTF8')) \
+         WHERE stream = $1 AND seq = 6",
+        "DELETE FROM audit.events WHERE stream = $1 AND seq >= 9",
+    ] {
+        common::tamper(pool, sql, &stream).await;
+    }
+    let report = sink
+        .clone()
+        .with_verify_batch(3)
+        .verify(&stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        breaks(&report),
+        [
+            (2, 2, BreakKind::ColumnMismatch { column: "outcome" }),
+            (4, 4, BreakKind::HashMismatch),
+            (7, 7, BreakKind::PrevHashMismatch),
+            (9, 10, BreakKind::Missing),
+        ]
+    );
+    assert_eq!((report.events, report.last_seq), (8, 8));
+    assert_eq!(
+        report.to_string().lines().next(),
+        Some(format!("BROKEN stream={stream} events=8 last_seq=8 breaks=4").as_str())
+    );
+    assert_eq!(
+        sink.verify(&stream).await.unwrap(),
+        report,
+        "pages do not matter"
     );
 }
 
@@ -331,8 +380,11 @@ async fn a_row_changed_behind_the_triggers_back_is_detected() {
     )
     .await;
     assert_eq!(
-        broken(&sink.verify(&stream).await.unwrap()),
-        (1, BreakKind::HashMismatch)
+        breaks(&sink.verify(&stream).await.unwrap()),
+        [
+            (1, 1, BreakKind::HashMismatch),
+            (2, 2, BreakKind::PrevHashMismatch)
+        ]
     );
 }
 
@@ -756,10 +808,10 @@ async fn migrate_is_idempotent_concurrent_and_notices_edited_migrations() {
     let mut applied = Vec::new();
     for r in runs {
         let r = r.unwrap();
-        assert_eq!(r.version, 1);
+        assert_eq!(r.version, 2);
         applied.extend(r.applied);
     }
-    assert_eq!(applied, [1], "exactly one run applies the migration");
+    assert_eq!(applied, [1, 2], "exactly one run applies the migrations");
     assert!(sink.migrate().await.unwrap().applied.is_empty());
 
     let stream = common::stream("private");
@@ -778,6 +830,10 @@ async fn migrate_is_idempotent_concurrent_and_notices_edited_migrations() {
     assert!(
         matches!(err, AuditError::MigrationChanged { version: 1, .. }),
         "{err:?}"
+    );
+    assert_eq!(
+        sink.roles().unwrap(),
+        idempotency_audit::postgres::AuditRoles::for_schema(&schema).unwrap()
     );
     common::drop_schema(&pool, &schema).await;
 

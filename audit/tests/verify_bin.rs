@@ -5,7 +5,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use idempotency_audit::postgres::PostgresSink;
+use idempotency_audit::postgres::{PostgresSink, sqlx};
 use idempotency_audit::{AuditEvent, AuditSink};
 
 fn run(url: &str, args: &[&str]) -> Output {
@@ -47,7 +47,7 @@ async fn verifies_streams_and_fails_on_a_broken_chain() {
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[0].starts_with("ok     stream=orders events=3 last_seq=3 head="));
     assert!(lines[1].starts_with("ok     stream=payments events=2 last_seq=2 head="));
-    assert_eq!(lines[2], "verified 2 streams, 5 events: 0 broken");
+    assert_eq!(lines[2], "verified 2 streams, 5 events: 0 broken, 0 breaks");
 
     let one = run(
         &url,
@@ -56,21 +56,49 @@ async fn verifies_streams_and_fails_on_a_broken_chain() {
     assert_eq!(one.status.code(), Some(0));
     assert_eq!(stdout(&one).lines().count(), 2);
 
-    common::tamper(
-        &pool,
-        &format!("DELETE FROM \"{schema}\".events WHERE stream = $1 AND seq = 2"),
-        "orders",
-    )
-    .await;
+    // Two breaks in one stream (a deleted row, an edited one after it),
+    // one in the other (a malformed row appended through the function).
+    for (stream, sql) in [
+        (
+            "orders",
+            "DELETE FROM \"{schema}\".events WHERE stream = $1 AND seq = 1",
+        ),
+        (
+            "orders",
+            "UPDATE \"{schema}\".events SET content = replace(content::text, '\"i\":2', '\"i\":20')::json \
+             WHERE stream = $1 AND seq = 3",
+        ),
+    ] {
+        common::tamper(&pool, &sql.replace("{schema}", &schema), stream).await;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT \"{schema}\".append_events('payments', ARRAY[gen_random_uuid()], ARRAY['t'], \
+         ARRAY['s'], ARRAY[NULL]::text[], ARRAY[0::bigint], ARRAY[NULL]::text[], ARRAY[NULL]::text[], \
+         ARRAY[NULL]::text[], ARRAY[NULL]::text[], ARRAY[NULL]::text[], ARRAY['{{}}'])"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
     let broken = run(&url, &[&format!("--schema={schema}")]);
     let out = stdout(&broken);
     assert_eq!(broken.status.code(), Some(1), "{out}");
-    assert!(out.contains("BROKEN stream=orders seq=2"), "{out}");
-    assert!(out.contains("ok     stream=payments"), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "BROKEN stream=orders events=2 last_seq=3 breaks=2"
+    );
+    assert_eq!(lines[1], "  seq=1: row missing");
+    assert_eq!(lines[2], "  seq=3: hash does not match the row's content");
+    assert_eq!(
+        lines[3],
+        "BROKEN stream=payments events=3 last_seq=3 breaks=1"
+    );
     assert!(
-        out.ends_with("verified 2 streams, 3 events: 1 broken\n"),
+        lines[4].starts_with("  seq=3: content is not a valid event: missing field `id`"),
         "{out}"
     );
+    assert_eq!(lines[5], "verified 2 streams, 5 events: 2 broken, 3 breaks");
+    assert_eq!(lines.len(), 6, "{out}");
 
     // A stream that was never written is intact and empty.
     let absent = run(&url, &["--schema", &schema, "--stream", "nothing"]);

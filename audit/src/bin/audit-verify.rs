@@ -4,7 +4,8 @@
 //! DATABASE_URL=postgres://auditor@db/app audit-verify [--stream NAME]... [--schema NAME] [--batch ROWS] [--connect-timeout SECS]
 //! ```
 //!
-//! Prints one line per stream and a summary. Exit status: 0 when every
+//! Prints one line per stream, one more per break of a broken stream (every
+//! break, not only the first), and a summary. Exit status: 0 when every
 //! chain is intact, 1 when at least one is broken, 2 on a usage or database error.
 
 use std::process::ExitCode;
@@ -111,7 +112,7 @@ async fn run(args: Args) -> Result<bool, String> {
         .map_err(|e| e.to_string())?
         .with_verify_batch(args.batch);
 
-    let (mut streams, mut events, mut broken) = (0u64, 0u64, 0u64);
+    let (mut streams, mut events, mut broken, mut breaks) = (0u64, 0u64, 0u64, 0u64);
     let mut check = async |stream: &str| -> Result<(), String> {
         let report = sink
             .verify(stream)
@@ -121,6 +122,7 @@ async fn run(args: Args) -> Result<bool, String> {
         streams += 1;
         events += report.events;
         broken += u64::from(!report.is_intact());
+        breaks += report.break_count;
         Ok(())
     };
     if args.streams.is_empty() {
@@ -138,7 +140,7 @@ async fn run(args: Args) -> Result<bool, String> {
             check(stream).await?;
         }
     }
-    println!("verified {streams} streams, {events} events: {broken} broken");
+    println!("verified {streams} streams, {events} events: {broken} broken, {breaks} breaks");
     Ok(broken == 0)
 }
 

@@ -1,9 +1,11 @@
 //! The migration runner: embedded SQL files, a history table inside the
-//! audit schema, one advisory-locked transaction.
+//! audit schema, the schema's roles and privileges, one advisory-locked
+//! transaction.
 
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
+use super::roles::AuditRoles;
 use super::{Schema, map_err};
 use crate::error::AuditError;
 
@@ -17,11 +19,21 @@ pub(crate) struct Migration {
 }
 
 /// Every migration this crate ships, in order.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sql: include_str!("../../migrations/0001_events.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "append_function",
+        sql: include_str!("../../migrations/0002_append_function.sql"),
+    },
+];
+
+/// Ownership and grants, re-applied after every run that applied a migration.
+const PRIVILEGES: &str = include_str!("../../migrations/privileges.sql");
 
 impl Migration {
     /// SHA-256 of the SQL template (independent of the schema name).
@@ -46,6 +58,7 @@ pub struct MigrationReport {
 pub(crate) async fn migrate(
     conn: &mut PgConnection,
     schema: &Schema,
+    roles: &AuditRoles,
 ) -> Result<MigrationReport, AuditError> {
     let mut tx = conn.begin().await.map_err(map_err)?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -53,6 +66,7 @@ pub(crate) async fn migrate(
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+    ensure_roles(&mut tx, roles).await?;
     let bootstrap = schema.apply(
         "CREATE SCHEMA IF NOT EXISTS {{schema}};
          CREATE TABLE IF NOT EXISTS {{schema}}.schema_migrations (
@@ -90,7 +104,7 @@ pub(crate) async fn migrate(
             }
             continue;
         }
-        sqlx::raw_sql(AssertSqlSafe(schema.apply(m.sql)))
+        sqlx::raw_sql(AssertSqlSafe(roles.apply(schema, m.sql)))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -105,6 +119,12 @@ pub(crate) async fn migrate(
         .map_err(map_err)?;
         applied.push(m.version);
     }
+    if !applied.is_empty() {
+        sqlx::raw_sql(AssertSqlSafe(roles.apply(schema, PRIVILEGES)))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+    }
     tx.commit().await.map_err(map_err)?;
     let version = already
         .iter()
@@ -113,4 +133,75 @@ pub(crate) async fn migrate(
         .max()
         .unwrap_or(0);
     Ok(MigrationReport { applied, version })
+}
+
+/// Creates the missing roles and makes the migrating role a member of the
+/// owner (so it may hand the tables over), or, when the migrating role may
+/// not, refuses with [`AuditError::RolesMissing`] and logs the SQL to run.
+async fn ensure_roles(conn: &mut PgConnection, roles: &AuditRoles) -> Result<(), AuditError> {
+    let me = sqlx::query(
+        "SELECT current_user::text AS name, rolsuper, rolcreaterole \
+           FROM pg_catalog.pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let user: String = me.try_get("name").map_err(map_err)?;
+    let superuser: bool = me.try_get("rolsuper").map_err(map_err)?;
+    let may_create = superuser || me.try_get::<bool, _>("rolcreaterole").map_err(map_err)?;
+    let mut missing = Vec::new();
+    for role in [roles.owner(), roles.writer(), roles.reader()] {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)",
+        )
+        .bind(role)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        if !exists {
+            missing.push(role.to_owned());
+        }
+    }
+    let member = superuser
+        || (!missing.iter().any(|m| m == roles.owner())
+            && sqlx::query_scalar::<_, bool>("SELECT pg_has_role(current_user, $1, 'MEMBER')")
+                .bind(roles.owner())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_err)?);
+    if !may_create && (!missing.is_empty() || !member) {
+        if !member && !missing.iter().any(|m| m == roles.owner()) {
+            missing.push(format!("member of {}", roles.owner()));
+        }
+        tracing::error!(
+            target: "audit",
+            user = %user,
+            missing = ?missing,
+            sql = %roles.setup_sql(&user),
+            "the audit roles are missing and this role may not create them: run this SQL as a role with CREATEROLE, then migrate again"
+        );
+        return Err(AuditError::RolesMissing { missing, user });
+    }
+    for role in &missing {
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE ROLE \"{role}\" NOLOGIN")))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    if !superuser
+        && !sqlx::query_scalar::<_, bool>("SELECT pg_has_role(current_user, $1, 'MEMBER')")
+            .bind(roles.owner())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?
+    {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "GRANT \"{}\" TO CURRENT_USER",
+            roles.owner()
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::error::{AuditError, BatchError, RefusedEvent};
 use crate::event::{AuditEvent, MAX_CORRELATION_ID_LEN};
@@ -17,9 +17,11 @@ use crate::modes::TransactionalSink;
 use crate::sink::AuditSink;
 
 mod migrate;
+mod roles;
 mod verify;
 
 pub use migrate::MigrationReport;
+pub use roles::AuditRoles;
 /// The `sqlx` this sink is built on, for naming its types (`PgPool`, `Transaction`, ...).
 pub use sqlx;
 
@@ -41,8 +43,27 @@ pub const MAX_SUBJECT_LEN: usize = 1024;
 pub const REFUSED_METRIC: &str = "audit_events_refused_total";
 
 /// SQLSTATE raised by the triggers when something tries to update, delete
-/// or truncate the audit tables.
+/// or truncate the audit tables, insert into the events table other than
+/// through the append functions, or move a stream head back.
 pub const APPEND_ONLY_SQLSTATE: &str = "AUD01";
+
+/// Rows read per query while verifying, unless told otherwise.
+const DEFAULT_VERIFY_BATCH: usize = 10_000;
+
+/// Most events one call of the database's `append_events` takes; a larger
+/// batch for one stream is sent in several calls of the same transaction.
+pub const MAX_APPEND_CHUNK: usize = 10_000;
+
+/// Whether `name` is a plain lowercase identifier: 1 to 63 bytes of
+/// `[a-z0-9_]`, not starting with a digit or `pg_`.
+pub(crate) fn is_identifier(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+        && !name.starts_with("pg_")
+}
 
 /// A validated schema name, quoted for SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,13 +74,7 @@ pub(crate) struct Schema {
 
 impl Schema {
     pub(crate) fn new(name: &str) -> Result<Self, AuditError> {
-        let valid = (1..=63).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !name.as_bytes()[0].is_ascii_digit()
-            && !name.starts_with("pg_");
-        if !valid {
+        if !is_identifier(name) {
             return Err(AuditError::InvalidSchema {
                 name: name.to_owned(),
             });
@@ -74,16 +89,21 @@ impl Schema {
         &self.name
     }
 
-    /// Substitutes the quoted schema name for `{{schema}}` in a SQL template.
+    /// Substitutes the quoted schema name for `{{schema}}`, and the bare
+    /// name (a valid identifier, safe in a string literal) for
+    /// `{{schema_name}}`, in a SQL template.
     pub(crate) fn apply(&self, template: &str) -> String {
-        template.replace("{{schema}}", &self.quoted)
+        template
+            .replace("{{schema_name}}", &self.name)
+            .replace("{{schema}}", &self.quoted)
     }
 }
 
 /// The statements, built once per schema from fixed templates.
 #[derive(Debug)]
 struct Sql {
-    insert: Arc<str>,
+    append: Arc<str>,
+    append_one: Arc<str>,
     head: Arc<str>,
     page: Arc<str>,
     next_stream: Arc<str>,
@@ -93,19 +113,15 @@ impl Sql {
     fn new(schema: &Schema) -> Self {
         let s = |t: &str| -> Arc<str> { schema.apply(t).into() };
         Self {
-            insert: s("INSERT INTO {{schema}}.events \
-                 (stream, id, type, source, subject, time, actor_id, actor_tenant, outcome, \
-                  correlation_id, key_hash, content) \
-                 VALUES ($1, $2, $3, $4, $5, \
-                  timestamptz 'epoch' + ($6::int8 / 1000000) * interval '1 second' \
-                                      + ($6::int8 % 1000000) * interval '1 microsecond', \
-                  $7, $8, $9, $10, $11, $12::json) \
-                 RETURNING seq, hash"),
+            append: s("SELECT first_seq, hashes FROM {{schema}}.append_events(\
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+            append_one: s("SELECT seq, hash FROM {{schema}}.append_event(\
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
             head: s("SELECT last_seq, last_hash FROM {{schema}}.streams WHERE stream = $1"),
+            // verify.rs reads these columns by position.
             page: s(
                 "SELECT seq, prev_hash, hash, content::text AS content, id, type, source, \
-                  subject, (extract(epoch FROM time) * 1000000)::int8 AS time_us, actor_id, \
-                  actor_tenant, outcome, correlation_id, key_hash \
+                  subject, time, actor_id, actor_tenant, outcome, correlation_id, key_hash \
                  FROM {{schema}}.events WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             ),
             next_stream: s("SELECT min(stream) AS stream FROM ( \
@@ -256,10 +272,14 @@ pub(crate) fn map_err(e: sqlx::Error) -> AuditError {
     }
 }
 
-fn map_insert_err(e: sqlx::Error, event: &AuditEvent) -> AuditError {
+/// A duplicate id of a single-event append is [`AuditError::Duplicate`];
+/// in a batch it stays a backend error (of class 23: an event's fault, so
+/// the batch is written again one by one to find it).
+fn map_insert_err(e: sqlx::Error, event: Option<&AuditEvent>) -> AuditError {
     if let sqlx::Error::Database(db) = &e
         && db.is_unique_violation()
         && db.constraint() == Some("events_id_key")
+        && let Some(event) = event
     {
         return AuditError::Duplicate { id: event.id };
     }
@@ -277,9 +297,11 @@ fn hash32(bytes: &[u8]) -> Result<[u8; 32], AuditError> {
 ///
 /// Every row gets the next sequence number of its stream and
 /// `hash = SHA-256(prev_hash ‖ be64(seq) ‖ be64(len(stream)) ‖ stream ‖ content)`
-/// ([`chain_hash`](crate::chain_hash)), both assigned in the database by a
-/// trigger that locks the stream's head row, so concurrent writers never
-/// fork or gap a chain. Which stream an event goes to is decided by
+/// ([`chain_hash`](crate::chain_hash)), both assigned in the database by the
+/// append functions (`append_event`, `append_events`), which lock the
+/// stream's head row once per call, so concurrent writers never fork or gap
+/// a chain. The application's role needs only the schema's writer role
+/// ([`AuditRoles`]). Which stream an event goes to is decided by
 /// [`StreamBy`] (default: the event's source).
 ///
 /// A batch ([`AuditSink::append_batch`]) is written in one transaction, but
@@ -305,6 +327,9 @@ pub struct PostgresSink {
     stream: StreamBy,
     verify_batch: usize,
     refused: Arc<AtomicU64>,
+    /// Named with [`with_roles`](PostgresSink::with_roles); derived from the schema otherwise.
+    roles: Option<AuditRoles>,
+    least_privilege: bool,
 }
 
 impl fmt::Debug for PostgresSink {
@@ -312,6 +337,8 @@ impl fmt::Debug for PostgresSink {
         f.debug_struct("PostgresSink")
             .field("schema", &self.schema.name())
             .field("stream", &self.stream)
+            .field("roles", &self.roles.as_ref().map(AuditRoles::writer))
+            .field("least_privilege", &self.least_privilege)
             .field("refused", &self.refused())
             .finish_non_exhaustive()
     }
@@ -326,9 +353,62 @@ impl PostgresSink {
             sql: Arc::new(Sql::new(&schema)),
             schema,
             stream: StreamBy::Source,
-            verify_batch: 1_000,
+            verify_batch: DEFAULT_VERIFY_BATCH,
             refused: Arc::new(AtomicU64::new(0)),
+            roles: None,
+            least_privilege: false,
         }
+    }
+
+    /// Names the schema's owner, writer and reader roles (default:
+    /// [`AuditRoles::for_schema`], e.g. `audit_owner`, `audit_writer`,
+    /// `audit_reader`).
+    #[must_use]
+    pub fn with_roles(mut self, roles: AuditRoles) -> Self {
+        self.roles = Some(roles);
+        self
+    }
+
+    /// The schema's roles: named with [`with_roles`](Self::with_roles), or
+    /// derived from the schema name.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::InvalidRole`] when derived names would be too long.
+    pub fn roles(&self) -> Result<AuditRoles, AuditError> {
+        match &self.roles {
+            Some(r) => Ok(r.clone()),
+            None => AuditRoles::for_schema(self.schema.name()),
+        }
+    }
+
+    /// Appends with the writer role's rights only, and verifies with the
+    /// reader's, whatever role the pool connects as: each append runs in a
+    /// (sub)transaction that switches to the writer role (`SET LOCAL ROLE`)
+    /// and back, and each verification's read-only transaction switches to
+    /// the reader. The connecting role must be a member of both (a
+    /// superuser is).
+    ///
+    /// For a service that connects as a broader role than its audit trail
+    /// needs (one pool for its business tables and its trail, the
+    /// migrations run at start): its appends then cannot do more than the
+    /// writer may. A service whose login role is itself only a member of the
+    /// writer role does not need it. Costs two round trips per append call
+    /// (three outside a transaction).
+    #[must_use]
+    pub fn with_least_privilege(mut self) -> Self {
+        self.least_privilege = true;
+        self
+    }
+
+    /// The SQL an administrator runs once when the role that migrates,
+    /// `migrator`, may not create roles (see [`AuditError::RolesMissing`]).
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::InvalidRole`] as for [`roles`](Self::roles).
+    pub fn roles_sql(&self, migrator: &str) -> Result<String, AuditError> {
+        Ok(self.roles()?.setup_sql(migrator))
     }
 
     /// Uses another schema: 1 to 63 characters of `[a-z0-9_]`, not starting
@@ -350,7 +430,7 @@ impl PostgresSink {
         self
     }
 
-    /// Rows read per query while verifying (default 1,000; at least 1).
+    /// Rows read per query while verifying (default 10,000; at least 1).
     #[must_use]
     pub fn with_verify_batch(mut self, rows: usize) -> Self {
         self.verify_batch = rows.max(1);
@@ -378,16 +458,25 @@ impl PostgresSink {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Creates or upgrades the schema: safe to call at every start, from
-    /// several processes at once.
+    /// Creates or upgrades the schema, its roles and their privileges: safe
+    /// to call at every start, from several processes at once.
     ///
-    /// Needs a role that may create the schema (or owns it); the
-    /// application itself can then connect as an insert-only role.
+    /// Needs a role that may create the schema (or owns it) and that is a
+    /// superuser, has `CREATEROLE`, or finds the roles ([`roles`](Self::roles))
+    /// created and itself a member of the owner role ([`roles_sql`](Self::roles_sql)).
+    /// Missing roles are created `NOLOGIN`; the tables and functions are
+    /// handed to the owner role; the writer may only call the append
+    /// function; the reader may read. The application then connects as a
+    /// member of the writer role.
     ///
     /// # Errors
     ///
-    /// [`AuditError::MigrationChanged`] when an applied migration differs
-    /// from the shipped one; backend errors otherwise (nothing is applied then).
+    /// [`AuditError::RolesMissing`] (logged at error level with the SQL to
+    /// run) when the roles are missing and the migrating role may not
+    /// create them; [`AuditError::InvalidRole`] when derived role names are
+    /// too long; [`AuditError::MigrationChanged`] when an applied migration
+    /// differs from the shipped one; backend errors otherwise (nothing is
+    /// applied then).
     ///
     /// # Cancel safety
     ///
@@ -395,7 +484,8 @@ impl PostgresSink {
     /// future rolls back.
     pub async fn migrate(&self) -> Result<MigrationReport, AuditError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        migrate::migrate(&mut conn, &self.schema).await
+        let roles = self.roles()?;
+        migrate::migrate(&mut conn, &self.schema, &roles).await
     }
 
     /// Appends `event` to its stream through `conn`, so that it commits or
@@ -444,29 +534,102 @@ impl PostgresSink {
     ) -> Result<Appended, AuditError> {
         validate_stream(stream)?;
         validate_event(event)?;
-        let content = event.canonical_json();
-        let opt = |s: &Option<String>| s.as_deref().map(|s| pg_text(s).into_owned());
-        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.insert)))
+        if !self.least_privilege {
+            return self.append_one(conn, stream, event).await;
+        }
+        let mut tx = conn.begin().await.map_err(map_err)?;
+        let previous = self.become_writer(&mut tx).await?;
+        let appended = self.append_one(&mut tx, stream, event).await?;
+        restore_role(&mut tx, &previous).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(appended)
+    }
+}
+
+/// The events of one `append_events` call, as parallel column arrays.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<uuid::Uuid>,
+    types: Vec<String>,
+    sources: Vec<String>,
+    subjects: Vec<Option<String>>,
+    times: Vec<i64>,
+    actor_ids: Vec<Option<String>>,
+    actor_tenants: Vec<Option<String>>,
+    outcomes: Vec<Option<String>>,
+    correlation_ids: Vec<Option<String>>,
+    key_hashes: Vec<Option<String>>,
+    contents: Vec<String>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            sources: Vec::with_capacity(n),
+            subjects: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            actor_ids: Vec::with_capacity(n),
+            actor_tenants: Vec::with_capacity(n),
+            outcomes: Vec::with_capacity(n),
+            correlation_ids: Vec::with_capacity(n),
+            key_hashes: Vec::with_capacity(n),
+            contents: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, event: &AuditEvent) {
+        let text = |s: &str| pg_text(s).into_owned();
+        let opt = |s: Option<&str>| s.map(text);
+        self.ids.push(event.id);
+        self.types.push(text(&event.event_type));
+        self.sources.push(text(&event.source));
+        self.subjects.push(opt(event.subject.as_deref()));
+        self.times.push(event.time.unix_micros());
+        self.actor_ids
+            .push(opt(event.actor.as_ref().map(|a| a.id.as_str())));
+        self.actor_tenants
+            .push(opt(event.actor.as_ref().and_then(|a| a.tenant.as_deref())));
+        self.outcomes
+            .push(opt(event.outcome.as_ref().map(|o| o.as_str())));
+        self.correlation_ids
+            .push(opt(event.correlation_id.as_deref()));
+        self.key_hashes.push(opt(event.key_hash.as_deref()));
+        self.contents.push(event.canonical_json());
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+impl PostgresSink {
+    /// Appends one event (already validated) through `conn`.
+    async fn append_one(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        event: &AuditEvent,
+    ) -> Result<Appended, AuditError> {
+        let text = |s: &str| pg_text(s).into_owned();
+        let opt = |s: Option<&str>| s.map(text);
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.append_one)))
             .bind(stream)
             .bind(event.id)
-            .bind(pg_text(&event.event_type).into_owned())
-            .bind(pg_text(&event.source).into_owned())
-            .bind(opt(&event.subject))
+            .bind(text(&event.event_type))
+            .bind(text(&event.source))
+            .bind(opt(event.subject.as_deref()))
             .bind(event.time.unix_micros())
-            .bind(event.actor.as_ref().map(|a| pg_text(&a.id).into_owned()))
-            .bind(opt(&event.actor.as_ref().and_then(|a| a.tenant.clone())))
-            .bind(
-                event
-                    .outcome
-                    .as_ref()
-                    .map(|o| pg_text(o.as_str()).into_owned()),
-            )
-            .bind(opt(&event.correlation_id))
-            .bind(opt(&event.key_hash))
-            .bind(content)
+            .bind(opt(event.actor.as_ref().map(|a| a.id.as_str())))
+            .bind(opt(event.actor.as_ref().and_then(|a| a.tenant.as_deref())))
+            .bind(opt(event.outcome.as_ref().map(|o| o.as_str())))
+            .bind(opt(event.correlation_id.as_deref()))
+            .bind(opt(event.key_hash.as_deref()))
+            .bind(event.canonical_json())
             .fetch_one(&mut *conn)
             .await
-            .map_err(|e| map_insert_err(e, event))?;
+            .map_err(|e| map_insert_err(e, Some(event)))?;
         let seq: i64 = row.try_get("seq").map_err(map_err)?;
         let hash: Vec<u8> = row.try_get("hash").map_err(map_err)?;
         Ok(Appended {
@@ -475,6 +638,92 @@ impl PostgresSink {
             hash: hash32(&hash)?,
         })
     }
+
+    /// One call of the database's `append_events`: the first seq and every hash.
+    async fn append_columns(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        c: Columns,
+    ) -> Result<(u64, Vec<[u8; 32]>), sqlx::Error> {
+        let n = c.len();
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.append)))
+            .bind(stream)
+            .bind(c.ids)
+            .bind(c.types)
+            .bind(c.sources)
+            .bind(c.subjects)
+            .bind(c.times)
+            .bind(c.actor_ids)
+            .bind(c.actor_tenants)
+            .bind(c.outcomes)
+            .bind(c.correlation_ids)
+            .bind(c.key_hashes)
+            .bind(c.contents)
+            .fetch_one(&mut *conn)
+            .await?;
+        let first: i64 = row.try_get("first_seq")?;
+        let hashes: Vec<Vec<u8>> = row.try_get("hashes")?;
+        if hashes.len() != n {
+            return Err(sqlx::Error::Protocol(format!(
+                "append_events returned {} hashes for {n} events",
+                hashes.len()
+            )));
+        }
+        let hashes = hashes
+            .iter()
+            .map(|h| hash32(h).map_err(|e| sqlx::Error::Protocol(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        Ok((first.unsigned_abs(), hashes))
+    }
+
+    /// Appends validated events to one stream, in calls of at most
+    /// [`MAX_APPEND_CHUNK`] events.
+    async fn append_run(
+        &self,
+        conn: &mut PgConnection,
+        stream: &str,
+        events: &[&AuditEvent],
+    ) -> Result<(), AuditError> {
+        for chunk in events.chunks(MAX_APPEND_CHUNK) {
+            let mut columns = Columns::with_capacity(chunk.len());
+            for e in chunk {
+                columns.push(e);
+            }
+            self.append_columns(conn, stream, columns)
+                .await
+                .map_err(|e| map_insert_err(e, None))?;
+        }
+        Ok(())
+    }
+
+    /// Switches the transaction to the writer role; returns the role to go back to.
+    async fn become_writer(&self, conn: &mut PgConnection) -> Result<String, AuditError> {
+        let roles = self.roles()?;
+        set_role(conn, roles.writer()).await
+    }
+}
+
+/// `SET LOCAL ROLE role` (until the transaction ends or [`restore_role`]);
+/// returns the `role` setting it replaced (`none` for the session's own).
+pub(crate) async fn set_role(conn: &mut PgConnection, role: &str) -> Result<String, AuditError> {
+    let row =
+        sqlx::query("SELECT current_setting('role') AS previous, set_config('role', $1, true)")
+            .bind(role)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    row.try_get("previous").map_err(map_err)
+}
+
+/// Goes back to the role [`set_role`] replaced.
+async fn restore_role(conn: &mut PgConnection, previous: &str) -> Result<(), AuditError> {
+    sqlx::query("SELECT set_config('role', $1, true)")
+        .bind(previous)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
 }
 
 impl PostgresSink {
@@ -495,15 +744,27 @@ impl PostgresSink {
         RefusedEvent::new(index, source)
     }
 
-    /// Writes `events[i]` to `stream` for each `(i, stream)` in one transaction.
+    /// Writes `events[i]` to `stream` for each `(i, stream)` in one
+    /// transaction: one `append_events` call per stream (in stream order,
+    /// so concurrent batches lock heads in the same order), events of a
+    /// stream in batch order.
     async fn write_together(
         &self,
         events: &[AuditEvent],
         valid: &[(usize, String)],
     ) -> Result<(), AuditError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        for (i, stream) in valid {
-            self.append_to_stream(&mut tx, stream, &events[*i]).await?;
+        if self.least_privilege {
+            self.become_writer(&mut tx).await?;
+        }
+        let mut rest = valid;
+        let mut run = Vec::with_capacity(valid.len().min(MAX_APPEND_CHUNK));
+        while let Some((_, stream)) = rest.first() {
+            let len = rest.iter().take_while(|(_, s)| s == stream).count();
+            run.clear();
+            run.extend(rest[..len].iter().map(|(i, _)| &events[*i]));
+            self.append_run(&mut tx, stream, &run).await?;
+            rest = &rest[len..];
         }
         tx.commit().await.map_err(map_err)
     }
@@ -520,6 +781,9 @@ impl PostgresSink {
         refused: &mut Vec<RefusedEvent>,
     ) -> Result<usize, AuditError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
+        if self.least_privilege {
+            self.become_writer(&mut tx).await?;
+        }
         let mut written = 0;
         let mut refusals = Vec::new();
         for (i, stream) in valid {
@@ -528,7 +792,7 @@ impl PostgresSink {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            match self.append_to_stream(&mut tx, stream, event).await {
+            match self.append_one(&mut tx, stream, event).await {
                 Ok(_) => {
                     sqlx::query("RELEASE SAVEPOINT audit_event")
                         .execute(&mut *tx)
@@ -583,6 +847,8 @@ impl AuditSink for PostgresSink {
                 Err(e) => refused.push(self.refuse(i, event, e)),
             }
         }
+        // Stable: a stream's events keep their order.
+        valid.sort_by(|a, b| a.1.cmp(&b.1));
         let written = if valid.is_empty() {
             Ok(0)
         } else {

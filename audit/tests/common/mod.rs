@@ -72,7 +72,7 @@ pub fn fresh_schema() -> String {
     format!("audit_t_{secs}_{}", &rand[..12])
 }
 
-/// Drops a private schema (never the shared one).
+/// Drops a private schema (never the shared one) and its three roles.
 pub async fn drop_schema(pool: &PgPool, schema: &str) {
     assert!(
         schema.starts_with("audit_t_"),
@@ -84,6 +84,65 @@ pub async fn drop_schema(pool: &PgPool, schema: &str) {
     .execute(pool)
     .await
     .expect("drop private schema");
+    for suffix in ["owner", "writer", "reader"] {
+        drop_role(pool, &format!("{schema}_{suffix}")).await;
+    }
+}
+
+/// Drops a role of this test run (and whatever it still owns or was granted
+/// in this database).
+pub async fn drop_role(pool: &PgPool, role: &str) {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(pool)
+            .await
+            .expect("look the role up");
+    if exists {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"
+        )))
+        .execute(pool)
+        .await
+        .expect("drop role");
+    }
+}
+
+/// A fresh login role name for this test (`audit_t_<secs>_<random>_<what>`),
+/// dropped by [`drop_stale_schemas`] if the test does not.
+pub fn fresh_role(what: &str) -> String {
+    format!("{}_{what}", fresh_schema())
+}
+
+/// Creates a LOGIN role that is a member of `member_of` (none when empty).
+pub async fn login_role(pool: &PgPool, role: &str, member_of: &[&str]) {
+    let mut sql = format!("CREATE ROLE \"{role}\" LOGIN;");
+    for m in member_of {
+        sql.push_str(&format!("GRANT \"{m}\" TO \"{role}\";"));
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .expect("create login role");
+}
+
+/// `DATABASE_URL` with `role` as the user (the test servers trust loopback).
+pub fn url_as(role: &str) -> String {
+    let url = database_url();
+    let (scheme, rest) = url.split_once("://").expect("DATABASE_URL has a scheme");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{role}@{host}{path}")
+}
+
+/// A pool of `max_connections` connecting as `role`.
+pub async fn pool_as(role: &str, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url_as(role))
+        .await
+        .expect("connect as the test role")
 }
 
 /// Drops private test schemas left by interrupted runs (once per process).
@@ -109,6 +168,21 @@ pub async fn drop_stale_schemas(pool: &PgPool) {
             .unwrap_or(u64::MAX);
         if now.saturating_sub(secs) > STALE_AFTER_SECS && secs != u64::MAX {
             drop_schema(pool, &name).await;
+        }
+    }
+    let roles = sqlx::query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'audit\\_t\\_%'")
+        .fetch_all(pool)
+        .await
+        .expect("list roles");
+    for row in roles {
+        let name: String = row.get("rolname");
+        let secs = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        if now.saturating_sub(secs) > STALE_AFTER_SECS && secs != u64::MAX {
+            drop_role(pool, &name).await;
         }
     }
 }

@@ -206,8 +206,10 @@ impl Service {
         store.migrate().await?;
         // One hash chain per assessment: creations of different assessments
         // never wait on each other.
+        // Appended as the trail's writer role, whatever the pool connects as.
         let audit = PostgresSink::new(pool.clone())
             .with_schema(&config.audit_schema)?
+            .with_least_privilege()
             .with_stream(StreamBy::Custom(Arc::new(|e| {
                 let assessment = e
                     .attributes

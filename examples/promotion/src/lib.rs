@@ -209,9 +209,12 @@ impl Service {
         let store = PostgresStore::builder().build(pool.clone())?;
         store.migrate().await?;
         // One hash chain per snapshot: promotions of different snapshots never wait on each other.
-        let audit = PostgresSink::new(pool.clone()).with_stream(StreamBy::Custom(Arc::new(
-            |e: &AuditEvent| format!("promotion/{}", e.subject.as_deref().unwrap_or("-")),
-        )));
+        // Appended as the trail's writer role, whatever the pool connects as.
+        let audit = PostgresSink::new(pool.clone())
+            .with_least_privilege()
+            .with_stream(StreamBy::Custom(Arc::new(|e: &AuditEvent| {
+                format!("promotion/{}", e.subject.as_deref().unwrap_or("-"))
+            })));
         audit.migrate().await?;
         let buffer = BufferedSink::new(audit.clone(), 10_000);
         let mut faults = Faults::default();

@@ -32,7 +32,8 @@ pub(crate) async fn from_url(
         .connect(url)
         .await
         .map_err(|e| format!("audit trail: PostgreSQL at DATABASE_URL unreachable: {e}"))?;
-    let sink = PostgresSink::new(pool);
+    // Appends with the trail's writer role only, whatever DATABASE_URL connects as.
+    let sink = PostgresSink::new(pool).with_least_privilege();
     sink.migrate().await?;
     Ok((BufferedSink::new(sink, CAPACITY), "postgres"))
 }

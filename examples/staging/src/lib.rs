@@ -275,7 +275,11 @@ impl Service {
             .schema(&config.store_schema)
             .build(pool.clone())?;
         store.migrate().await?;
-        let audit = PostgresSink::new(pool.clone()).with_schema(&config.audit_schema)?;
+        // Migrated with the pool's (broad) role; appended as the trail's
+        // writer role and read as its reader, whatever the pool connects as.
+        let audit = PostgresSink::new(pool.clone())
+            .with_schema(&config.audit_schema)?
+            .with_least_privilege();
         audit.migrate().await?;
         for name in [metric::CONFLICTS, metric::ROLLBACKS] {
             metrics::counter!(name).increment(0);

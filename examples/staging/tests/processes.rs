@@ -137,6 +137,12 @@ async fn the_service_posts_to_the_destination_process_and_both_stop_on_sigterm()
         .await
         .unwrap();
     }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS \"{audit}_owner\", \"{audit}_writer\", \"{audit}_reader\""
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
     let _ = std::fs::remove_dir_all(files);
 }
 
@@ -260,6 +266,12 @@ async fn a_post_cut_by_a_crash_after_booking_is_finished_by_another_process_with
         .await
         .unwrap();
     }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS \"{audit}_owner\", \"{audit}_writer\", \"{audit}_reader\""
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
     let _ = std::fs::remove_dir_all(files);
 }
 

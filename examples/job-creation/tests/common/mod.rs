@@ -89,7 +89,7 @@ pub fn fresh_schemas() -> (String, String, String) {
     (schema, audit, store)
 }
 
-/// Drops the test's schemas.
+/// Drops the test's schemas (and the audit trail's roles).
 pub async fn drop_schemas(pool: &PgPool, config: &Config) {
     for s in [&config.schema, &config.audit_schema, &config.store_schema] {
         sqlx::raw_sql(AssertSqlSafe(format!(
@@ -99,6 +99,13 @@ pub async fn drop_schemas(pool: &PgPool, config: &Config) {
         .await
         .unwrap();
     }
+    let a = &config.audit_schema;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS \"{a}_owner\", \"{a}_writer\", \"{a}_reader\""
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 /// Settings for a test: fresh schemas, fast leases and retries, no worker.

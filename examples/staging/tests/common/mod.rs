@@ -282,6 +282,13 @@ impl App {
             .await
             .unwrap();
         }
+        let a = &self.config.audit_schema;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS \"{a}_owner\", \"{a}_writer\", \"{a}_reader\""
+        )))
+        .execute(&self.pool)
+        .await
+        .unwrap();
         let _ = std::fs::remove_dir_all(&self.config.file_dir);
         self.service.shutdown().await;
     }
