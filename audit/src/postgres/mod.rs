@@ -17,11 +17,13 @@ use crate::modes::TransactionalSink;
 use crate::sink::AuditSink;
 
 mod migrate;
+mod tlog;
 mod verify;
 
 pub use migrate::MigrationReport;
 /// The `sqlx` this sink is built on, for naming its types (`PgPool`, `Transaction`, ...).
 pub use sqlx;
+pub use tlog::{CHECKPOINT_METRIC, Checkpointed, Checkpointer, PostgresTlog};
 
 /// The schema the sink uses unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "audit";

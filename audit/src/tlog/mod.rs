@@ -82,6 +82,15 @@ pub enum TlogError {
         /// What differs.
         detail: String,
     },
+    /// The stream's rows are not a whole log: a row is missing inside the
+    /// stream head's range, or a stored hash is not 32 bytes.
+    #[error("stream {stream:?} is broken: {detail}")]
+    Broken {
+        /// The stream.
+        stream: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// Reading or writing a file failed.
     #[error("{}", path.display())]
     Io {
