@@ -516,3 +516,44 @@ async fn the_checkpointer_signs_every_stream_periodically_and_logs_refusals() {
     );
     f.finish().await;
 }
+
+/// The trees a long-lived checkpointer keeps in memory do not hide a change
+/// made behind its back: a rolled-back head and a changed last row are
+/// both caught by the same instance.
+#[tokio::test]
+async fn a_cached_tree_notices_changes_behind_its_back() {
+    let f = fixture!(10);
+    let tlog = f.tlog();
+    tlog.checkpoint(STREAM).await.unwrap().unwrap();
+    // The last row re-hashed (and the head with it): the cache is dropped and
+    // everything read again, which no longer matches the checkpoint.
+    f.tamper("UPDATE {s}.events SET hash = sha256(hash) WHERE stream = $1 AND seq = 10")
+        .await;
+    f.tamper(
+        "UPDATE {s}.streams SET last_hash = (SELECT hash FROM {s}.events WHERE stream = $1 AND seq = 10) \
+         WHERE stream = $1",
+    )
+    .await;
+    assert!(inconsistent(tlog.checkpoint(STREAM).await).contains("another root"));
+    // The head rolled back below what was read.
+    let g = fixture!(10);
+    let tlog = g.tlog();
+    tlog.checkpoint(STREAM).await.unwrap().unwrap();
+    g.tamper("DELETE FROM {s}.events WHERE stream = $1 AND seq > 8")
+        .await;
+    g.tamper(
+        "UPDATE {s}.streams SET last_seq = 8, \
+         last_hash = (SELECT hash FROM {s}.events WHERE stream = $1 AND seq = 8) WHERE stream = $1",
+    )
+    .await;
+    let detail = inconsistent(tlog.checkpoint(STREAM).await);
+    assert!(detail.contains("head is at 8, below 10"), "{detail}");
+    // Afterwards (the cache dropped), the shorter table against the checkpoint.
+    let detail = inconsistent(tlog.checkpoint(STREAM).await);
+    assert!(
+        detail.contains("8 events, fewer than the checkpoint"),
+        "{detail}"
+    );
+    f.finish().await;
+    g.finish().await;
+}

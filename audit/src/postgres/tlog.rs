@@ -155,24 +155,6 @@ impl<S: CheckpointStore> PostgresTlog<S> {
             .map_err(map_err)?)
     }
 
-    /// The stream's head: its last `seq` (0 when it has none).
-    async fn head(&self, conn: &mut PgConnection, stream: &str) -> Result<u64, TlogError> {
-        let row = sqlx::query(AssertSqlSafe(
-            self.sql("SELECT last_seq FROM {{schema}}.streams WHERE stream = $1"),
-        ))
-        .bind(stream)
-        .fetch_optional(conn)
-        .await
-        .map_err(map_err)?;
-        Ok(match row {
-            Some(row) => row
-                .try_get::<i64, _>("last_seq")
-                .map_err(map_err)?
-                .unsigned_abs(),
-            None => 0,
-        })
-    }
-
     /// `tree` extended with the leaf hashes of rows `after + 1 ..= upto`:
     /// every one of them must exist, with a 32-byte hash. A chunk is hashed
     /// on a blocking thread while the next one is read.
@@ -235,10 +217,16 @@ impl<S: CheckpointStore> PostgresTlog<S> {
                 tree = Some(join(task.await)?);
             }
             let mut t = tree.take().unwrap_or_default();
-            hashing = Some(tokio::task::spawn_blocking(move || {
+            if hashes.len() < 32 * 4096 {
+                // A few rows (the usual case once cached): no thread hop.
                 t.extend(hashes.chunks_exact(32).map(leaf_hash));
-                t
-            }));
+                tree = Some(t);
+            } else {
+                hashing = Some(tokio::task::spawn_blocking(move || {
+                    t.extend(hashes.chunks_exact(32).map(leaf_hash));
+                    t
+                }));
+            }
             from = to;
         }
         match hashing {
@@ -255,11 +243,28 @@ impl<S: CheckpointStore> PostgresTlog<S> {
         f: impl FnOnce(&MerkleTree) -> Result<T, TlogError>,
     ) -> Result<T, TlogError> {
         crate::postgres::validate_stream(stream)?;
-        let mut tx = self.snapshot().await?;
-        let head = self.head(&mut tx, stream).await?;
+        // No snapshot is needed: rows up to the head are committed with it
+        // and never change (short of tampering, which the checks catch).
+        let mut conn = self.sink.pool.acquire().await.map_err(map_err)?;
         let mut trees = self.trees.lock().await;
         let cached = trees.entry(stream.to_owned()).or_default();
         let known = cached.tree.size();
+        // The head and the last cached row, in one round trip.
+        let row = sqlx::query(AssertSqlSafe(self.sql(
+            "SELECT (SELECT last_seq FROM {{schema}}.streams WHERE stream = $1) AS head, \
+                    (SELECT hash FROM {{schema}}.events WHERE stream = $1 AND seq = $2) AS last",
+        )))
+        .bind(stream)
+        .bind(known as i64)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        let head = row
+            .try_get::<Option<i64>, _>("head")
+            .map_err(map_err)?
+            .unwrap_or(0)
+            .unsigned_abs();
+        let last: Option<Vec<u8>> = row.try_get("last").map_err(map_err)?;
         if known > head {
             // The head went back: nothing cached can be trusted for it.
             let err = inconsistent(
@@ -270,20 +275,13 @@ impl<S: CheckpointStore> PostgresTlog<S> {
             trees.remove(stream);
             return Err(err);
         }
-        if known > 0 {
-            // The last cached row must still be there, unchanged.
-            let last = self
-                .read_leaves(&mut tx, stream, known - 1, known, MerkleTree::new())
-                .await?;
-            if last.leaf(0) != cached.tree.leaf(known - 1) {
-                cached.tree = MerkleTree::new();
-            }
+        // The last cached row must still be there, unchanged; else read all again.
+        if known > 0 && last.as_deref().map(leaf_hash) != cached.tree.leaf(known - 1) {
+            cached.tree = MerkleTree::new();
         }
         let from = cached.tree.size();
         let tree = std::mem::take(&mut cached.tree);
-        let read = self.read_leaves(&mut tx, stream, from, head, tree).await;
-        tx.rollback().await.map_err(map_err)?;
-        match read {
+        match self.read_leaves(&mut conn, stream, from, head, tree).await {
             Ok(tree) => {
                 let out = f(&tree);
                 cached.tree = tree;
