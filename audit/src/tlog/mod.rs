@@ -4,7 +4,7 @@
 //!
 //! | file | step |
 //! |---|---|
-//! | [`merkle`](self#merkle) | the tree: leaf and node hashes, roots, proofs, their verification |
+//! | `merkle` | the tree: leaf and node hashes, roots, proofs, their verification |
 //! | `note` | Ed25519 keys and C2SP signed notes |
 //! | `checkpoint` | the C2SP `tlog-checkpoint` text: origin, size, root |
 //! | `proof` | proof documents and their offline verification |
