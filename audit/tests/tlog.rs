@@ -200,6 +200,14 @@ async fn checkpoints_prove_every_event_offline_and_grow_consistently() {
         tlog.prove_inclusion("/none", 1, None).await,
         Err(TlogError::MalformedProof { .. })
     ));
+    assert!(matches!(
+        tlog.prove_consistency(STREAM, 25, Some(10)).await,
+        Err(TlogError::MalformedProof { .. })
+    ));
+    assert!(matches!(
+        tlog.prove_consistency(STREAM, 11, None).await,
+        Err(TlogError::MalformedProof { .. })
+    ));
     assert!(tlog.checkpoint("/none").await.unwrap().is_none());
     assert!(
         tlog.verify_against_checkpoint("/none")
@@ -556,4 +564,19 @@ async fn a_cached_tree_notices_changes_behind_its_back() {
     );
     f.finish().await;
     g.finish().await;
+}
+
+/// A stored hash that is not 32 bytes is reported, not hashed as a leaf.
+#[tokio::test]
+async fn a_malformed_stored_hash_is_reported() {
+    let f = fixture!(4);
+    f.tamper("UPDATE {s}.events SET hash = '\\x00'::bytea WHERE stream = $1 AND seq = 2")
+        .await;
+    match f.tlog().checkpoint(STREAM).await {
+        Err(TlogError::Broken { detail, .. }) => {
+            assert!(detail.contains("not 32 bytes"), "{detail}")
+        }
+        other => panic!("expected Broken, got {other:?}"),
+    }
+    f.finish().await;
 }

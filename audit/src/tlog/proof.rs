@@ -380,3 +380,193 @@ impl ConsistencyProof {
         Ok((old, new))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tlog::{MerkleTree, NoteSigner, origin_for};
+    use serde_json::json;
+
+    const LOG: &str = "log.example";
+
+    /// A stream of `n` events, its tree, and a signed checkpoint of it.
+    fn log(n: u64) -> (NoteSigner, Vec<Value>, Vec<[u8; 32]>, MerkleTree) {
+        let signer = NoteSigner::generate(LOG).unwrap();
+        let events: Vec<Value> = (1..=n).map(|i| json!({"i": i, "type": "t"})).collect();
+        let mut prevs = Vec::new();
+        let mut prev = crate::GENESIS_HASH;
+        let mut tree = MerkleTree::new();
+        for (i, e) in events.iter().enumerate() {
+            prevs.push(prev);
+            let content = canonical_json(e);
+            tree.push(event_leaf("/s", i as u64 + 1, &prev, &content));
+            prev = chain_hash(&prev, i as u64 + 1, "/s", &content);
+        }
+        (signer, events, prevs, tree)
+    }
+
+    fn note(signer: &NoteSigner, tree: &MerkleTree, size: u64) -> String {
+        Checkpoint::new(origin_for(LOG, "/s"), size, tree.root_at(size).unwrap())
+            .sign(signer)
+            .unwrap()
+    }
+
+    fn inclusion(
+        signer: &NoteSigner,
+        tree: &MerkleTree,
+        prevs: &[[u8; 32]],
+        seq: u64,
+    ) -> InclusionProof {
+        let size = tree.size();
+        InclusionProof::new(
+            "/s",
+            seq,
+            prevs[seq as usize - 1],
+            size,
+            tree.inclusion_proof(seq - 1, size).unwrap(),
+            note(signer, tree, size),
+        )
+    }
+
+    #[test]
+    fn documents_round_trip_and_malformed_ones_are_refused() {
+        let (signer, events, prevs, tree) = log(5);
+        let proof = inclusion(&signer, &tree, &prevs, 2);
+        let back = InclusionProof::from_json(&proof.to_json()).unwrap();
+        assert_eq!(back, proof);
+        back.verify(&events[1], &signer.verifier()).unwrap();
+        let mut doc: Value = serde_json::from_str(&proof.to_json()).unwrap();
+        doc["format"] = json!("idempotency-audit/inclusion/v2");
+        assert!(matches!(
+            InclusionProof::from_json(&doc.to_string()),
+            Err(TlogError::MalformedProof { .. })
+        ));
+        for (field, bad) in [
+            ("prev_hash", json!("zz")),
+            ("prev_hash", json!("00")),
+            ("path", json!(["00"])),
+            ("path", json!(vec![hex::encode([0u8; 32]); 65])),
+            ("seq", json!(-1)),
+        ] {
+            let mut doc: Value = serde_json::from_str(&proof.to_json()).unwrap();
+            doc[field] = bad;
+            assert!(
+                matches!(
+                    InclusionProof::from_json(&doc.to_string()),
+                    Err(TlogError::MalformedProof { .. })
+                ),
+                "{field}"
+            );
+        }
+        assert!(InclusionProof::from_json("not json").is_err());
+        // Seq outside the checkpoint.
+        let mut outside = proof.clone();
+        outside.seq = 6;
+        assert!(matches!(
+            outside.verify(&events[1], &signer.verifier()),
+            Err(TlogError::MalformedProof { .. })
+        ));
+        outside.seq = 0;
+        assert!(outside.verify(&events[1], &signer.verifier()).is_err());
+        // A wrong prev_hash changes the leaf.
+        let mut wrong_prev = proof.clone();
+        wrong_prev.prev_hash = [9; 32];
+        assert!(matches!(
+            wrong_prev.verify(&events[1], &signer.verifier()),
+            Err(TlogError::Proof(_))
+        ));
+        // A consistency document is not an inclusion one, and the reverse.
+        let c = ConsistencyProof::new(
+            "/s",
+            note(&signer, &tree, 2),
+            note(&signer, &tree, 5),
+            tree.consistency_proof(2, 5).unwrap(),
+        );
+        assert!(InclusionProof::from_json(&c.to_json()).is_err());
+        assert!(ConsistencyProof::from_json(&proof.to_json()).is_err());
+    }
+
+    #[test]
+    fn consistency_documents_verify_and_tampering_fails() {
+        let (signer, _, _, tree) = log(9);
+        let v = signer.verifier();
+        let proof = ConsistencyProof::new(
+            "/s",
+            note(&signer, &tree, 3),
+            note(&signer, &tree, 9),
+            tree.consistency_proof(3, 9).unwrap(),
+        );
+        let back = ConsistencyProof::from_json(&proof.to_json()).unwrap();
+        let (old, new) = back.verify(&v).unwrap();
+        assert_eq!((old.size, new.size), (3, 9));
+        // Swapped checkpoints, another stream, another key, a changed path.
+        let swapped = ConsistencyProof::new(
+            "/s",
+            proof.new.clone(),
+            proof.old.clone(),
+            proof.path.clone(),
+        );
+        assert!(matches!(swapped.verify(&v), Err(TlogError::Proof(_))));
+        let mut moved = proof.clone();
+        moved.stream = "/t".into();
+        assert!(matches!(
+            moved.verify(&v),
+            Err(TlogError::MalformedProof { .. })
+        ));
+        assert!(
+            proof
+                .verify(&NoteSigner::generate(LOG).unwrap().verifier())
+                .is_err()
+        );
+        let mut bad = proof.clone();
+        bad.path[0][0] ^= 1;
+        assert!(bad.verify(&v).is_err());
+        let mut forged = proof.clone();
+        forged.new = note(&signer, &MerkleTree::from_leaves([[1u8; 32]; 9]), 9);
+        assert!(forged.verify(&v).is_err());
+        assert!(matches!(
+            ConsistencyProof::from_json(
+                "{\"format\":\"x\",\"stream\":\"/s\",\"old\":\"\",\"new\":\"\",\"path\":[]}"
+            ),
+            Err(TlogError::MalformedProof { .. })
+        ));
+    }
+
+    #[test]
+    fn cloudevent_forms_and_export_lines() {
+        let (signer, events, prevs, tree) = log(4);
+        let event = json!({"id": "x", "type": "t", "source": "/s", "time": "2024-01-01T00:00:00Z", "n": 1.5, "attributes": {"a": 1}});
+        let ce = cloudevent_of_content(&event);
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["data"]["n"], 1.5);
+        assert!(ce["data"].get("type").is_none());
+        assert_eq!(content_of_cloudevent(&ce).unwrap(), event);
+        for bad in [
+            json!([]),
+            json!({"specversion": "0.3", "data": {}}),
+            json!({"specversion": "1.0"}),
+            json!({"specversion": "1.0", "id": "x", "data": {"id": "y"}}),
+        ] {
+            assert!(
+                matches!(
+                    content_of_cloudevent(&bad),
+                    Err(TlogError::MalformedProof { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let proof = inclusion(&signer, &tree, &prevs, 3);
+        let line = proof.export_line(&events[2]);
+        let ok = InclusionProof::verify_export_line(&line, &signer.verifier()).unwrap();
+        assert_eq!((ok.stream.as_str(), ok.seq), ("/s", 3));
+        let mut no_proof = line.clone();
+        no_proof.as_object_mut().unwrap().remove("auditproof");
+        assert!(matches!(
+            InclusionProof::verify_export_line(&no_proof, &signer.verifier()),
+            Err(TlogError::MalformedProof { .. })
+        ));
+        let mut other_stream = line.clone();
+        other_stream["auditstream"] = json!("/t");
+        assert!(InclusionProof::verify_export_line(&other_stream, &signer.verifier()).is_err());
+    }
+}
