@@ -550,6 +550,8 @@ impl<S: CheckpointStore> PostgresTlog<S> {
     /// (see [`InclusionProof::export_line`]): the event in CloudEvents form
     /// with its inclusion proof. Returns the lines written and the events
     /// at or after `since` left out because no checkpoint covers them yet.
+    /// The selected events are held in memory while their proofs are made:
+    /// export a long history in several runs of `since`.
     ///
     /// # Errors
     ///
