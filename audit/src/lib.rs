@@ -18,6 +18,8 @@ pub mod postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod decision;
 
+pub mod tlog;
+
 pub use canonical::canonical_json;
 pub use chain::{
     BreakKind, ChainBreak, ChainReport, ChainRow, ChainVerifier, GENESIS_HASH, MAX_LISTED_BREAKS,

@@ -7,12 +7,18 @@
 //! Prints one line per stream, one more per break of a broken stream (every
 //! break, not only the first), and a summary. Exit status: 0 when every
 //! chain is intact, 1 when at least one is broken, 2 on a usage or database error.
+//!
+//! The subcommands `keygen`, `checkpoint`, `prove`, `verify-proof` and
+//! `export` handle signed checkpoints and proofs (see `audit_verify/tlog.rs`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use idempotency_audit::postgres::PostgresSink;
 use sqlx::postgres::PgPoolOptions;
+
+#[path = "audit_verify/tlog.rs"]
+mod tlog;
 
 const USAGE: &str =
     "usage: audit-verify [--stream NAME]... [--schema NAME] [--batch ROWS] [--connect-timeout SECS]
@@ -22,7 +28,8 @@ Verifies the audit hash chains in the database named by DATABASE_URL.
   --schema NAME   the audit schema (default: audit)
   --batch ROWS    rows read per query (default: 1000)
   --connect-timeout SECS  give up connecting after this long (default: 10)
-Exit status: 0 all intact, 1 a chain is broken, 2 usage or database error.";
+Exit status: 0 all intact, 1 a chain is broken, 2 usage or database error.
+Checkpoints and proofs: audit-verify keygen|checkpoint|prove|verify-proof|export --help";
 
 #[derive(Debug)]
 struct Args {
@@ -77,7 +84,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let mut argv = std::env::args().skip(1).peekable();
+    if let Some(sub) = argv.next_if(|a| tlog::is_subcommand(a)) {
+        return tlog::main(&sub, argv.collect()).await;
+    }
+    let args = match parse_args(argv) {
         Ok(a) => a,
         Err(msg) => {
             if msg.is_empty() {

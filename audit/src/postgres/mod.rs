@@ -18,12 +18,14 @@ use crate::sink::AuditSink;
 
 mod migrate;
 mod roles;
+mod tlog;
 mod verify;
 
 pub use migrate::MigrationReport;
 pub use roles::AuditRoles;
 /// The `sqlx` this sink is built on, for naming its types (`PgPool`, `Transaction`, ...).
 pub use sqlx;
+pub use tlog::{CHECKPOINT_METRIC, Checkpointed, Checkpointer, PostgresTlog};
 
 /// The schema the sink uses unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "audit";
