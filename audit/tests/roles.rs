@@ -346,7 +346,8 @@ async fn a_role_that_may_not_create_roles_is_told_what_to_run() {
         .await
         .unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "GRANT CREATE ON DATABASE \"{db}\" TO \"{deployer}\""
+        "{} GRANT CREATE ON DATABASE \"{db}\" TO \"{deployer}\"",
+        common::DATABASE_ACL_LOCK
     )))
     .execute(&pool)
     .await
@@ -440,7 +441,8 @@ async fn a_createrole_deployer_creates_the_roles_and_hands_the_tables_over() {
         .await
         .unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE ROLE \"{deployer}\" LOGIN CREATEROLE; GRANT CREATE ON DATABASE \"{db}\" TO \"{deployer}\";"
+        "{} CREATE ROLE \"{deployer}\" LOGIN CREATEROLE; GRANT CREATE ON DATABASE \"{db}\" TO \"{deployer}\";",
+        common::DATABASE_ACL_LOCK
     )))
     .execute(&pool)
     .await

@@ -89,6 +89,14 @@ pub async fn drop_schema(pool: &PgPool, schema: &str) {
     }
 }
 
+/// Prefixed to a statement that changes the database's own privileges
+/// (`GRANT ... ON DATABASE`, or `DROP OWNED BY` a role that holds one): it
+/// rewrites the one `pg_database` row without a row lock, so two at once
+/// fail with "tuple concurrently updated". The advisory lock lasts until the
+/// end of the statement list's implicit transaction.
+pub const DATABASE_ACL_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('idempotency-audit tests: database privileges'));";
+
 /// Drops a role of this test run (and whatever it still owns or was granted
 /// in this database).
 pub async fn drop_role(pool: &PgPool, role: &str) {
@@ -100,7 +108,7 @@ pub async fn drop_role(pool: &PgPool, role: &str) {
             .expect("look the role up");
     if exists {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"
+            "{DATABASE_ACL_LOCK} DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"
         )))
         .execute(pool)
         .await
