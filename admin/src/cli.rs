@@ -166,6 +166,20 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         stream: Vec<String>,
     },
+    /// Sign a checkpoint (RFC 6962 Merkle root, Ed25519, C2SP checkpoint
+    /// text) of each stream into a directory outside the database; refused
+    /// for a stream whose rows no longer match its latest checkpoint.
+    Checkpoint {
+        /// The signing key, in the note key format (`audit-verify keygen`).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// The checkpoint directory.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Checkpoint this stream (repeatable); default: every stream.
+        #[arg(long)]
+        stream: Vec<String>,
+    },
 }
 
 /// Record states, as `list --state` names them.

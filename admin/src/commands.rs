@@ -420,6 +420,104 @@ pub(crate) async fn purge(
     ))
 }
 
+/// `audit checkpoint`: a signed checkpoint per stream, written to `dir`.
+pub(crate) async fn audit_checkpoint(
+    store: &StoreArgs,
+    audit: &AuditArgs,
+    key: &std::path::Path,
+    dir: &std::path::Path,
+    streams: &[String],
+) -> Result<Report, Failure> {
+    use idempotency_audit::postgres::PostgresTlog;
+    use idempotency_audit::tlog::{DirStore, NoteSigner, TlogError};
+
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(key)
+            .map_err(|e| Failure::Usage(format!("reading {}: {e}", key.display())))?,
+    );
+    let signer = NoteSigner::from_text(&text)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", key.display())))?;
+    let url = audit
+        .audit_database_url
+        .as_deref()
+        .or(store.database_url.as_deref())
+        .ok_or_else(|| {
+            Failure::Usage(
+                "audit checkpoint needs --audit-database-url (or --database-url, DATABASE_URL)"
+                    .into(),
+            )
+        })?;
+    let sink = trail::audit_sink(
+        trail::audit_pool(url, store.connect_timeout)?,
+        &audit.audit_schema,
+    )?;
+    let mut names = streams.to_vec();
+    if names.is_empty() {
+        let mut after: Option<String> = None;
+        while let Some(s) = sink
+            .next_stream(after.as_deref())
+            .await
+            .map_err(|e| Failure::Unreachable(format!("audit trail: {}", chain(&e))))?
+        {
+            names.push(s.clone());
+            after = Some(s);
+        }
+    }
+    let tlog = PostgresTlog::with_signer(sink, DirStore::new(dir), signer);
+    let (mut text, mut rows, mut refused) = (String::new(), Vec::new(), 0usize);
+    for stream in &names {
+        match tlog.checkpoint(stream).await {
+            Ok(Some(c)) => {
+                let _ = writeln!(text, "{c}");
+                rows.push(json!({
+                    "stream": c.stream,
+                    "size": c.checkpoint.size,
+                    "root": c.checkpoint.root.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "signed": c.signed,
+                }));
+            }
+            Ok(None) => {
+                let _ = writeln!(text, "empty     stream={stream}");
+                rows.push(json!({"stream": stream, "size": 0}));
+            }
+            Err(
+                e @ (TlogError::Proof(_)
+                | TlogError::Inconsistent { .. }
+                | TlogError::Broken { .. }
+                | TlogError::UnverifiedNote { .. }),
+            ) => {
+                refused += 1;
+                let _ = writeln!(text, "REFUSED   stream={stream}: {}", chain(&e));
+                rows.push(json!({"stream": stream, "refused": chain(&e)}));
+            }
+            Err(TlogError::Audit(idempotency_audit::AuditError::InvalidStream { .. })) => {
+                return Err(Failure::Usage(format!(
+                    "{stream:?} is not a valid stream name"
+                )));
+            }
+            Err(e) => return Err(Failure::Unreachable(format!("{stream}: {}", chain(&e)))),
+        }
+    }
+    let _ = writeln!(
+        text,
+        "checkpointed {} streams into {}: {refused} refused",
+        names.len(),
+        dir.display()
+    );
+    let code = if refused > 0 {
+        5
+    } else if names.is_empty() {
+        1
+    } else {
+        0
+    };
+    Ok(Report {
+        json: json!({"streams": rows, "dir": dir.display().to_string(), "refused": refused}),
+        text,
+        code,
+    })
+}
+
 pub(crate) async fn audit_verify(
     store: &StoreArgs,
     audit: &AuditArgs,

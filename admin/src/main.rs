@@ -70,6 +70,12 @@ async fn run(cli: Cli) -> Result<Report, Failure> {
     {
         return commands::audit_verify(&cli.store, &cli.audit, stream).await;
     }
+    if let Command::Audit {
+        command: AuditCommand::Checkpoint { key, dir, stream },
+    } = &cli.command
+    {
+        return commands::audit_checkpoint(&cli.store, &cli.audit, key, dir, stream).await;
+    }
     let backend = Backend::open(&cli.store)?;
     match &cli.command {
         Command::Inspect { key, body } => commands::inspect(&backend, key, *body).await,

@@ -710,6 +710,51 @@ async fn changes_land_in_the_audit_trail_and_verify() {
     args.extend(["audit", "verify", "--stream", "/nothing-here"]);
     admin(&args).assert_code(1);
 
+    // A signed checkpoint of the intact trail, in a directory of its own.
+    let dir = std::env::temp_dir().join(format!("adm-cp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("signing.key");
+    let signer = idempotency_audit::tlog::NoteSigner::generate("admin.test").unwrap();
+    std::fs::write(&key_file, signer.to_secret_text().as_bytes()).unwrap();
+    let checkpoints = dir.join("checkpoints");
+    let (key_arg, dir_arg) = (
+        key_file.display().to_string(),
+        checkpoints.display().to_string(),
+    );
+    let mut args = trail.to_vec();
+    args.extend([
+        "audit",
+        "checkpoint",
+        "--key",
+        key_arg.as_str(),
+        "--dir",
+        dir_arg.as_str(),
+        "--json",
+    ]);
+    let v = admin(&args).assert_code(0).json();
+    assert_eq!(v["refused"], 0);
+    assert_eq!(v["streams"][0]["stream"], "/idempotency-admin");
+    assert_eq!(v["streams"][0]["size"], 2);
+    assert_eq!(v["streams"][0]["signed"], true);
+    assert!(
+        std::fs::read_dir(&checkpoints).unwrap().count() > 0,
+        "a checkpoint file is written"
+    );
+    // Again, with nothing new: the stored checkpoint stands.
+    let v = admin(&args).assert_code(0).json();
+    assert_eq!(v["streams"][0]["signed"], false);
+    let mut bad_key = trail.to_vec();
+    let missing_key = dir.join("no-such.key").display().to_string();
+    bad_key.extend([
+        "audit",
+        "checkpoint",
+        "--key",
+        missing_key.as_str(),
+        "--dir",
+        dir_arg.as_str(),
+    ]);
+    admin(&bad_key).assert_code(2);
+
     // A row changed behind the triggers' back breaks the chain: exit 5.
     let mut conn = pool.acquire().await.unwrap();
     idempotency_postgres::sqlx::raw_sql(idempotency_postgres::sqlx::AssertSqlSafe(format!(
@@ -725,6 +770,7 @@ async fn changes_land_in_the_audit_trail_and_verify() {
     args.extend(["audit", "verify"]);
     let run = admin(&args);
     assert!(run.assert_code(5).stdout.contains("BROKEN"), "{run:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
     common::drop_schema(&schema).await;
 }
 
