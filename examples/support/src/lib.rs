@@ -12,9 +12,11 @@
 //! | [`docs`] | `/openapi.json` and the vendored Swagger UI of `/docs` |
 //! | [`ops`] | the bodies of `/readyz` and `/metrics` |
 //! | [`routes`] | a router that lists every `(method, path)` it serves, for the OpenAPI test |
+//! | [`faults`] | crash and stop points, and an effect journal, for the fault suite; inert unless `EXAMPLE_CRASH_AT`, `EXAMPLE_STOP_AT` or `EXAMPLE_EFFECT_LOG` is set |
 //! | `testing` (feature `testing`) | run a service binary on a free port, talk HTTP to it, stop it |
 
 pub mod docs;
+pub mod faults;
 pub mod migrate;
 pub mod ops;
 pub mod problem;
