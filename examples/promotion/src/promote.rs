@@ -192,7 +192,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     // Fault injection (inert unless EXAMPLE_CRASH_AT / EXAMPLE_STOP_AT names
     // the point): the record is claimed, nothing is written yet.
-    example_support::faults::point("after_claim");
+    example_support::faults::point("after_claim").await;
     let correlation = correlation_id(headers);
     let Some(version) = parse_version(version_text) else {
         return Err(ApiError::snapshot_not_found(estimate_id, version_text));
@@ -365,10 +365,10 @@ async fn run(
     }
     // The work order, the completed record and the audit event are written
     // in the transaction, not committed.
-    example_support::faults::point("before_commit");
+    example_support::faults::point("before_commit").await;
     tx.commit().await?;
     // Committed; the client has no answer yet.
-    example_support::faults::point("after_commit");
+    example_support::faults::point("after_commit").await;
     ctx.mark_completed(Some(location));
     outcome.count();
     tracing::info!(

@@ -309,7 +309,7 @@ pub(crate) async fn create_order(
     }
     // Fault injection (inert unless EXAMPLE_CRASH_AT / EXAMPLE_STOP_AT
     // names the point): the record is claimed, nothing is done yet.
-    example_support::faults::point("after_claim");
+    example_support::faults::point("after_claim").await;
     let created = Order {
         id: state.next_id.fetch_add(1, Ordering::Relaxed),
         sku: sku.to_owned(),
@@ -329,7 +329,7 @@ pub(crate) async fn create_order(
         created.id, created.created_by, created.sku
     ));
     // The order exists, the record is not completed yet.
-    example_support::faults::point("after_effect");
+    example_support::faults::point("after_effect").await;
     (
         StatusCode::CREATED,
         [(header::LOCATION, format!("/orders/{}", created.id))],
