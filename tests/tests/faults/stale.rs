@@ -68,7 +68,12 @@ pub async fn quickstart(store: Store) -> Figures {
         })
         .await;
         assert_eq!(taken.status, StatusCode::CREATED, "{taken:?}");
-        assert!(!taken.is_replay());
+        assert!(
+            !taken.is_replay(),
+            "{taken:?} after {recovery:?}; effects {:?}; stale owner: {}",
+            journal.lines(),
+            stale.log_text()
+        );
         assert!(recovery <= LEASE + Duration::from_secs(1), "{recovery:?}");
         figures.recoveries.push(recovery);
 
