@@ -217,7 +217,7 @@ async fn storm<S: IdempotencyStore>(store: Store, reader: S, pg: Option<sqlx::Pg
         trials: n,
         faults: n,
         duplicates,
-        guarantee: "0 pending past the lease",
+        guarantee: "0 pending with a live lease; a lapsed one is taken over at once",
         extra: vec![
             ("storm_ms", storm_took.as_millis().to_string()),
             (
