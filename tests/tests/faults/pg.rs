@@ -156,11 +156,32 @@ impl PrivatePostgres {
 
     /// Restarts the server (`pg_ctl restart -m fast`) and waits until it
     /// accepts connections; returns how long it was unreachable for.
+    ///
+    /// # Panics
+    ///
+    /// The server that answers afterwards is the one from before (its start
+    /// time did not change).
     pub async fn restart(&self) -> Duration {
+        let before = self.started_at().await;
         let start = Instant::now();
         self.pg_ctl("restart");
         self.wait_ready().await;
-        start.elapsed()
+        let down = start.elapsed();
+        assert_ne!(self.started_at().await, before, "the server restarted");
+        down
+    }
+
+    /// `pg_postmaster_start_time()`, as text.
+    async fn started_at(&self) -> String {
+        let pool = sqlx::PgPool::connect(&self.url_of("postgres"))
+            .await
+            .expect("connect to the private server");
+        let t: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
+            .fetch_one(&pool)
+            .await
+            .expect("start time");
+        pool.close().await;
+        t
     }
 
     /// `postgres://postgres@127.0.0.1:port/test`.

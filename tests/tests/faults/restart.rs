@@ -121,7 +121,10 @@ where
             (other, _) => panic!("unexpected answer {other:?} at {:?}", a.at),
         }
     }
-    assert!(unavailable > 0, "the restart was seen: no 503 at all");
+    // How many requests met the store down depends on where in their
+    // round trip the restart fell (3 to 440 per restart in the full run);
+    // the restart itself is checked by the server's start time (PostgreSQL)
+    // or a new process (Redis), and every answer above was checked.
 
     // Throughput: answers that executed or replayed, per bucket.
     let ok = |a: &&Answer| a.status == Some(StatusCode::CREATED);
