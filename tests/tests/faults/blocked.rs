@@ -116,8 +116,9 @@ fn figures(store: &'static str, point: &'static str, guarantee: &'static str) ->
 /// after the release (its backend finishes the statement) as a pending
 /// record of the dead process, taken over after the lease; one order.
 pub async fn claim_postgres() -> Option<Figures> {
-    let pool = env::shared_postgres().await?;
-    let store = Store::Postgres(env::database_url());
+    let db = env::shared_postgres().await?;
+    let pool = db.pool.clone();
+    let store = Store::Postgres(db.url.clone());
     let journal = Journal::new();
     let http = testing::client();
     let survivor = services::quickstart(&store, &journal, LEASE, &[]).await;
@@ -164,8 +165,9 @@ pub async fn claim_postgres() -> Option<Figures> {
 /// release, so the record is completed with the dead process's answer and
 /// the retry replays it; one order.
 pub async fn completion_postgres() -> Option<Figures> {
-    let pool = env::shared_postgres().await?;
-    let store = Store::Postgres(env::database_url());
+    let db = env::shared_postgres().await?;
+    let pool = db.pool.clone();
+    let store = Store::Postgres(db.url.clone());
     let journal = Journal::new();
     let http = testing::client();
     let survivor = services::quickstart(&store, &journal, LEASE, &[]).await;
@@ -228,9 +230,10 @@ async fn promotion_reader(pool: &sqlx::PgPool) -> example_promotion::Service {
 /// Promotion, killed while its claim waits: as the quickstart's, and the
 /// takeover creates the one work order.
 pub async fn claim_in_transaction() -> Option<Figures> {
-    let pool = env::shared_postgres().await?;
+    let db = env::shared_postgres().await?;
+    let pool = db.pool.clone();
     let reader = promotion_reader(&pool).await;
-    let url = env::database_url();
+    let url = db.url.clone();
     let http = testing::client();
     let survivor = services::promotion(&url, LEASE, &[]).await;
     let base = services::base(&survivor);
@@ -268,9 +271,10 @@ pub async fn claim_in_transaction() -> Option<Figures> {
 /// order is written in the same transaction): the transaction never
 /// commits, the takeover creates the one work order.
 pub async fn completion_in_transaction() -> Option<Figures> {
-    let pool = env::shared_postgres().await?;
+    let db = env::shared_postgres().await?;
+    let pool = db.pool.clone();
     let reader = promotion_reader(&pool).await;
-    let url = env::database_url();
+    let url = db.url.clone();
     let http = testing::client();
     let survivor = services::promotion(&url, LEASE, &[]).await;
     let base = services::base(&survivor);

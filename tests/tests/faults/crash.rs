@@ -81,8 +81,9 @@ pub async fn quickstart(store: Store, point: &'static str) -> Figures {
 /// PostgreSQL transaction), crashed at `point` (`after_claim`,
 /// `before_commit` or `after_commit`): one work order every time.
 pub async fn promotion(point: &'static str) -> Option<Figures> {
-    let pool = env::shared_postgres().await?;
-    let url = env::database_url();
+    let db = env::shared_postgres().await?;
+    let pool = db.pool.clone();
+    let url = db.url.clone();
     let http = testing::client();
     let survivor = services::promotion(&url, LEASE, &[]).await;
     let trials = env::trials(1, 20);

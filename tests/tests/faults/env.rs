@@ -79,23 +79,83 @@ pub fn binaries() -> &'static Binaries {
     })
 }
 
-/// Whether the shared PostgreSQL answers; `false` prints a skip line, and
-/// under CI this panics instead.
-pub async fn shared_postgres() -> Option<idempotency_postgres::sqlx::PgPool> {
-    let url = database_url();
-    let pool = idempotency_postgres::sqlx::postgres::PgPoolOptions::new()
+/// A database of the case's own on the shared PostgreSQL server, dropped
+/// (`WITH (FORCE)`) when the case ends: the example services migrate their
+/// schemas (`idempotency`, `audit`, `promotion`) into it, so other suites
+/// using the shared `test` database, and their schema versions, never meet
+/// the case's.
+pub struct CaseDatabase {
+    pub url: String,
+    pub pool: idempotency_postgres::sqlx::PgPool,
+    name: String,
+    admin: String,
+}
+
+impl Drop for CaseDatabase {
+    fn drop(&mut self) {
+        let (admin, name, pool) = (self.admin.clone(), self.name.clone(), self.pool.clone());
+        // A runtime of its own: drop runs inside the case's runtime.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                pool.close().await;
+                let admin = idempotency_postgres::sqlx::PgPool::connect(&admin).await?;
+                idempotency_postgres::sqlx::query(idempotency_postgres::sqlx::AssertSqlSafe(
+                    format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                ))
+                .execute(&admin)
+                .await?;
+                admin.close().await;
+                Ok::<_, idempotency_postgres::sqlx::Error>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "could not drop the case database {}: {dropped:?}",
+                self.name
+            );
+        }
+    }
+}
+
+/// A new [`CaseDatabase`] when the shared PostgreSQL answers; `None` prints
+/// a skip line, and under CI this panics instead.
+pub async fn shared_postgres() -> Option<CaseDatabase> {
+    use idempotency_postgres::sqlx;
+    let admin = database_url();
+    let pool = match sqlx::PgPool::connect(&admin).await {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(!in_ci(), "PostgreSQL at {admin} unreachable under CI: {e}");
+            println!("skipping: PostgreSQL at {admin} unreachable");
+            return None;
+        }
+    };
+    let name = format!("idem_faults_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&pool)
+        .await
+        .expect("create the case database");
+    pool.close().await;
+    let mut url = admin.clone();
+    let path = url.rfind('/').expect("a database URL names its database");
+    url.replace_range(path + 1.., &name);
+    let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(5))
         .connect(&url)
-        .await;
-    match pool {
-        Ok(p) => Some(p),
-        Err(e) => {
-            assert!(!in_ci(), "PostgreSQL at {url} unreachable under CI: {e}");
-            println!("skipping: PostgreSQL at {url} unreachable");
-            None
-        }
-    }
+        .await
+        .expect("connect to the case database");
+    Some(CaseDatabase {
+        url,
+        pool,
+        name,
+        admin,
+    })
 }
 
 /// Whether the shared Redis answers; as [`shared_postgres`].

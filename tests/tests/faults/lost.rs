@@ -143,9 +143,10 @@ pub async fn quickstart(store: Store) -> Figures {
 }
 
 pub async fn promotion() -> Option<Figures> {
-    let pool = env::shared_postgres().await?;
+    let db = env::shared_postgres().await?;
+    let pool = db.pool.clone();
     let http = testing::client();
-    let server = services::promotion(&env::database_url(), LEASE, &[]).await;
+    let server = services::promotion(&db.url, LEASE, &[]).await;
     let proxy = DroppingProxy::start(server.addr).await;
     let trials = env::trials(3, 200);
     let mut figures = Figures {

@@ -23,7 +23,9 @@
 //! The cases run one at a time whatever `--test-threads` says (they start
 //! servers and measure recovery times). Destructive cases (restart, pause,
 //! inspect every session) use private PostgreSQL and Redis servers on free
-//! ports, never the shared ones.
+//! ports, never the shared ones; the other PostgreSQL cases each create a
+//! database of their own on the shared server (dropped at their end), so
+//! the schema versions of other suites sharing `test` never meet theirs.
 
 #![allow(unreachable_pub)]
 
@@ -40,10 +42,12 @@ mod stale;
 
 use services::Store;
 
-/// The shared PostgreSQL as a quickstart store, when it answers.
-async fn shared_pg() -> Option<Store> {
-    env::shared_postgres().await?;
-    Some(Store::Postgres(env::database_url()))
+/// A database of the case's own on the shared PostgreSQL, as a quickstart
+/// store, when it answers.
+async fn shared_pg() -> Option<(env::CaseDatabase, Store)> {
+    let db = env::shared_postgres().await?;
+    let store = Store::Postgres(db.url.clone());
+    Some((db, store))
 }
 
 /// The shared Redis as a quickstart store, when it answers.
@@ -69,12 +73,19 @@ async fn quickstart_crash(store: Option<Store>, point: &'static str) -> Option<e
     Some(crash::quickstart(store?, point).await)
 }
 
-case!(crash_after_claim_postgres, async {
-    quickstart_crash(shared_pg().await, "after_claim").await
-});
-case!(crash_after_effect_postgres, async {
-    quickstart_crash(shared_pg().await, "after_effect").await
-});
+async fn quickstart_crash_pg(point: &'static str) -> Option<env::Figures> {
+    let (_db, store) = shared_pg().await?;
+    Some(crash::quickstart(store, point).await)
+}
+
+case!(
+    crash_after_claim_postgres,
+    quickstart_crash_pg("after_claim")
+);
+case!(
+    crash_after_effect_postgres,
+    quickstart_crash_pg("after_effect")
+);
 case!(crash_after_claim_redis, async {
     quickstart_crash(shared_redis().await, "after_claim").await
 });
@@ -111,7 +122,8 @@ case!(crash_during_claim_redis, blocked::claim_redis());
 case!(crash_during_completion_redis, blocked::completion_redis());
 
 case!(stale_owner_postgres, async {
-    Some(stale::quickstart(shared_pg().await?).await)
+    let (_db, store) = shared_pg().await?;
+    Some(stale::quickstart(store).await)
 });
 case!(stale_owner_redis, async {
     Some(stale::quickstart(shared_redis().await?).await)
@@ -122,7 +134,8 @@ case!(store_restart_postgres, restart::postgres());
 case!(store_restart_redis, restart::redis());
 
 case!(lost_response_postgres, async {
-    Some(lost::quickstart(shared_pg().await?).await)
+    let (_db, store) = shared_pg().await?;
+    Some(lost::quickstart(store).await)
 });
 case!(lost_response_redis, async {
     Some(lost::quickstart(shared_redis().await?).await)

@@ -102,8 +102,9 @@ pub async fn quickstart(store: Store) -> Figures {
 /// The promotion service: the stale owner's transaction is rolled back, one
 /// work order.
 pub async fn promotion() -> Option<Figures> {
-    let pool = env::shared_postgres().await?;
-    let url = env::database_url();
+    let db = env::shared_postgres().await?;
+    let pool = db.pool.clone();
+    let url = db.url.clone();
     let http = testing::client();
     let owner = services::promotion(&url, LEASE, &[]).await;
     let trials = env::trials(1, 10);
