@@ -19,6 +19,7 @@
 //! | `PROMOTION_WAIT_MS` | 5000 | 1 to 300000 | how long a duplicate waits for the first attempt before answering 409 |
 //! | `PROMOTION_ADMIN_TOKEN` | unset (admin endpoints off) | 8 to 256 visible ASCII characters | bearer token of `POST /admin/...` |
 //! | `PROMOTION_FAULT` | unset | `crash-before-commit`, `fail-once` | tests only |
+//! | `EXAMPLE_CRASH_AT`, `EXAMPLE_STOP_AT` | unset | `after_claim`, `before_commit`, `after_commit` | fault suite only: SIGKILL (SIGSTOP) at that point of the promotion |
 //! | `RUST_LOG` | `info` | a `tracing` filter | log filter |
 //!
 //! A value outside its range is one line on stderr naming the variable and

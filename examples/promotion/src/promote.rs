@@ -190,6 +190,9 @@ async fn run(
     version_text: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Fault injection (inert unless EXAMPLE_CRASH_AT / EXAMPLE_STOP_AT names
+    // the point): the record is claimed, nothing is written yet.
+    example_support::faults::point("after_claim").await;
     let correlation = correlation_id(headers);
     let Some(version) = parse_version(version_text) else {
         return Err(ApiError::snapshot_not_found(estimate_id, version_text));
@@ -360,7 +363,12 @@ async fn run(
         }
         None => {}
     }
+    // The work order, the completed record and the audit event are written
+    // in the transaction, not committed.
+    example_support::faults::point("before_commit").await;
     tx.commit().await?;
+    // Committed; the client has no answer yet.
+    example_support::faults::point("after_commit").await;
     ctx.mark_completed(Some(location));
     outcome.count();
     tracing::info!(

@@ -307,6 +307,9 @@ pub(crate) async fn create_order(
                 .into_response();
         }
     }
+    // Fault injection (inert unless EXAMPLE_CRASH_AT / EXAMPLE_STOP_AT
+    // names the point): the record is claimed, nothing is done yet.
+    example_support::faults::point("after_claim").await;
     let created = Order {
         id: state.next_id.fetch_add(1, Ordering::Relaxed),
         sku: sku.to_owned(),
@@ -319,6 +322,14 @@ pub(crate) async fn create_order(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(created.clone());
+    // The side effect, journaled when EXAMPLE_EFFECT_LOG is set (the fault
+    // suite counts orders from it: this process's memory dies with it).
+    example_support::faults::effect(&format!(
+        "order {} {} {}",
+        created.id, created.created_by, created.sku
+    ));
+    // The order exists, the record is not completed yet.
+    example_support::faults::point("after_effect").await;
     (
         StatusCode::CREATED,
         [(header::LOCATION, format!("/orders/{}", created.id))],

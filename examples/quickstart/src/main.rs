@@ -21,6 +21,8 @@
 //! | `IDEMPOTENCY_RETENTION_SECS` | 86400 | 1 to 31536000 | how long responses are replayed |
 //! | `IDEMPOTENCY_WAIT_SECS` | unset | 1 to 300 | duplicates wait this long for the first response instead of getting 409 |
 //! | `RUST_LOG` | `info` | a `tracing` filter | log filter |
+//! | `EXAMPLE_CRASH_AT`, `EXAMPLE_STOP_AT` | unset | `after_claim`, `after_effect` | fault suite only: SIGKILL (SIGSTOP) at that point of `POST /orders` |
+//! | `EXAMPLE_EFFECT_LOG` | unset | a file path | fault suite only: one line per order created |
 //!
 //! A value outside its range is one line on stderr naming the variable and
 //! what it accepts, and exit status 2, before anything is bound or connected.

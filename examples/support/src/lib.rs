@@ -14,9 +14,11 @@
 //! | [`ops`] | the bodies of `/readyz` and `/metrics` |
 //! | [`routes`] | a router that lists every `(method, path)` it serves, for the OpenAPI test |
 //! | `openapi_checks` (feature `testing`) | the checks the services' OpenAPI tests share |
+//! | [`faults`] | crash and stop points, and an effect journal, for the fault suite; inert unless `EXAMPLE_CRASH_AT`, `EXAMPLE_STOP_AT` or `EXAMPLE_EFFECT_LOG` is set |
 //! | `testing` (feature `testing`) | run a service binary on a free port, talk HTTP to it, stop it |
 
 pub mod docs;
+pub mod faults;
 pub mod migrate;
 pub mod openapi;
 #[cfg(feature = "testing")]
