@@ -193,7 +193,7 @@ pub struct JobListEnvelope {
 }
 
 /// Every problem type the service answers: `(slug, status, title)`. A test
-/// checks it against the slugs of [`ApiError`]'s constructors.
+/// checks it against the slugs of [`ApiError`](crate::problem::ApiError)'s constructors.
 pub const PROBLEM_TYPES: [(&str, StatusCode, &str); 11] = [
     (
         "invalid-json",

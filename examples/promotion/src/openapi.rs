@@ -231,7 +231,7 @@ pub struct Resolved {
 }
 
 /// Every problem type the service itself answers: `(slug, status, title)`.
-/// A test checks it against the slugs of [`ApiError`]'s constructors.
+/// A test checks it against the slugs of [`ApiError`](crate::problem::ApiError)'s constructors.
 pub const PROBLEM_TYPES: [(&str, StatusCode, &str); 16] = [
     (
         "invalid-json",
