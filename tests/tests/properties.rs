@@ -17,26 +17,33 @@ use idempotency_tower::parse_key_header;
 use proptest::prelude::*;
 use serde_json::Value;
 
-/// Any JSON value, a few levels deep, object keys unique. Floats are any
-/// finite value, or with `short_floats` ones of at most 15 significant
-/// digits: `serde_json` without its `float_roundtrip` feature (the
-/// workspace's build) reads some 16- and 17-digit decimals one unit in the
-/// last place off (`-187805250005.72726` reads back as
-/// `-187805250005.7273`), which `RELIABILITY.md` lists.
-fn json_with(short_floats: bool) -> impl Strategy<Value = Value> {
-    let float = if short_floats {
-        (-1_000_000_000_i64..1_000_000_000, 0_u32..6)
-            .prop_map(|(m, e)| m as f64 / 10_f64.powi(e as i32))
-            .boxed()
+/// The largest integer an IEEE double holds exactly (2^53): RFC 8785 numbers
+/// are doubles, so a canonical form keeps integers up to it exactly and a
+/// larger one as its nearest double.
+const EXACT: i64 = 1 << 53;
+
+/// Any JSON value, a few levels deep, object keys unique, floats any finite
+/// value (the workspace's `serde_json` reads every one back exactly: its
+/// `float_roundtrip` feature is on). With `doubles`, integers are those a
+/// double holds exactly, as in RFC 8785.
+fn json_with(doubles: bool) -> impl Strategy<Value = Value> {
+    let (int, uint) = if doubles {
+        (
+            (-EXACT..=EXACT).prop_map(Value::from).boxed(),
+            (0..=EXACT.unsigned_abs()).prop_map(Value::from).boxed(),
+        )
     } else {
-        (-1.0e12_f64..1.0e12).boxed()
+        (
+            any::<i64>().prop_map(Value::from).boxed(),
+            any::<u64>().prop_map(Value::from).boxed(),
+        )
     };
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        float.prop_map(Value::from),
+        int,
+        uint,
+        (-1.0e12_f64..1.0e12).prop_map(Value::from),
         ".{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
@@ -192,5 +199,16 @@ proptest! {
         prop_assert_eq!(idempotency_audit::canonical_json(&parsed), canonical.clone());
         let reparsed: Value = serde_json::from_str(&reordered(&value)).unwrap();
         prop_assert_eq!(idempotency_audit::canonical_json(&reparsed), canonical);
+    }
+
+    #[test]
+    fn an_integer_beyond_a_double_is_canonical_as_its_double(n in any::<i64>()) {
+        let canonical = idempotency_audit::canonical_json(&Value::from(n));
+        #[allow(clippy::cast_precision_loss)]
+        let double = n as f64;
+        prop_assert_eq!(&canonical, &idempotency_audit::canonical_json(&Value::from(double)));
+        if n.abs() <= EXACT {
+            prop_assert_eq!(canonical, n.to_string());
+        }
     }
 }
