@@ -11,7 +11,7 @@
 //! `--atomic N` also appends N single events, each in a transaction of its
 //! own (default 0: skipped), by `--atomic-writers W` writers (default 32)
 //! over `--streams S` streams (default 256); `--verify-batch ROWS` rows per
-//! verification query (default 10,000); `--schema NAME` uses (and keeps)
+//! verification statement (default 100,000); `--schema NAME` uses (and keeps)
 //! that schema, so `0 --schema NAME` verifies again what an earlier
 //! `--schema NAME` run appended. Otherwise the schema `audit_bench_<random>`
 //! (and its roles) is dropped at the end.
@@ -44,7 +44,7 @@ fn options() -> Result<Options, Box<dyn std::error::Error>> {
         atomic: 0,
         atomic_writers: 32,
         streams: 256,
-        verify_batch: 10_000,
+        verify_batch: 100_000,
         schema: None,
     };
     let mut positional = 0;
@@ -222,7 +222,7 @@ async fn run(
         let report = sink.verify("bench").await?;
         let took = started.elapsed();
         println!(
-            "verify: {} events, {} rows per query: {took:.2?} ({:.0} events/s)",
+            "verify: {} events, {} sequence numbers per statement: {took:.2?} ({:.0} events/s)",
             report.events,
             o.verify_batch,
             rate(usize::try_from(report.events)?, took)

@@ -429,6 +429,45 @@ async fn a_row_deleted_behind_the_triggers_back_is_detected() {
 }
 
 #[tokio::test]
+async fn forged_rows_numbered_below_one_and_odd_stream_names_are_read_too() {
+    let sink = sink!();
+    let pool = sink.pool();
+    // A name that would break a statement it was pasted into.
+    let stream = common::stream("it's; -- \\ \"odd\"");
+    append_n(&sink, &stream, 4).await;
+    let intact = sink.verify(&stream).await.unwrap();
+    assert!(intact.is_intact(), "{intact}");
+    assert_eq!(intact.events, 4);
+    for seq in [0, -7] {
+        common::tamper(
+            pool,
+            &format!(
+                "INSERT INTO audit.events SELECT stream, {seq}, gen_random_uuid(), type, source, \
+                   subject, time, actor_id, actor_tenant, outcome, correlation_id, key_hash, \
+                   content, prev_hash, hash \
+                 FROM audit.events WHERE stream = $1 AND seq = 2"
+            ),
+            &stream,
+        )
+        .await;
+    }
+    for pages in [1, 2, 100] {
+        let report = sink
+            .clone()
+            .with_verify_batch(pages)
+            .verify(&stream)
+            .await
+            .unwrap();
+        assert_eq!(
+            breaks(&report),
+            [(0, 0, BreakKind::Unexpected), (0, 0, BreakKind::Unexpected)],
+            "{pages} per statement: {report}"
+        );
+        assert_eq!((report.events, report.last_seq), (4, 4));
+    }
+}
+
+#[tokio::test]
 async fn eight_concurrent_writers_keep_one_contiguous_chain() {
     const WRITERS: u64 = 8;
     const EACH: u64 = 1_000;

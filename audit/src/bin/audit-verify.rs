@@ -26,7 +26,7 @@ const USAGE: &str =
 Verifies the audit hash chains in the database named by DATABASE_URL.
   --stream NAME   verify this stream (repeatable); default: every stream
   --schema NAME   the audit schema (default: audit)
-  --batch ROWS    rows read per query (default: 1000)
+  --batch ROWS    sequence numbers read per statement (default: 100000)
   --connect-timeout SECS  give up connecting after this long (default: 10)
 Exit status: 0 all intact, 1 a chain is broken, 2 usage or database error.
 Checkpoints and proofs: audit-verify keygen|checkpoint|prove|verify-proof|export --help";
@@ -43,7 +43,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut parsed = Args {
         streams: Vec::new(),
         schema: idempotency_audit::postgres::DEFAULT_SCHEMA.to_owned(),
-        batch: 1_000,
+        batch: 100_000,
         connect_timeout: Duration::from_secs(10),
     };
     while let Some(arg) = args.next() {
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!((a.schema.as_str(), a.batch), ("x", 10));
         let d = parse(&[]).unwrap();
         assert!(d.streams.is_empty());
-        assert_eq!((d.schema.as_str(), d.batch), ("audit", 1_000));
+        assert_eq!((d.schema.as_str(), d.batch), ("audit", 100_000));
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub const REFUSED_METRIC: &str = "audit_events_refused_total";
 pub const APPEND_ONLY_SQLSTATE: &str = "AUD01";
 
 /// Rows read per query while verifying, unless told otherwise.
-const DEFAULT_VERIFY_BATCH: usize = 10_000;
+const DEFAULT_VERIFY_BATCH: usize = 100_000;
 
 /// Most events one call of the database's `append_events` takes; a larger
 /// batch for one stream is sent in several calls of the same transaction.
@@ -107,6 +107,7 @@ struct Sql {
     append: Arc<str>,
     append_one: Arc<str>,
     head: Arc<str>,
+    bounds: Arc<str>,
     page: Arc<str>,
     next_stream: Arc<str>,
 }
@@ -120,11 +121,18 @@ impl Sql {
             append_one: s("SELECT seq, hash FROM {{schema}}.append_event(\
                  $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
             head: s("SELECT last_seq, last_hash FROM {{schema}}.streams WHERE stream = $1"),
-            // verify.rs reads these columns by position.
+            bounds: s("SELECT min(seq) AS min_seq, max(seq) AS max_seq \
+                 FROM {{schema}}.events WHERE stream = $1"),
+            // verify.rs reads these columns by position; the stream is the
+            // transaction's `idempotency_audit.verify_stream` setting (COPY
+            // takes no parameters), the bounds are written in per page.
             page: s(
-                "SELECT seq, prev_hash, hash, content::text AS content, id, type, source, \
+                "COPY (SELECT seq, prev_hash, hash, content::text AS content, id, type, source, \
                   subject, time, actor_id, actor_tenant, outcome, correlation_id, key_hash \
-                 FROM {{schema}}.events WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                 FROM {{schema}}.events \
+                 WHERE stream = current_setting('idempotency_audit.verify_stream') \
+                   AND seq > {{after}} AND seq <= {{through}} ORDER BY seq) \
+                 TO STDOUT (FORMAT binary)",
             ),
             next_stream: s("SELECT min(stream) AS stream FROM ( \
                   (SELECT stream FROM {{schema}}.streams WHERE stream > $1 ORDER BY stream LIMIT 1) \
@@ -432,7 +440,8 @@ impl PostgresSink {
         self
     }
 
-    /// Rows read per query while verifying (default 10,000; at least 1).
+    /// Sequence numbers read per statement while verifying (default
+    /// 100,000; at least 1).
     #[must_use]
     pub fn with_verify_batch(mut self, rows: usize) -> Self {
         self.verify_batch = rows.max(1);
