@@ -12,14 +12,21 @@
 //! | is marked corrupted, deleted, or re-claimed, in **any** process | drops the entry when the store's change feed says so ([`Invalidations`]: PostgreSQL `NOTIFY`, Redis pub/sub) |
 //! | expires | stops serving it `expiry_margin` before its expiry (the store's clock and this process's clock must agree within that margin) and after `max_age` in any case |
 //! | — the change feed is down or lagged | empties itself and fills again only once the feed is back |
+//! | is being executed by **this** process (a claim through the cache acquired it) | answers its duplicates (same fingerprint) *in flight* itself, with the time left on the lease, and wakes the ones waiting ([`claim_with_wait`](crate::claim_with_wait), the layer's `Concurrency::Wait`) when the attempt ends; forgets the attempt when it completes, fails or releases through the cache, when the engine reports its end ([`IdempotencyStore::attempt_ended`]), when its lease runs out, or when the feed reports a change of the record |
+//! | is completed by this process through the cache | keeps the outcome it wrote for the duplicates to come (no read back) |
 //!
 //! What it can serve stale, exactly: between a change committed in the
 //! store and its notification reaching this process (on loopback well under
 //! a millisecond; the bound is the feed's delivery latency), the previous
-//! outcome. Nothing else: a fill that raced with any invalidation is
-//! discarded, a request with another fingerprint is sent to the store, and
-//! only `Completed` answers are cached (never in-flight, failed, or
-//! corrupted ones).
+//! outcome, or *in flight* for an attempt of this process whose record an
+//! operator released or resolved elsewhere. Nothing else: a fill that raced
+//! with any invalidation is discarded, a request with another fingerprint
+//! is sent to the store, and only `Completed` answers are cached (never
+//! failed or corrupted ones). An attempt's *in flight* is this process's own
+//! knowledge and never outlasts its lease; a duplicate it answers would have
+//! had the same answer from the store (the record is `Pending` under this
+//! process's lease), and duplicates in other processes ask the store.
+
 //!
 //! Off by default: wrap the store to use it.
 //!
@@ -43,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::wait::BackgroundTask;
 use crate::{
@@ -222,6 +229,8 @@ struct Shared {
 #[derive(Default)]
 struct Shard {
     map: HashMap<StorageKey, Entry>,
+    /// Attempts this process holds a lease for, by key.
+    flights: HashMap<StorageKey, Flight>,
     fifo: VecDeque<(StorageKey, u64)>,
     bytes: u64,
     next_gen: u64,
@@ -233,6 +242,20 @@ struct Entry {
     fresh_until: Instant,
     bytes: u64,
     generation: u64,
+}
+
+/// An attempt this process is executing: while its lease lasts, a
+/// duplicate with the same fingerprint is in flight, and is answered here.
+struct Flight {
+    fingerprint: Fingerprint,
+    fence: u64,
+    attempt: u32,
+    /// This process's view of the lease's end: the lease's length from
+    /// just before the claim (or the last renewal) was sent, so no later
+    /// than the store's own deadline while the clocks agree.
+    until: Instant,
+    /// Woken when the attempt ends.
+    ended: Arc<Notify>,
 }
 
 impl Shared {
@@ -273,6 +296,82 @@ impl Shared {
             shard.bytes -= e.bytes;
             metrics::counter!(INVALIDATIONS_TOTAL).increment(1);
         }
+        // The record changed elsewhere (an operator, another process):
+        // duplicates go to the store again.
+        if let Some(f) = shard.flights.remove(key) {
+            f.ended.notify_waiters();
+        }
+    }
+
+    /// The answer for a duplicate of an attempt this process executes:
+    /// in flight, for the time left on the lease.
+    fn in_flight(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Claim> {
+        let mut shard = self.shard(key);
+        let flight = shard.flights.get(key)?;
+        let now = Instant::now();
+        if flight.until <= now {
+            if let Some(f) = shard.flights.remove(key) {
+                f.ended.notify_waiters();
+            }
+            return None;
+        }
+        (flight.fingerprint == *fingerprint).then(|| Claim::InFlight {
+            retry_after: flight.until - now,
+            attempt: flight.attempt,
+        })
+    }
+
+    /// Notes an attempt this process now holds.
+    fn take_off(&self, fingerprint: Fingerprint, lease: &Lease, started: Instant) {
+        let mut shard = self.shard(&lease.key);
+        let old = shard.flights.insert(
+            lease.key,
+            Flight {
+                fingerprint,
+                fence: lease.fence,
+                attempt: lease.attempt,
+                until: started + lease.lease_duration,
+                ended: Arc::new(Notify::new()),
+            },
+        );
+        if let Some(old) = old {
+            old.ended.notify_waiters();
+        }
+    }
+
+    /// Moves the end of the attempt holding `lease` (a renewal).
+    fn extend(&self, lease: &Lease, started: Instant) {
+        let mut shard = self.shard(&lease.key);
+        if let Some(f) = shard.flights.get_mut(&lease.key)
+            && f.fence == lease.fence
+        {
+            f.until = started + lease.lease_duration;
+        }
+    }
+
+    /// Ends the attempt holding `lease`, if it is still the one noted;
+    /// returns its fingerprint.
+    fn land(&self, lease: &Lease) -> Option<Fingerprint> {
+        let mut shard = self.shard(&lease.key);
+        if shard
+            .flights
+            .get(&lease.key)
+            .is_none_or(|f| f.fence != lease.fence)
+        {
+            return None;
+        }
+        let f = shard.flights.remove(&lease.key)?;
+        f.ended.notify_waiters();
+        Some(f.fingerprint)
+    }
+
+    /// A wait for the end of this process's attempt on `key`, registered
+    /// now (so an end that comes before it is polled is not missed), or
+    /// `None` when no attempt of this process holds `key`.
+    fn landing(&self, key: &StorageKey) -> Option<Arc<Notify>> {
+        let shard = self.shard(key);
+        let flight = shard.flights.get(key)?;
+        (flight.until > Instant::now()).then(|| Arc::clone(&flight.ended))
     }
 
     fn clear(&self) {
@@ -426,6 +525,21 @@ impl<S> ReplayCache<S> {
         self.len() == 0
     }
 
+    /// Attempts this process holds a lease for, as far as the cache saw
+    /// (their duplicates here are answered here).
+    pub fn local_attempts(&self) -> usize {
+        self.shared
+            .shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .flights
+                    .len()
+            })
+            .sum()
+    }
+
     /// Whether the store's change feed is flowing (nothing is cached while
     /// it is not).
     pub fn is_live(&self) -> bool {
@@ -482,37 +596,77 @@ impl<S: IdempotencyStore + Invalidations + Clone + 'static> IdempotencyStore for
             metrics::counter!(LOOKUPS_TOTAL, "result" => "hit").increment(1);
             return Ok(Claim::Completed(completed));
         }
+        if let Some(in_flight) = self.shared.in_flight(&req.key, &req.fingerprint) {
+            metrics::counter!(LOOKUPS_TOTAL, "result" => "in_flight").increment(1);
+            return Ok(in_flight);
+        }
         metrics::counter!(LOOKUPS_TOTAL, "result" => "miss").increment(1);
         let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        let started = Instant::now();
         let claim = self.inner.claim(req).await?;
-        if let Claim::Completed(completed) = &claim {
-            self.fill(req, completed, epoch).await;
+        match &claim {
+            Claim::Completed(completed) => self.fill(req, completed, epoch).await,
+            Claim::Acquired { lease, .. } => self.shared.take_off(req.fingerprint, lease, started),
+            _ => {}
         }
         Ok(claim)
     }
 
-    fn complete(
-        &self,
-        lease: &Lease,
-        completion: Completion,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.complete(lease, completion)
+    async fn complete(&self, lease: &Lease, completion: Completion) -> Result<(), StoreError> {
+        // The outcome this process writes is the record's from now on: kept
+        // for the duplicates to come, unless news of any change arrives
+        // while it is written.
+        let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        let keep = self.shared.live.load(Ordering::SeqCst).then(|| {
+            (
+                completion.outcome.clone(),
+                completion.resource.clone(),
+                Instant::now(),
+            )
+        });
+        self.inner.complete(lease, completion).await?;
+        let fingerprint = self.shared.land(lease);
+        if let (Some(fingerprint), Some((outcome, resource, started))) = (fingerprint, keep) {
+            // Retention counts from the store's write, which came after `started`.
+            let ttl = lease
+                .retention
+                .saturating_sub(started.elapsed())
+                .saturating_sub(self.shared.config.expiry_margin)
+                .min(self.shared.config.max_age);
+            let completed = Completed {
+                outcome,
+                resource,
+                completed_at: Timestamp::now_system(),
+                fence: lease.fence,
+            };
+            self.shared
+                .insert(lease.key, fingerprint, completed, ttl, epoch);
+        }
+        Ok(())
     }
 
-    fn fail(
-        &self,
-        lease: &Lease,
-        failure: Failure,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.fail(lease, failure)
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<(), StoreError> {
+        let out = self.inner.fail(lease, failure).await;
+        self.shared.land(lease);
+        out
     }
 
-    fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.release(lease)
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let out = self.inner.release(lease).await;
+        self.shared.land(lease);
+        out
     }
 
-    fn renew(&self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send {
-        self.inner.renew(lease)
+    async fn renew(&self, lease: &Lease) -> Result<Lease, StoreError> {
+        let started = Instant::now();
+        let renewed = self.inner.renew(lease).await;
+        match &renewed {
+            Ok(renewed) => self.shared.extend(renewed, started),
+            Err(_) => {
+                self.shared.land(lease);
+            }
+        }
+        renewed
     }
 
     fn get(
@@ -544,12 +698,29 @@ impl<S: IdempotencyStore + Invalidations + Clone + 'static> IdempotencyStore for
         out
     }
 
-    fn wait_for_change(
-        &self,
-        key: &StorageKey,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.wait_for_change(key, timeout)
+    async fn wait_for_change(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        // A duplicate of this process's own attempt waits here for its end.
+        let Some(ended) = self.shared.landing(key) else {
+            return self.inner.wait_for_change(key, timeout).await;
+        };
+        let notified = ended.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        // Ended between the lookup and the registration: no wait.
+        if self
+            .shared
+            .landing(key)
+            .is_none_or(|now| !Arc::ptr_eq(&now, &ended))
+        {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+        Ok(())
+    }
+
+    fn attempt_ended(&self, lease: &Lease) {
+        self.shared.land(lease);
+        self.inner.attempt_ended(lease);
     }
 }
 

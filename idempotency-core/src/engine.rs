@@ -621,10 +621,12 @@ async fn write<S: IdempotencyStore>(
 impl<S: IdempotencyStore + Clone + 'static> Drop for OwnedAttempt<S> {
     fn drop(&mut self) {
         if self.ended || self.lost || self.attempt.is_completed() {
+            self.store.attempt_ended(&self.lease);
             return;
         }
         if self.handed_over {
             tracing::warn!(key = %self.lease.key.short(), "the runtime stopped before a dropped attempt's outcome was recorded; the record stays pending until its lease expires");
+            self.store.attempt_ended(&self.lease);
             return;
         }
         let settlement = self.pending.take().unwrap_or_else(|| {
@@ -638,6 +640,7 @@ impl<S: IdempotencyStore + Clone + 'static> Drop for OwnedAttempt<S> {
         let key = self.lease.key;
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(key = %key.short(), "attempt dropped outside a Tokio runtime; the record stays pending until its lease expires");
+            self.store.attempt_ended(&self.lease);
             return;
         };
         let mut rest = OwnedAttempt {

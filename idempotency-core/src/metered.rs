@@ -238,6 +238,10 @@ impl<S: IdempotencyStore> IdempotencyStore for MeteredStore<S> {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.inner.wait_for_change(key, timeout)
     }
+
+    fn attempt_ended(&self, lease: &Lease) {
+        self.inner.attempt_ended(lease);
+    }
 }
 
 #[cfg(test)]

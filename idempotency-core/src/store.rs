@@ -410,6 +410,20 @@ pub trait IdempotencyStore: Send + Sync {
             Ok(())
         }
     }
+
+    /// Tells the store that the attempt holding `lease` has ended in this
+    /// process: its final write (if any) was made, the operation completed
+    /// the record itself (in its own transaction), or the attempt was
+    /// abandoned. The engine calls it once for every attempt it drives
+    /// ([`OwnedAttempt`](crate::OwnedAttempt)), after any write it made.
+    ///
+    /// Stores keep nothing per attempt and ignore it (the default); a
+    /// wrapper that knows this process's attempts
+    /// ([`ReplayCache`](crate::cache::ReplayCache)) forgets the attempt.
+    /// Wrappers must pass it on.
+    fn attempt_ended(&self, lease: &Lease) {
+        let _ = lease;
+    }
 }
 
 /// Optional ability: delete expired records in bulk.
@@ -491,6 +505,9 @@ macro_rules! forward_store {
             ) -> impl Future<Output = Result<(), StoreError>> + Send {
                 (**self).wait_for_change(key, timeout)
             }
+            fn attempt_ended(&self, lease: &Lease) {
+                (**self).attempt_ended(lease)
+            }
         }
     };
 }
@@ -540,6 +557,8 @@ pub trait ErasedStore: Send + Sync {
     -> BoxFut<'a, Record>;
     #[doc(hidden)]
     fn wait_for_change_dyn<'a>(&'a self, key: &'a StorageKey, timeout: Duration) -> BoxFut<'a, ()>;
+    #[doc(hidden)]
+    fn attempt_ended_dyn(&self, lease: &Lease);
 }
 
 impl<S: IdempotencyStore> ErasedStore for S {
@@ -578,6 +597,9 @@ impl<S: IdempotencyStore> ErasedStore for S {
     }
     fn wait_for_change_dyn<'a>(&'a self, key: &'a StorageKey, timeout: Duration) -> BoxFut<'a, ()> {
         Box::pin(self.wait_for_change(key, timeout))
+    }
+    fn attempt_ended_dyn(&self, lease: &Lease) {
+        self.attempt_ended(lease);
     }
 }
 
@@ -641,5 +663,8 @@ impl IdempotencyStore for DynStore {
     }
     async fn wait_for_change(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
         self.0.wait_for_change_dyn(key, timeout).await
+    }
+    fn attempt_ended(&self, lease: &Lease) {
+        self.0.attempt_ended_dyn(lease);
     }
 }

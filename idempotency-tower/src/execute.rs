@@ -14,7 +14,8 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use idempotency_core::metered::MeteredStore;
 use idempotency_core::{
-    ClaimKind, Completion, Failure, IdempotencyStore, Lease, Outcome, OwnedAttempt, SettleError,
+    Claim, ClaimKind, ClaimRequest, Completion, Failure, IdempotencyStore, Lease, Outcome,
+    OwnedAttempt, SettleError, StoreError, claim_with_wait,
 };
 use tower_service::Service;
 use tracing::Instrument;
@@ -125,6 +126,67 @@ where
         {
             drop(runtime.spawn(fut));
         }
+    }
+}
+
+type BoxedClaim = Pin<Box<dyn Future<Output = Result<Claim, StoreError>> + Send>>;
+
+/// The claim, owned: polled in place; if dropped before the store answered
+/// (the client went away, the claim's time budget ran out, a timeout above
+/// the layer), the claim is handed to the runtime and driven to its end, and
+/// a lease it acquired is released at once: nobody is left to execute, and
+/// a record left `Pending` would refuse every retry until its lease expired.
+pub(crate) struct ClaimOnDrop<St: SharedStore> {
+    claim: Option<BoxedClaim>,
+    store: St,
+}
+
+impl<St: SharedStore> ClaimOnDrop<St> {
+    pub(crate) fn new(store: St, req: ClaimRequest, wait: Option<std::time::Duration>) -> Self {
+        let claiming = store.clone();
+        Self {
+            claim: Some(Box::pin(async move {
+                claim_with_wait(&claiming, &req, wait).await
+            })),
+            store,
+        }
+    }
+}
+
+// The claim is boxed and the store is never pinned: moving this is fine.
+impl<St: SharedStore> Unpin for ClaimOnDrop<St> {}
+
+impl<St: SharedStore> Future for ClaimOnDrop<St> {
+    type Output = Result<Claim, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(claim) = self.claim.as_mut() else {
+            panic!("ClaimOnDrop polled after it finished");
+        };
+        let out = std::task::ready!(claim.as_mut().poll(cx));
+        self.claim = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<St: SharedStore> Drop for ClaimOnDrop<St> {
+    fn drop(&mut self) {
+        let Some(claim) = self.claim.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        drop(runtime.spawn(async move {
+            if let Ok(Claim::Acquired { lease, .. }) = claim.await {
+                match store.release(&lease).await {
+                    Ok(()) => tracing::debug!(key = %lease.key.short(), "a claim that outlived its request was released"),
+                    Err(e) => tracing::warn!(key = %lease.key.short(), error = %e, "a claim that outlived its request could not be released; the record stays pending until its lease expires"),
+                }
+                store.attempt_ended(&lease);
+            }
+        }));
     }
 }
 

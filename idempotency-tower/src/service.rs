@@ -11,15 +11,13 @@ use http::header::HeaderValue;
 use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
-use idempotency_core::{
-    BoxError, Claim, Fingerprint, IdempotencyStore, StorageKey, StoreError, claim_with_wait,
-};
+use idempotency_core::{BoxError, Claim, Fingerprint, IdempotencyStore, StorageKey, StoreError};
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::{CollectError, RequestBody, ResponseBody, collect_limited};
 use crate::config::{Config, IDEMPOTENT_REPLAYED, StoreFailureMode};
-use crate::execute::{execute, unprotected};
+use crate::execute::{ClaimOnDrop, execute, unprotected};
 use crate::future::ResponseFuture;
 use crate::hook::DecisionOutcome;
 use crate::key::{KeyInput, KeyMaterial};
@@ -278,7 +276,9 @@ async fn claim<St: SharedStore>(
         "claim"
     };
     let budget = config.policy.claim_budget();
-    timed(op, budget, claim_with_wait(store, &claim_req, wait)).await
+    // Owned: a claim cut short by the budget or by the request's end still
+    // reaches the store's answer, and lets go of a lease it acquired.
+    timed(op, budget, ClaimOnDrop::new(store.clone(), claim_req, wait)).await
 }
 
 /// Every step of a handled request, in order.

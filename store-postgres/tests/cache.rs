@@ -28,6 +28,23 @@ async fn an_entry_stops_before_its_record_expires() {
     cache::an_entry_stops_before_its_record_expires(a).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_of_this_process_are_answered_here() {
+    let Some(a) = common::store().await else {
+        return;
+    };
+    let b = common::other_process(&a).await;
+    cache::attempts_of_this_process_are_answered_here(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_ended_out_of_sight_are_forgotten() {
+    let Some(a) = common::store().await else {
+        return;
+    };
+    cache::attempts_ended_out_of_sight_are_forgotten(a).await;
+}
+
 /// An operator deleting a completed record by hand (psql, from any
 /// session) invalidates it in every cache: the next request runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,3 +28,19 @@ async fn an_entry_stops_before_its_record_expires() {
     };
     cache::an_entry_stops_before_its_record_expires(a).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_of_this_process_are_answered_here() {
+    let Some((a, b)) = two_processes().await else {
+        return;
+    };
+    cache::attempts_of_this_process_are_answered_here(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_ended_out_of_sight_are_forgotten() {
+    let Some(a) = common::store().await else {
+        return;
+    };
+    cache::attempts_ended_out_of_sight_are_forgotten(a).await;
+}

@@ -9,9 +9,11 @@
 use std::time::Duration;
 
 use crate::cache::{Invalidations, ReplayCache, ReplayCacheConfig};
-use crate::conformance::support::{claim_and_complete, key, request, value};
+use crate::conformance::support::{acquire, claim_and_complete, key, request, value};
+use crate::engine::claim_with_wait;
 use crate::record::Outcome;
-use crate::store::{Claim, ClaimRequest, IdempotencyStore, Observed};
+use crate::store::{Claim, ClaimKind, ClaimRequest, IdempotencyStore, Observed};
+use crate::{Fingerprint, Idempotent, Policy};
 
 /// How long a notification may take to cross processes in these tests.
 const WITHIN: Duration = Duration::from_secs(5);
@@ -33,10 +35,13 @@ where
     S: IdempotencyStore + Invalidations + Clone + 'static,
 {
     let cache = ReplayCache::new(a.clone(), config);
-    // The first call starts following the feed.
-    let _ = cache
+    // The first call starts following the feed; its claim is let go.
+    if let Ok(Claim::Acquired { lease, .. }) = cache
         .claim(&request(key("cache-warm"), 1, Duration::from_secs(1)))
-        .await;
+        .await
+    {
+        let _ = cache.release(&lease).await;
+    }
     eventually("the feed is live", || cache.is_live()).await;
     cache
 }
@@ -134,4 +139,118 @@ where
         cache.is_empty(),
         "no entry is served into its expiry margin"
     );
+}
+
+/// While this process executes a key, its duplicates here are answered here
+/// (in flight for the time left on the lease, or, waiting, woken by the
+/// attempt's end) and never by the store; another fingerprint and another
+/// process get the store's answer; the outcome this process writes is
+/// replayed to both afterwards.
+///
+/// # Panics
+///
+/// When a duplicate is answered otherwise than the store would.
+pub async fn attempts_of_this_process_are_answered_here<S>(a: S, b: S)
+where
+    S: IdempotencyStore + Invalidations + Clone + 'static,
+{
+    let cache = live_cache(&a, ReplayCacheConfig::default()).await;
+    let elsewhere = live_cache(&b, ReplayCacheConfig::default()).await;
+    let req = request(key("flight"), 1, Duration::from_secs(30));
+    let (lease, _) = acquire(&cache, &req).await;
+    assert_eq!(cache.local_attempts(), 1);
+    match cache.claim(&req).await.unwrap() {
+        Claim::InFlight {
+            retry_after,
+            attempt,
+        } => {
+            assert!(
+                retry_after <= Duration::from_secs(30) && retry_after > Duration::from_secs(20),
+                "{retry_after:?}"
+            );
+            assert_eq!(attempt, lease.attempt);
+        }
+        other => panic!("expected InFlight, got {other:?}"),
+    }
+    let other = request(req.key, 2, Duration::from_secs(30));
+    assert_eq!(cache.claim(&other).await.unwrap(), Claim::Mismatch);
+    assert!(
+        matches!(elsewhere.claim(&req).await.unwrap(), Claim::InFlight { .. }),
+        "another process asks the store"
+    );
+
+    let waiter = {
+        let cache = cache.clone();
+        let req = req.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let answer = claim_with_wait(&cache, &req, Some(Duration::from_secs(20))).await;
+            (answer.unwrap(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cache.complete(&lease, value("flown")).await.unwrap();
+    let (answer, waited) = waiter.await.unwrap();
+    let expect = |claim: Claim| match claim {
+        Claim::Completed(c) => assert_eq!(c.outcome, Outcome::Value("flown".into())),
+        other => panic!("expected the replay, got {other:?}"),
+    };
+    expect(answer);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken by the end: {waited:?}"
+    );
+    assert_eq!(cache.local_attempts(), 0);
+    expect(cache.claim(&req).await.unwrap());
+    replay_until_cached(&elsewhere, &req, expect).await;
+}
+
+/// An attempt whose end the cache did not see (its record written by the
+/// operation's own transaction, or by hand) is forgotten when the engine
+/// says it ended, and in any case when its lease runs out; one the engine
+/// drives leaves nothing behind.
+///
+/// # Panics
+///
+/// When a forgotten attempt still answers for its key.
+pub async fn attempts_ended_out_of_sight_are_forgotten<S>(a: S)
+where
+    S: IdempotencyStore + Invalidations + Clone + 'static,
+{
+    let cache = live_cache(&a, ReplayCacheConfig::default()).await;
+
+    let req = request(key("flight-ended"), 1, Duration::from_secs(30));
+    let (lease, _) = acquire(&cache, &req).await;
+    a.release(&lease).await.unwrap();
+    assert!(
+        matches!(cache.claim(&req).await.unwrap(), Claim::InFlight { .. }),
+        "until told, the attempt is still this process's"
+    );
+    cache.attempt_ended(&lease);
+    assert_eq!(cache.local_attempts(), 0);
+    let (again, kind) = acquire(&cache, &req).await;
+    assert_eq!(kind, ClaimKind::New);
+    cache.release(&again).await.unwrap();
+    assert_eq!(cache.local_attempts(), 0);
+
+    // A lease that runs out: the store decides again (a takeover).
+    let short = request(key("flight-expired"), 1, Duration::from_millis(300));
+    let (_stalled, _) = acquire(&cache, &short).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (taken, kind) = acquire(&cache, &short).await;
+    assert_eq!(kind, ClaimKind::Takeover);
+    cache.complete(&taken, value("taken over")).await.unwrap();
+
+    // The engine reports every attempt's end.
+    let run = Idempotent::new(cache.clone(), Policy::default());
+    let done = run
+        .run(
+            key("flight-engine"),
+            Fingerprint::of_bytes("support", b"engine"),
+            |_attempt| async { Ok::<_, std::io::Error>(7u32) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.into_inner(), 7);
+    assert_eq!(cache.local_attempts(), 0, "the engine ended its attempt");
 }
