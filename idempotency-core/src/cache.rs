@@ -12,6 +12,7 @@
 //! | is marked corrupted, deleted, or re-claimed, in **any** process | drops the entry when the store's change feed says so ([`Invalidations`]: PostgreSQL `NOTIFY`, Redis pub/sub) |
 //! | expires | stops serving it `expiry_margin` before its expiry (the store's clock and this process's clock must agree within that margin) and after `max_age` in any case |
 //! | — the change feed is down or lagged | empties itself and fills again only once the feed is back |
+//! | is being claimed by **this** process (the claim sent, no answer yet) | holds back its duplicates (same fingerprint) until the answer, then answers them from it: *in flight* if it acquired the record, else the same answer; sends their own claims if it failed or was dropped |
 //! | is being executed by **this** process (a claim through the cache acquired it) | answers its duplicates (same fingerprint) *in flight* itself, with the time left on the lease, and wakes the ones waiting ([`claim_with_wait`](crate::claim_with_wait), the layer's `Concurrency::Wait`) when the attempt ends; forgets the attempt when it completes, fails or releases through the cache, when the engine reports its end ([`IdempotencyStore::attempt_ended`]), when its lease runs out, or when the feed reports a change of the record |
 //! | is completed by this process through the cache | keeps the outcome it wrote for the duplicates to come (no read back) |
 //!
@@ -47,7 +48,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -231,6 +232,8 @@ struct Shard {
     map: HashMap<StorageKey, Entry>,
     /// Attempts this process holds a lease for, by key.
     flights: HashMap<StorageKey, Flight>,
+    /// Claims this process has sent and not yet had answered, by key.
+    claiming: HashMap<StorageKey, Arc<ClaimSlot>>,
     fifo: VecDeque<(StorageKey, u64)>,
     bytes: u64,
     next_gen: u64,
@@ -256,6 +259,65 @@ struct Flight {
     until: Instant,
     /// Woken when the attempt ends.
     ended: Arc<Notify>,
+}
+
+/// A claim on its way to the store: duplicates (same key and fingerprint)
+/// that arrive meanwhile wait for its answer instead of sending their own.
+struct ClaimSlot {
+    fingerprint: Fingerprint,
+    /// The store's answer, when it is one a duplicate shares as it is
+    /// (anything but `Acquired`, whose duplicates are in flight instead).
+    answer: OnceLock<Claim>,
+    done: AtomicBool,
+    answered: Notify,
+}
+
+impl ClaimSlot {
+    async fn answered(&self) {
+        let notified = self.answered.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if !self.done.load(Ordering::SeqCst) {
+            notified.await;
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.answered.notify_waiters();
+    }
+}
+
+/// The claim this process sends for a key: answered to its duplicates when
+/// it is answered, or given up (they send their own) if it is dropped.
+struct Leading<'a> {
+    shared: &'a Shared,
+    key: StorageKey,
+    slot: Arc<ClaimSlot>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut shard = self.shared.shard(&self.key);
+        if shard
+            .claiming
+            .get(&self.key)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+        {
+            shard.claiming.remove(&self.key);
+        }
+        drop(shard);
+        self.slot.finish();
+    }
+}
+
+enum Coalesced<'a> {
+    /// This claim goes to the store; its duplicates wait for it.
+    Lead(Leading<'a>),
+    /// A claim of the same request is on its way: wait for it.
+    Follow(Arc<ClaimSlot>),
+    /// A claim with another fingerprint is on its way: ask the store.
+    Alone,
 }
 
 impl Shared {
@@ -368,6 +430,29 @@ impl Shared {
     /// A wait for the end of this process's attempt on `key`, registered
     /// now (so an end that comes before it is polled is not missed), or
     /// `None` when no attempt of this process holds `key`.
+    fn coalesce(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Coalesced<'_> {
+        let mut shard = self.shard(key);
+        if let Some(slot) = shard.claiming.get(key) {
+            return if slot.fingerprint == *fingerprint {
+                Coalesced::Follow(Arc::clone(slot))
+            } else {
+                Coalesced::Alone
+            };
+        }
+        let slot = Arc::new(ClaimSlot {
+            fingerprint: *fingerprint,
+            answer: OnceLock::new(),
+            done: AtomicBool::new(false),
+            answered: Notify::new(),
+        });
+        shard.claiming.insert(*key, Arc::clone(&slot));
+        Coalesced::Lead(Leading {
+            shared: self,
+            key: *key,
+            slot,
+        })
+    }
+
     fn landing(&self, key: &StorageKey) -> Option<Arc<Notify>> {
         let shard = self.shard(key);
         let flight = shard.flights.get(key)?;
@@ -600,14 +685,45 @@ impl<S: IdempotencyStore + Invalidations + Clone + 'static> IdempotencyStore for
             metrics::counter!(LOOKUPS_TOTAL, "result" => "in_flight").increment(1);
             return Ok(in_flight);
         }
+        let leading = match self.shared.coalesce(&req.key, &req.fingerprint) {
+            Coalesced::Lead(leading) => Some(leading),
+            Coalesced::Follow(slot) => {
+                // The same request is being claimed: its answer is this one's.
+                slot.answered().await;
+                if let Some(completed) = self.shared.lookup(&req.key, &req.fingerprint) {
+                    metrics::counter!(LOOKUPS_TOTAL, "result" => "hit").increment(1);
+                    return Ok(Claim::Completed(completed));
+                }
+                if let Some(in_flight) = self.shared.in_flight(&req.key, &req.fingerprint) {
+                    metrics::counter!(LOOKUPS_TOTAL, "result" => "in_flight").increment(1);
+                    return Ok(in_flight);
+                }
+                if let Some(answer) = slot.answer.get() {
+                    metrics::counter!(LOOKUPS_TOTAL, "result" => "shared").increment(1);
+                    return Ok(answer.clone());
+                }
+                // The claim failed or was given up: ask the store.
+                None
+            }
+            Coalesced::Alone => None,
+        };
         metrics::counter!(LOOKUPS_TOTAL, "result" => "miss").increment(1);
         let epoch = self.shared.epoch.load(Ordering::SeqCst);
         let started = Instant::now();
         let claim = self.inner.claim(req).await?;
         match &claim {
-            Claim::Completed(completed) => self.fill(req, completed, epoch).await,
             Claim::Acquired { lease, .. } => self.shared.take_off(req.fingerprint, lease, started),
-            _ => {}
+            other => {
+                if let Some(leading) = &leading {
+                    let _ = leading.slot.answer.set(other.clone());
+                }
+            }
+        }
+        // The duplicates that waited find the attempt in flight, or share
+        // the answer.
+        drop(leading);
+        if let Claim::Completed(completed) = &claim {
+            self.fill(req, completed, epoch).await;
         }
         Ok(claim)
     }
