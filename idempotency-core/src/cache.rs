@@ -59,7 +59,9 @@ use crate::{
     Observed, Record, RecordState, Resolution, StorageKey, StoreError, Timestamp,
 };
 
-/// Counter of cache lookups, labelled `result` (`hit`, `miss`).
+/// Counter of cache lookups, labelled `result`: `hit` (a cached replay), `in_flight` (a
+/// duplicate of an attempt of this process), `shared` (the answer of the same claim on its
+/// way), `miss` (sent to the store).
 pub const LOOKUPS_TOTAL: &str = "idempotency_replay_cache_lookups_total";
 /// Counter of entries dropped because the store said the record changed
 /// (or the feed was lost and the cache emptied itself: one per entry).

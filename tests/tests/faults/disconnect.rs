@@ -101,9 +101,10 @@ async fn storm<S: IdempotencyStore>(store: Store, reader: S, pg: Option<sqlx::Pg
 
     // Once a request owns its key, a disconnect detaches its handler,
     // which completes the record (or fails it). A disconnect while the
-    // claim itself is in flight leaves the record the store wrote pending
-    // with nobody renewing it: it must not outlive its lease, and the
-    // next request with the key takes it over at once.
+    // claim itself is in flight hands the claim to a task of its own,
+    // which releases the lease it gets: no record is left pending. (Were
+    // one left, by a release that failed, it must not outlive its lease,
+    // and the next request with the key takes it over at once.)
     tokio::time::sleep(LEASE + Duration::from_millis(500)).await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -130,6 +131,12 @@ async fn storm<S: IdempotencyStore>(store: Store, reader: S, pg: Option<sqlx::Pg
             Some(other) => panic!("hangup-{i}: {other:?}"),
         }
     }
+    assert!(
+        lapsed.is_empty(),
+        "claims cut short by a disconnect are released: {} left pending, e.g. hangup-{}",
+        lapsed.len(),
+        lapsed[0]
+    );
     let auth = format!("Bearer {user}");
     for &i in &lapsed {
         let key = format!("hangup-{i}");
@@ -217,14 +224,14 @@ async fn storm<S: IdempotencyStore>(store: Store, reader: S, pg: Option<sqlx::Pg
         trials: n,
         faults: n,
         duplicates,
-        guarantee: "0 pending with a live lease; a lapsed one is taken over at once",
+        guarantee: "0 pending: a claim cut short by a disconnect is released",
         extra: vec![
             ("storm_ms", storm_took.as_millis().to_string()),
             (
                 "records",
                 format!(
                     "completed {completed}, failed {failed}, absent {absent}, \
-                     pending with a lapsed lease {pending} (claim cut mid-call; taken over at once)"
+                     pending {pending}"
                 ),
             ),
         ],

@@ -9,7 +9,7 @@
 //! | a stale owner (SIGSTOP past its lease, SIGCONT) | [`stale`] | its completion is rejected, the new owner's outcome stands |
 //! | the store restarted under load | [`restart`] | 503 + `Retry-After` while down, never a 5xx replay, no duplicate, throughput back within 5 s |
 //! | lost responses | [`lost`] | the retry gets the replay, one effect |
-//! | clients disconnecting mid-request | [`disconnect`] | no record pending past its lease, no bad pooled connection |
+//! | clients disconnecting mid-request | [`disconnect`] | no record left pending (a claim cut short is released), no bad pooled connection |
 //!
 //! By default every case runs once with bounded counts (the CI subset);
 //! `FAULTS_FULL=1` runs the full matrix, and `FAULTS_REPORT=<file>` appends
