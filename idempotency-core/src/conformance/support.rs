@@ -19,14 +19,21 @@
 //! [`redis_url`], and when it is unreachable skip with a printed line,
 //! unless [`in_ci`] says a missing service must fail the run.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
+use crate::cache::{InvalidationFeed, Invalidations};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
-use crate::record::{Lease, Outcome};
-use crate::store::{Claim, ClaimKind, ClaimRequest, Completion, IdempotencyStore};
+use crate::record::{Lease, Outcome, Record};
+use crate::store::{
+    Claim, ClaimKind, ClaimRequest, Completion, Failure, IdempotencyStore, Observed, Resolution,
+    StoreError,
+};
 
 /// The PostgreSQL the tests use when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -99,4 +106,133 @@ pub async fn claim_and_complete<S: IdempotencyStore>(
     let (lease, _) = acquire(store, req).await;
     store.complete(&lease, completion).await.expect("complete");
     lease
+}
+
+/// A store whose claims wait at a gate before they reach `inner`, counted
+/// as they arrive and as they pass: a slow network or a locked row, seen
+/// from the caller, with the test deciding when the store answers. Every
+/// other call goes straight through.
+#[derive(Clone)]
+pub struct GatedClaims<S> {
+    inner: S,
+    gate: Arc<Semaphore>,
+    arrived: Arc<AtomicUsize>,
+    passed: Arc<AtomicUsize>,
+}
+
+impl<S> GatedClaims<S> {
+    /// `inner` behind a gate that lets `open` claims through before it closes.
+    pub fn new(inner: S, open: usize) -> Self {
+        Self {
+            inner,
+            gate: Arc::new(Semaphore::new(open)),
+            arrived: Arc::default(),
+            passed: Arc::default(),
+        }
+    }
+
+    /// The store behind the gate.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Lets `n` more claims through.
+    pub fn open(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
+    /// Claims that reached the gate (passed or waiting).
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Claims that passed the gate and were sent to `inner`.
+    pub fn passed(&self) -> usize {
+        self.passed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` claims in all have reached the gate.
+    ///
+    /// # Panics
+    ///
+    /// If they have not within 5 s.
+    pub async fn until_arrived(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.arrived() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} claims reach the gate within 5 s ({} did)",
+                self.arrived()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl<S: Invalidations> Invalidations for GatedClaims<S> {
+    fn invalidations(&self) -> InvalidationFeed {
+        self.inner.invalidations()
+    }
+}
+
+impl<S: IdempotencyStore> IdempotencyStore for GatedClaims<S> {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        if let Ok(permit) = self.gate.acquire().await {
+            permit.forget();
+        }
+        self.passed.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim(req).await
+    }
+    fn complete(
+        &self,
+        lease: &Lease,
+        completion: Completion,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.complete(lease, completion)
+    }
+    fn fail(
+        &self,
+        lease: &Lease,
+        failure: Failure,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.fail(lease, failure)
+    }
+    fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.release(lease)
+    }
+    fn renew(&self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send {
+        self.inner.renew(lease)
+    }
+    fn get(
+        &self,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.inner.get(key)
+    }
+    fn mark_corrupted(
+        &self,
+        key: &StorageKey,
+        observed: Observed,
+        detail: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.mark_corrupted(key, observed, detail)
+    }
+    fn resolve(
+        &self,
+        key: &StorageKey,
+        resolution: Resolution,
+    ) -> impl Future<Output = Result<Record, StoreError>> + Send {
+        self.inner.resolve(key, resolution)
+    }
+    fn wait_for_change(
+        &self,
+        key: &StorageKey,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.wait_for_change(key, timeout)
+    }
+    fn attempt_ended(&self, lease: &Lease) {
+        self.inner.attempt_ended(lease);
+    }
 }
