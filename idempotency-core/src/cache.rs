@@ -68,6 +68,8 @@ pub const LOOKUPS_TOTAL: &str = "idempotency_replay_cache_lookups_total";
 pub const INVALIDATIONS_TOTAL: &str = "idempotency_replay_cache_invalidations_total";
 
 const SHARDS: usize = 16;
+/// Attempts a shard holds before it first sweeps out those past their lease.
+const FLIGHTS_SWEPT_FROM: usize = 64;
 /// Bookkeeping per entry, beyond the outcome's bytes.
 const ENTRY_OVERHEAD: u64 = 160;
 
@@ -236,6 +238,9 @@ struct Shard {
     flights: HashMap<StorageKey, Flight>,
     /// Claims this process has sent and not yet had answered, by key.
     claiming: HashMap<StorageKey, Arc<ClaimSlot>>,
+    /// Size of `flights` at which attempts past their lease are swept out
+    /// (an attempt nobody ended and nobody asked about again).
+    sweep_flights_at: usize,
     fifo: VecDeque<(StorageKey, u64)>,
     bytes: u64,
     next_gen: u64,
@@ -388,6 +393,11 @@ impl Shared {
     /// Notes an attempt this process now holds.
     fn take_off(&self, fingerprint: Fingerprint, lease: &Lease, started: Instant) {
         let mut shard = self.shard(&lease.key);
+        if shard.flights.len() >= shard.sweep_flights_at.max(FLIGHTS_SWEPT_FROM) {
+            let now = Instant::now();
+            shard.flights.retain(|_, f| f.until > now);
+            shard.sweep_flights_at = (shard.flights.len() * 2).max(FLIGHTS_SWEPT_FROM);
+        }
         let old = shard.flights.insert(
             lease.key,
             Flight {
@@ -943,6 +953,45 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert!(cache.shared.lookup(&key, &fp).is_none());
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn attempts_past_their_lease_are_swept_out() {
+        let cache = live();
+        let fp = Fingerprint::of_bytes("t", b"");
+        let lease = |i: u32| Lease {
+            // One shard: the first byte of the key picks it.
+            key: StorageKey::from_bytes({
+                let mut k = [0u8; 32];
+                k[1..5].copy_from_slice(&i.to_be_bytes());
+                k
+            }),
+            token: crate::LeaseToken::new(),
+            fence: 1,
+            attempt: 1,
+            deadline: Timestamp::now_system(),
+            lease_duration: Duration::from_millis(10),
+            retention: Duration::from_secs(60),
+        };
+        // Claimed long ago, never ended, never asked about again.
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        for i in 0..1000 {
+            cache.shared.take_off(fp, &lease(i), long_ago);
+        }
+        assert!(
+            cache.local_attempts() <= FLIGHTS_SWEPT_FROM,
+            "{} attempts kept",
+            cache.local_attempts()
+        );
+        // A live one stays.
+        let live_one = Lease {
+            lease_duration: Duration::from_secs(60),
+            ..lease(5000)
+        };
+        cache.shared.take_off(fp, &live_one, Instant::now());
+        assert!(cache.shared.in_flight(&live_one.key, &fp).is_some());
     }
 
     #[test]
