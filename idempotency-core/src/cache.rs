@@ -423,15 +423,19 @@ impl Shared {
         }
     }
 
+    /// Whether the attempt holding `lease` is the one noted for its key.
+    fn holds(&self, lease: &Lease) -> bool {
+        self.shard(&lease.key)
+            .flights
+            .get(&lease.key)
+            .is_some_and(|f| f.fence == lease.fence)
+    }
+
     /// Ends the attempt holding `lease`, if it is still the one noted;
     /// returns its fingerprint.
     fn land(&self, lease: &Lease) -> Option<Fingerprint> {
         let mut shard = self.shard(&lease.key);
-        if shard
-            .flights
-            .get(&lease.key)
-            .is_none_or(|f| f.fence != lease.fence)
-        {
+        if shard.flights.get(&lease.key)?.fence != lease.fence {
             return None;
         }
         let f = shard.flights.remove(&lease.key)?;
@@ -745,13 +749,16 @@ impl<S: IdempotencyStore + Invalidations + Clone + 'static> IdempotencyStore for
         // for the duplicates to come, unless news of any change arrives
         // while it is written.
         let epoch = self.shared.epoch.load(Ordering::SeqCst);
-        let keep = self.shared.live.load(Ordering::SeqCst).then(|| {
-            (
-                completion.outcome.clone(),
-                completion.resource.clone(),
-                Instant::now(),
-            )
-        });
+        // Copied only for an attempt this process holds (whose fingerprint
+        // is known) while the feed is live: nothing else could be kept.
+        let keep =
+            (self.shared.live.load(Ordering::SeqCst) && self.shared.holds(lease)).then(|| {
+                (
+                    completion.outcome.clone(),
+                    completion.resource.clone(),
+                    Instant::now(),
+                )
+            });
         self.inner.complete(lease, completion).await?;
         let fingerprint = self.shared.land(lease);
         if let (Some(fingerprint), Some((outcome, resource, started))) = (fingerprint, keep) {
