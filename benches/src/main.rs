@@ -84,7 +84,7 @@ USAGE: cargo run --release -p idempotency-benches -- [OPTIONS]
 
   --quick               small run (200 keys x 20 copies, 2,000 unique, 1 round), under a minute
   --variants LIST       comma-separated: bare,memory,redis,redis-pooled,redis-cached,
-                        postgres,postgres-tx,postgres-cached,
+                        postgres,postgres-tx,postgres-tx-async,postgres-cached,
                         axum-idempotent-{memory,redis,postgres},
                         idempotent-{memory,redis,postgres} (default: all)
   --workloads LIST      comma-separated: unique,duplicates,burst,slow (default: all)

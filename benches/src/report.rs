@@ -172,6 +172,7 @@ const HEADLINE_PAIRS: &[(&str, &str)] = &[
     ("redis", "idempotent-redis"),
     ("postgres", "axum-idempotent-postgres"),
     ("postgres-tx", "axum-idempotent-postgres"),
+    ("postgres-tx-async", "axum-idempotent-postgres"),
     ("redis-cached", "idempotent-redis"),
     ("postgres-cached", "axum-idempotent-postgres"),
     ("redis", "memory"),

@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use idempotency_core::MemoryStore;
 use idempotency_core::cache::{ReplayCache, ReplayCacheConfig};
-use idempotency_postgres::PostgresStore;
+use idempotency_postgres::{ClaimCommit, PostgresStore};
 use idempotency_redis::{ConnectionMode, RedisConfig, RedisStore};
 use idempotency_tower::{IdempotencyContext, IdempotencyLayer};
 use sqlx::PgPool;
@@ -40,6 +40,10 @@ pub(crate) enum Variant {
     /// As `Postgres`, but the handler inserts its row and completes the
     /// record in one transaction (`PostgresStore::complete_in`).
     PostgresTx,
+    /// As `PostgresTx`, with the claim committed asynchronously
+    /// (`ClaimCommit::Asynchronous`, safe with the completion in the
+    /// effect's transaction).
+    PostgresTxAsync,
     /// As `Redis`, behind the opt-in replay cache (`idempotency_core::cache`).
     RedisCached,
     /// As `Postgres`, behind the opt-in replay cache.
@@ -66,7 +70,7 @@ pub(crate) enum PeerStore {
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 14] = [
+    pub(crate) const ALL: [Variant; 15] = [
         Variant::Bare,
         Variant::Memory,
         Variant::Redis,
@@ -74,6 +78,7 @@ impl Variant {
         Variant::RedisCached,
         Variant::Postgres,
         Variant::PostgresTx,
+        Variant::PostgresTxAsync,
         Variant::PostgresCached,
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Memory),
         Variant::Peer(Peer::AxumIdempotent, PeerStore::Redis),
@@ -95,6 +100,7 @@ impl Variant {
             Self::RedisPooled => "redis-pooled",
             Self::Postgres => "postgres",
             Self::PostgresTx => "postgres-tx",
+            Self::PostgresTxAsync => "postgres-tx-async",
             Self::RedisCached => "redis-cached",
             Self::PostgresCached => "postgres-cached",
             Self::Peer(Peer::AxumIdempotent, PeerStore::Memory) => "axum-idempotent-memory",
@@ -491,7 +497,10 @@ async fn build(
             .unwrap_or(0)
     );
     let pool = match variant {
-        Variant::Postgres | Variant::PostgresTx | Variant::PostgresCached => Some(pg_pool().await?),
+        Variant::Postgres
+        | Variant::PostgresTx
+        | Variant::PostgresTxAsync
+        | Variant::PostgresCached => Some(pg_pool().await?),
         _ => None,
     };
     let app = App {
@@ -549,8 +558,14 @@ async fn build(
                 router.layer(IdempotencyLayer::new(store).namespace("bench"))
             }
         }
-        Variant::PostgresTx => {
+        Variant::PostgresTx | Variant::PostgresTxAsync => {
+            let commit = if variant == Variant::PostgresTxAsync {
+                ClaimCommit::Asynchronous
+            } else {
+                ClaimCommit::Durable
+            };
             let store = PostgresStore::builder()
+                .claim_commit(commit)
                 .build(pool.clone().expect("pool"))
                 .map_err(|e| e.to_string())?;
             store.migrate().await.map_err(|e| e.to_string())?;

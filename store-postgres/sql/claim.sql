@@ -17,8 +17,13 @@
 -- ever held), a new record just before its row is inserted (so it exceeds
 -- every fence drawn before this statement, whatever rows have been deleted
 -- since).
+--
+-- The placeholder after `clock.now` is empty by default; with
+-- `ClaimCommit::Asynchronous` it is a `set_config('synchronous_commit', 'off', true)` column of `clock`
+-- (evaluated once, volatile, so never pruned): this statement's own
+-- transaction then commits without waiting for its WAL flush.
 WITH clock AS (
-    SELECT statement_timestamp() + $7::float8 * interval '1 millisecond' AS now
+    SELECT statement_timestamp() + $7::float8 * interval '1 millisecond' AS now{claim_commit}
 ),
 cur AS (
     SELECT r.*,

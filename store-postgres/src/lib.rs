@@ -17,7 +17,7 @@ pub use natural::{
     Inserted, Isolation, NaturalKey, NaturalKeyError, RetryPolicy, retry_transaction,
 };
 pub use reaper::Reaper;
-pub use store::{DEFAULT_SCHEMA, PostgresStore, PostgresStoreBuilder};
+pub use store::{ClaimCommit, DEFAULT_SCHEMA, PostgresStore, PostgresStoreBuilder};
 
 /// Re-exported so applications name the same sqlx the store was built with.
 pub use sqlx;

@@ -5,6 +5,17 @@ use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
+use crate::store::ClaimCommit;
+
+/// What `{claim_commit}` in `claim.sql` becomes with
+/// [`ClaimCommit::Asynchronous`]: a column of the statement's `clock` CTE
+/// that turns off `synchronous_commit` for the statement's own transaction
+/// (`set_config(..., true)` is local to the transaction, and a commit reads
+/// the setting as it is at that moment). Volatile, so the planner never
+/// prunes it; `clock` is read by every branch of the statement.
+const ASYNC_CLAIM_COMMIT: &str =
+    ",\n           set_config('synchronous_commit', 'off', true) AS claim_commit";
+
 /// One statement with the schema substituted.
 #[derive(Clone)]
 pub(crate) struct Stmt(Arc<str>);
@@ -12,6 +23,16 @@ pub(crate) struct Stmt(Arc<str>);
 impl Stmt {
     fn new(template: &str, schema: &str, channel: &str) -> Self {
         Self(substitute(template, schema, channel).into())
+    }
+
+    /// The claim statement, committing as `commit` says.
+    fn claim(schema: &str, channel: &str, commit: ClaimCommit) -> Self {
+        let column = match commit {
+            ClaimCommit::Durable => "",
+            ClaimCommit::Asynchronous => ASYNC_CLAIM_COMMIT,
+        };
+        let template = include_str!("../sql/claim.sql").replace("{claim_commit}", column);
+        Self::new(&template, schema, channel)
     }
 
     /// The statement, ready for `sqlx::query`. Shares the text, no copy.
@@ -36,12 +57,14 @@ macro_rules! statements {
     ($($name:ident => $file:literal,)*) => {
         /// Every statement the store runs.
         pub(crate) struct Queries {
+            pub(crate) claim: Stmt,
             $(pub(crate) $name: Stmt,)*
         }
 
         impl Queries {
-            pub(crate) fn new(schema: &str, channel: &str) -> Self {
+            pub(crate) fn new(schema: &str, channel: &str, claim_commit: ClaimCommit) -> Self {
                 Self {
+                    claim: Stmt::claim(schema, channel, claim_commit),
                     $($name: Stmt::new(include_str!(concat!("../sql/", $file)), schema, channel),)*
                 }
             }
@@ -50,7 +73,6 @@ macro_rules! statements {
 }
 
 statements! {
-    claim => "claim.sql",
     peek => "peek.sql",
     complete => "complete.sql",
     fail => "fail.sql",
@@ -78,6 +100,22 @@ statements! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_claim_commits_durably_unless_told_otherwise() {
+        let durable = Stmt::claim("idempotency", "c", ClaimCommit::Durable);
+        let deferred = Stmt::claim("idempotency", "c", ClaimCommit::Asynchronous);
+        assert!(!durable.0.contains("{claim_commit}"));
+        assert!(!durable.0.contains(ASYNC_CLAIM_COMMIT));
+        assert!(!deferred.0.contains("{claim_commit}"));
+        assert!(
+            deferred
+                .0
+                .contains("AS now,\n           set_config('synchronous_commit', 'off', true)")
+        );
+        // Nothing but the one column differs.
+        assert_eq!(deferred.0.replace(ASYNC_CLAIM_COMMIT, ""), *durable.0);
+    }
 
     #[test]
     fn schema_is_quoted_and_channel_is_plain() {

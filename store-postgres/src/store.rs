@@ -107,6 +107,51 @@ pub struct PostgresStoreBuilder {
     max_connections: u32,
     acquire_timeout: Duration,
     read_first: ReadFirst,
+    claim_commit: ClaimCommit,
+}
+
+/// How a claim's transaction commits: whether the claim that acquires a
+/// record waits for its WAL flush ([`PostgresStoreBuilder::claim_commit`]).
+///
+/// Either way the claim is visible to every other session the moment it
+/// commits, so concurrent duplicates, other processes and the lease engine
+/// behave the same; the setting only decides what a **crash of the
+/// PostgreSQL server** (not of the application) can take back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClaimCommit {
+    /// The server's own `synchronous_commit` (`on` by default): a claim
+    /// that returned is on disk. The default.
+    #[default]
+    Durable,
+    /// PostgreSQL's asynchronous commit for the claim statement alone
+    /// (`synchronous_commit = off`, local to its transaction; completions,
+    /// failures and releases stay durable). A claim returns without waiting
+    /// for the disk, so a first execution waits for one flush fewer: the
+    /// claim's WAL is flushed by the WAL writer within `3 ×
+    /// wal_writer_delay` (600 ms by default), or earlier by the next durable
+    /// commit on the server, because WAL is flushed in order.
+    ///
+    /// What it costs: a server crash within that window can forget a claim.
+    /// The claim is durable as soon as anything committed durably after it
+    /// on the same server, so what can be forgotten is a claim whose
+    /// execution has committed nothing there yet; a duplicate arriving after
+    /// the restart then acquires the key again while the first execution
+    /// may still run.
+    ///
+    /// When it keeps exactly once: when the execution's effects are rows in
+    /// this database committed **with the completion**
+    /// ([`PostgresStore::complete_in`]). The completion matches the lease's
+    /// token and fence in the effect's own transaction, so of the two
+    /// executions of a forgotten claim only the one holding the current
+    /// lease can commit; the other's transaction fails with `LeaseLost` and
+    /// rolls back with its rows.
+    ///
+    /// When not to use it: effects outside this database (an HTTP call, a
+    /// message, another store), a completion in a separate transaction from
+    /// the effect, or a fence handed to another system (after a crash the
+    /// fences of forgotten claims can be drawn again).
+    Asynchronous,
 }
 
 impl Default for PostgresStoreBuilder {
@@ -117,6 +162,7 @@ impl Default for PostgresStoreBuilder {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
             read_first: ReadFirst::Adaptive,
+            claim_commit: ClaimCommit::Durable,
         }
     }
 }
@@ -175,6 +221,15 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// How a claim's transaction commits (default [`ClaimCommit::Durable`]).
+    /// [`ClaimCommit::Asynchronous`] saves a first execution one wait for
+    /// the disk and is safe only with the completion in the effect's
+    /// transaction ([`PostgresStore::complete_in`]); read its caveats first.
+    pub fn claim_commit(mut self, commit: ClaimCommit) -> Self {
+        self.claim_commit = commit;
+        self
+    }
+
     /// A store over an existing pool (shared with the application, so
     /// [`PostgresStore::complete_in`] can join its transactions).
     ///
@@ -186,7 +241,7 @@ impl PostgresStoreBuilder {
         let channel = format!("{}_changes", self.schema);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
-                sql: Queries::new(&self.schema, &channel),
+                sql: Queries::new(&self.schema, &channel, self.claim_commit),
                 pool,
                 schema: self.schema.into_boxed_str(),
                 channel: channel.into_boxed_str(),

@@ -1,6 +1,7 @@
 //! The core store conformance suite and the model-based lifecycle test, on
 //! PostgreSQL (each case in a schema of its own): every claim reading the
-//! record first (`peek.sql`), and, in `claim_only`, none.
+//! record first (`peek.sql`), in `claim_only` none, and in
+//! `asynchronous_claims` none with `ClaimCommit::Asynchronous`.
 
 mod common;
 
@@ -19,4 +20,26 @@ mod claim_only {
 
     idempotency_core::store_conformance_tests!(store(ReadFirst::Never));
     idempotency_core::store_model_test!(store(ReadFirst::Never));
+}
+
+/// Every claim through the claim statement, committed asynchronously
+/// (`ClaimCommit::Asynchronous`): the same decisions.
+mod asynchronous_claims {
+    use idempotency_core::peek::ReadFirst;
+    use idempotency_postgres::{ClaimCommit, PostgresStore};
+
+    async fn store() -> Option<PostgresStore> {
+        let pool = super::common::pool().await?;
+        let store = PostgresStore::builder()
+            .schema(super::common::fresh_schema())
+            .read_first(ReadFirst::Never)
+            .claim_commit(ClaimCommit::Asynchronous)
+            .build(pool)
+            .expect("valid schema");
+        store.migrate().await.expect("migrate");
+        Some(store)
+    }
+
+    idempotency_core::store_conformance_tests!(store());
+    idempotency_core::store_model_test!(store());
 }
