@@ -45,7 +45,7 @@
 //! assert_eq!(store.len(), 0);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, watch};
 
+use crate::key::KeyMap;
 use crate::wait::BackgroundTask;
 use crate::{
     Claim, ClaimRequest, Completed, Completion, Failure, Fingerprint, IdempotencyStore, Lease,
@@ -233,11 +234,11 @@ struct Shared {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<StorageKey, Entry>,
+    map: KeyMap<Entry>,
     /// Attempts this process holds a lease for, by key.
-    flights: HashMap<StorageKey, Flight>,
+    flights: KeyMap<Flight>,
     /// Claims this process has sent and not yet had answered, by key.
-    claiming: HashMap<StorageKey, Arc<ClaimSlot>>,
+    claiming: KeyMap<Arc<ClaimSlot>>,
     /// Size of `flights` at which attempts past their lease are swept out
     /// (an attempt nobody ended and nobody asked about again).
     sweep_flights_at: usize,

@@ -410,6 +410,99 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     hex::decode(s).ok()
 }
 
+/// A map keyed by [`StorageKey`], hashed by [`KeyHashBuilder`].
+pub(crate) type KeyMap<V> = std::collections::HashMap<StorageKey, V, KeyHashBuilder>;
+
+/// The hasher of the maps keyed by [`StorageKey`] (the memory store's
+/// records, waiters, the replay cache). A storage key is a SHA-256 digest,
+/// so its bytes are already uniformly spread; SipHash (the standard map's
+/// default) would hash them again at several times the cost. This folds the
+/// key's words into a state with 64 × 64 → 128-bit multiplications by a
+/// secret random seed, drawn per map: a client grinding inputs to make keys
+/// collide cannot know where a key lands.
+#[derive(Clone)]
+pub(crate) struct KeyHashBuilder {
+    seed: [u64; 2],
+}
+
+impl Default for KeyHashBuilder {
+    fn default() -> Self {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        // The standard library's per-process random keys, stepped per call.
+        let state = std::collections::hash_map::RandomState::new();
+        let draw = |n: u64| {
+            let mut h = state.build_hasher();
+            h.write_u64(n);
+            h.finish()
+        };
+        // An odd multiplier never maps a non-zero state to zero by itself.
+        Self {
+            seed: [draw(0), draw(1) | 1],
+        }
+    }
+}
+
+impl std::hash::BuildHasher for KeyHashBuilder {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            acc: self.seed[0],
+            mul: self.seed[1],
+        }
+    }
+}
+
+/// See [`KeyHashBuilder`].
+pub(crate) struct KeyHasher {
+    acc: u64,
+    mul: u64,
+}
+
+impl KeyHasher {
+    fn fold(a: u64, b: u64) -> u64 {
+        let p = u128::from(a) * u128::from(b);
+        // Truncations are the point: the low and the high half of the product.
+        #[allow(clippy::cast_possible_truncation)]
+        let (lo, hi) = (p as u64, (p >> 64) as u64);
+        lo ^ hi
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.acc = Self::fold(self.acc ^ word, self.mul);
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.mix(u64::from_le_bytes(b));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            // The length tells `ab` from `ab\0`.
+            self.mix(u64::from_le_bytes(b) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        Self::fold(self.acc, self.mul.rotate_left(32) | 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,5 +641,59 @@ mod tests {
         ));
         let nested = derive_from_json(br#"{"a":{"b":true}}"#, &["/a/b"]).unwrap();
         assert_eq!(nested, vec![b"b\x01".to_vec()]);
+    }
+
+    fn spread(keys: &[StorageKey], buckets: usize) -> usize {
+        use std::hash::BuildHasher as _;
+        let b = KeyHashBuilder::default();
+        let mut counts = vec![0usize; buckets];
+        for k in keys {
+            // The low bits, as a hash table's index uses them.
+            #[allow(clippy::cast_possible_truncation)]
+            let i = (b.hash_one(k) as usize) & (buckets - 1);
+            counts[i] += 1;
+        }
+        counts.into_iter().max().unwrap_or(0)
+    }
+
+    #[test]
+    fn the_key_hasher_is_stable_per_map_and_seeded_per_map() {
+        use std::hash::BuildHasher as _;
+        let keys: Vec<StorageKey> = (0u32..64)
+            .map(|i| StorageKey::from_segments(&[i.to_le_bytes()]))
+            .collect();
+        let (a, b) = (KeyHashBuilder::default(), KeyHashBuilder::default());
+        for k in &keys {
+            assert_eq!(a.hash_one(k), a.clone().hash_one(k));
+        }
+        let differ = keys
+            .iter()
+            .filter(|k| a.hash_one(k) != b.hash_one(k))
+            .count();
+        assert!(
+            differ > 60,
+            "two maps place keys alike: {differ} of 64 differ"
+        );
+    }
+
+    #[test]
+    fn the_key_hasher_spreads_digests_and_crafted_keys() {
+        // 10,000 keys in 1,024 buckets: about 10 each.
+        let digests: Vec<StorageKey> = (0u32..10_000)
+            .map(|i| StorageKey::from_segments(&[i.to_le_bytes()]))
+            .collect();
+        assert!(spread(&digests, 1024) < 40);
+        // Keys alike but for one word (what grinding for a shared prefix or
+        // suffix gives): still spread.
+        for word in 0..4 {
+            let crafted: Vec<StorageKey> = (0u64..10_000)
+                .map(|i| {
+                    let mut b = [0x5au8; 32];
+                    b[word * 8..word * 8 + 8].copy_from_slice(&(i << 20).to_le_bytes());
+                    StorageKey(b)
+                })
+                .collect();
+            assert!(spread(&crafted, 1024) < 40, "word {word}");
+        }
     }
 }

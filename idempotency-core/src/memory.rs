@@ -1,6 +1,5 @@
 //! [`MemoryStore`]: the embedded default store.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::cache::{InvalidationFeed, InvalidationHub, Invalidations};
-use crate::key::StorageKey;
+use crate::key::{KeyMap, StorageKey};
 use crate::record::{
     Completed, Corrupted, Failed, Lease, LeaseToken, Pending, Record, RecordState, Timestamp,
 };
@@ -206,7 +205,7 @@ struct Full;
 
 #[derive(Default)]
 struct Shard {
-    records: HashMap<StorageKey, Record>,
+    records: KeyMap<Record>,
     sweep_at: usize,
 }
 

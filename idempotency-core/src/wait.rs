@@ -22,7 +22,6 @@
 //!   not), not later ones: register, create the future, *then* re-check the
 //!   record, and a change made after the re-check is never missed.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,7 +30,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio::task::JoinHandle;
 
-use crate::key::StorageKey;
+use crate::key::{KeyMap, StorageKey};
 use crate::store::StoreError;
 
 /// One key's entry: the notification its waiters share and how many they are.
@@ -43,7 +42,7 @@ struct Entry {
 /// The waiters of one store, by storage key. See the [module docs](self).
 #[derive(Default)]
 pub struct Waiters {
-    map: Mutex<HashMap<StorageKey, Entry>>,
+    map: Mutex<KeyMap<Entry>>,
 }
 
 impl std::fmt::Debug for Waiters {
@@ -60,7 +59,7 @@ impl Waiters {
         Self::default()
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<StorageKey, Entry>> {
+    fn map(&self) -> MutexGuard<'_, KeyMap<Entry>> {
         // Every critical section is one map operation: a poisoned lock
         // cannot hold a half-made change.
         self.map
