@@ -10,6 +10,7 @@
 //! | the store restarted under load | [`restart`] | 503 + `Retry-After` while down, never a 5xx replay, no duplicate, throughput back within 5 s |
 //! | lost responses | [`lost`] | the retry gets the replay, one effect |
 //! | clients disconnecting mid-request | [`disconnect`] | no record left pending (a claim cut short is released), no bad pooled connection |
+//! | a PostgreSQL crash after an asynchronous claim | [`claim_commit`] | `ClaimCommit::Asynchronous` can be forgotten by a server crash, a durable claim cannot |
 //!
 //! By default every case runs once with bounded counts (the CI subset);
 //! `FAULTS_FULL=1` runs the full matrix, and `FAULTS_REPORT=<file>` appends
@@ -30,6 +31,7 @@
 #![allow(unreachable_pub)]
 
 mod blocked;
+mod claim_commit;
 mod crash;
 mod disconnect;
 mod env;
@@ -144,3 +146,14 @@ case!(lost_response_in_transaction, lost::promotion());
 
 case!(disconnects_postgres, disconnect::postgres());
 case!(disconnects_redis, disconnect::redis());
+
+/// A real crash of a private server after a durable and an asynchronous
+/// claim (`ClaimCommit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asynchronous_claim_is_forgotten_by_a_server_crash_a_durable_one_is_not() {
+    let _one = env::serial().await;
+    if !pg::available() {
+        return;
+    }
+    claim_commit::forgotten_by_a_crash().await;
+}

@@ -65,6 +65,9 @@ pub struct PrivatePostgres {
     dir: PathBuf,
     bin: PathBuf,
     root: bool,
+    /// Server settings after the suite's own (`-c name=value ...`; a later
+    /// `-c` of a name wins).
+    settings: &'static str,
 }
 
 impl PrivatePostgres {
@@ -74,6 +77,15 @@ impl PrivatePostgres {
     ///
     /// `initdb` or `pg_ctl start` fails (with its output).
     pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// [`PrivatePostgres::start`] with more server settings, `-c name=value ...`.
+    ///
+    /// # Panics
+    ///
+    /// As [`PrivatePostgres::start`].
+    pub async fn start_with(settings: &'static str) -> Self {
         let bin = bin_dir().expect("PostgreSQL binaries");
         let root = is_root();
         let dir = std::env::temp_dir().join(format!("idem-faults-pg-{}", uuid::Uuid::new_v4()));
@@ -86,6 +98,7 @@ impl PrivatePostgres {
             dir,
             bin,
             root,
+            settings,
         };
         server.cmd(
             "initdb",
@@ -135,9 +148,10 @@ impl PrivatePostgres {
     fn pg_ctl(&self, action: &str) {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off",
+             -c synchronous_commit=off -c full_page_writes=off {}",
             self.port,
-            path(&self.dir)
+            path(&self.dir),
+            self.settings
         );
         let log = self.dir.join("server.log");
         let data = self.data();
@@ -169,6 +183,15 @@ impl PrivatePostgres {
         let down = start.elapsed();
         assert_ne!(self.started_at().await, before, "the server restarted");
         down
+    }
+
+    /// Crashes the server (`pg_ctl stop -m immediate`: every process killed,
+    /// WAL still in shared memory lost, recovery at the next start), starts
+    /// it again and waits until it accepts connections.
+    pub async fn crash_and_start(&self) {
+        self.pg_ctl("stop");
+        self.pg_ctl("start");
+        self.wait_ready().await;
     }
 
     /// `pg_postmaster_start_time()`, as text.
