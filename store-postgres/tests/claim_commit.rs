@@ -116,6 +116,25 @@ async fn a_durable_claim_keeps_the_servers_setting() {
     assert!(seen.iter().all(|(_, mode)| *mode == server), "{seen:?}");
 }
 
+/// An execution's effect: its row, in a transaction left open.
+async fn write_effect(
+    store: &PostgresStore,
+    key: &idempotency_core::StorageKey,
+    note: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {}.effects (key, note) VALUES ($1, $2)",
+        store.schema()
+    )))
+    .bind(&key.as_bytes()[..])
+    .bind(note)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
 /// What a crash of the server within the flush window does to an
 /// asynchronous claim (the record is gone: modelled here by deleting it,
 /// as recovery would leave the table), with the completion in the effect's
@@ -123,16 +142,16 @@ async fn a_durable_claim_keeps_the_servers_setting() {
 /// still runs, and only one of the two executions can commit its row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forgotten_claim_is_still_executed_once_with_the_completion_in_the_effects_transaction() {
-    let Some(store) = observed_store(ClaimCommit::Asynchronous).await else {
+    // A pool of several connections: the two executions' transactions overlap.
+    let Some(pool) = common::pool().await else {
         return;
     };
-    // Two connections: the two executions' transactions overlap.
-    let pool = common::pool().await.expect("database reachable");
     let store = PostgresStore::builder()
-        .schema(store.schema())
+        .schema(common::fresh_schema())
         .claim_commit(ClaimCommit::Asynchronous)
         .build(pool)
         .expect("valid schema");
+    store.migrate().await.expect("migrate");
     let s = store.schema().to_owned();
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE TABLE {s}.effects (key bytea NOT NULL, note text NOT NULL)"
@@ -143,14 +162,7 @@ async fn a_forgotten_claim_is_still_executed_once_with_the_completion_in_the_eff
     let req = common::request(common::key(), 1, Duration::from_secs(10));
     let (first, _) = common::acquire(&store, &req).await;
     // The first execution writes its effect, not yet committed.
-    let mut first_tx = store.pool().begin().await.unwrap();
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {s}.effects (key, note) VALUES ($1, 'first')"
-    )))
-    .bind(&req.key.as_bytes()[..])
-    .execute(&mut *first_tx)
-    .await
-    .unwrap();
+    let mut first_tx = write_effect(&store, &req.key, "first").await;
     // The claim is forgotten; a duplicate acquires the key again.
     sqlx::query(AssertSqlSafe(format!(
         "DELETE FROM {s}.records WHERE key = $1"
@@ -161,14 +173,7 @@ async fn a_forgotten_claim_is_still_executed_once_with_the_completion_in_the_eff
     .unwrap();
     let (second, _) = common::acquire(&store, &req).await;
     assert_ne!(first.token, second.token);
-    let mut second_tx = store.pool().begin().await.unwrap();
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {s}.effects (key, note) VALUES ($1, 'second')"
-    )))
-    .bind(&req.key.as_bytes()[..])
-    .execute(&mut *second_tx)
-    .await
-    .unwrap();
+    let mut second_tx = write_effect(&store, &req.key, "second").await;
     store
         .complete_in(&mut second_tx, &second, common::value("second"))
         .await
