@@ -479,8 +479,17 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
     ///
     /// Dropping the future before the write is confirmed hands it to a
     /// spawned task (see the type's docs): the outcome is still written.
-    pub async fn complete(mut self, completion: Completion) -> Result<(), SettleError> {
-        self.settle(Settlement::Complete(completion)).await
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+    )]
+    pub fn complete(
+        mut self,
+        completion: Completion,
+    ) -> impl Future<Output = Result<(), SettleError>> {
+        // An `async` block, not an `async fn`: the future holds the attempt
+        // once, not as an argument and again as the local it is moved to.
+        async move { self.settle(Settlement::Complete(completion)).await }
     }
 
     /// Records the failure (`Pending` → `Failed`). A retryable failure on the
@@ -494,9 +503,15 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
     /// # Cancel safety
     ///
     /// As [`complete`](Self::complete).
-    pub async fn fail(mut self, failure: Failure) -> Result<(), SettleError> {
-        let failure = self.policy.settle_failure(&self.lease, failure);
-        self.settle(Settlement::Fail(failure)).await
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+    )]
+    pub fn fail(mut self, failure: Failure) -> impl Future<Output = Result<(), SettleError>> {
+        async move {
+            let failure = self.policy.settle_failure(&self.lease, failure);
+            self.settle(Settlement::Fail(failure)).await
+        }
     }
 
     /// Forgets the record (`Pending` → absent): nothing worth keeping
@@ -510,8 +525,12 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
     /// # Cancel safety
     ///
     /// As [`complete`](Self::complete).
-    pub async fn release(mut self) -> Result<(), SettleError> {
-        self.settle(Settlement::Release).await
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+    )]
+    pub fn release(mut self) -> impl Future<Output = Result<(), SettleError>> {
+        async move { self.settle(Settlement::Release).await }
     }
 
     /// Ends the attempt without writing: the work completed the record
@@ -527,18 +546,27 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
         }
     }
 
-    async fn settle(&mut self, settlement: Settlement) -> Result<(), SettleError> {
-        if self.lost {
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+    )]
+    fn settle(
+        &mut self,
+        settlement: Settlement,
+    ) -> impl Future<Output = Result<(), SettleError>> + '_ {
+        async move {
+            if self.lost {
+                self.ended = true;
+                return Err(SettleError::LeaseLost);
+            }
+            self.pending = Some(settlement);
+            let result = self.settle_pending().await;
+            self.pending = None;
             self.ended = true;
-            return Err(SettleError::LeaseLost);
+            // A renewal still in flight has nothing left to protect.
+            self.renewal = None;
+            result
         }
-        self.pending = Some(settlement);
-        let result = self.settle_pending().await;
-        self.pending = None;
-        self.ended = true;
-        // A renewal still in flight has nothing left to protect.
-        self.renewal = None;
-        result
     }
 
     /// Writes `self.pending` until it lands, the lease is lost or the settle
@@ -605,16 +633,22 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
     }
 }
 
-async fn write<S: IdempotencyStore>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+)]
+fn write<S: IdempotencyStore>(
     store: S,
     lease: Lease,
     settlement: Settlement,
     timeout: Duration,
-) -> Result<(), StoreError> {
-    match settlement {
-        Settlement::Complete(c) => with_timeout(timeout, store.complete(&lease, c)).await,
-        Settlement::Fail(f) => with_timeout(timeout, store.fail(&lease, f)).await,
-        Settlement::Release => with_timeout(timeout, store.release(&lease)).await,
+) -> impl Future<Output = Result<(), StoreError>> {
+    async move {
+        match settlement {
+            Settlement::Complete(c) => with_timeout(timeout, store.complete(&lease, c)).await,
+            Settlement::Fail(f) => with_timeout(timeout, store.fail(&lease, f)).await,
+            Settlement::Release => with_timeout(timeout, store.release(&lease)).await,
+        }
     }
 }
 

@@ -146,6 +146,11 @@ impl fmt::Debug for IdempotencyKey {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StorageKey([u8; 32]);
 
+/// The first material segment of a client key.
+const CLIENT_MATERIAL: &[u8] = b"client";
+/// The first material segment of derived material.
+const DERIVED_MATERIAL: &[u8] = b"derived";
+
 impl StorageKey {
     /// Hashes an ordered list of segments.
     ///
@@ -156,14 +161,75 @@ impl StorageKey {
     /// assert_ne!(a, b);
     /// ```
     pub fn from_segments<S: AsRef<[u8]>>(segments: &[S]) -> Self {
+        Self::hash_segments(segments.len(), segments.iter().map(AsRef::as_ref))
+    }
+
+    /// The key of a client key: the same as
+    /// `KeySpec::new(namespace).scope(scope).client_key(key).storage_key()`,
+    /// without building the spec (no allocation).
+    ///
+    /// ```
+    /// use idempotency_core::{IdempotencyKey, KeySpec, StorageKey};
+    /// let key = IdempotencyKey::new("8e03978e-40d5").unwrap();
+    /// assert_eq!(
+    ///     StorageKey::for_client_key(b"orders", b"tenant-a", &key),
+    ///     KeySpec::new("orders").scope("tenant-a").client_key(&key).storage_key(),
+    /// );
+    /// ```
+    pub fn for_client_key(namespace: &[u8], scope: &[u8], key: &IdempotencyKey) -> Self {
+        let segments: [&[u8]; 6] = [
+            namespace,
+            scope,
+            &[],
+            &[],
+            CLIENT_MATERIAL,
+            key.expose_secret(),
+        ];
+        Self::hash_segments(segments.len(), segments.into_iter())
+    }
+
+    /// The key of derived material: the same as
+    /// `KeySpec::new(namespace).scope(scope).method(method).route(route).derived(parts).storage_key()`,
+    /// without building the spec (no allocation).
+    ///
+    /// ```
+    /// use idempotency_core::{KeySpec, StorageKey};
+    /// assert_eq!(
+    ///     StorageKey::for_derived(b"promotion", b"", b"POST", b"/estimates/{id}/promote", &["E-1", "3"]),
+    ///     KeySpec::new("promotion")
+    ///         .method("POST")
+    ///         .route("/estimates/{id}/promote")
+    ///         .derived(["E-1", "3"])
+    ///         .storage_key(),
+    /// );
+    /// ```
+    pub fn for_derived<S: AsRef<[u8]>>(
+        namespace: &[u8],
+        scope: &[u8],
+        method: &[u8],
+        route: &[u8],
+        parts: &[S],
+    ) -> Self {
+        let head: [&[u8]; 5] = [namespace, scope, method, route, DERIVED_MATERIAL];
+        Self::hash_segments(
+            head.len() + parts.len(),
+            head.into_iter().chain(parts.iter().map(AsRef::as_ref)),
+        )
+    }
+
+    /// SHA-256 over the domain tag, the segment count and each segment,
+    /// length first.
+    fn hash_segments<'a>(count: usize, segments: impl Iterator<Item = &'a [u8]>) -> Self {
         let mut h = Sha256::new();
         h.update(b"idempotency-rs/storage-key/v1");
-        h.update((segments.len() as u64).to_be_bytes());
+        h.update((count as u64).to_be_bytes());
+        let mut written = 0usize;
         for s in segments {
-            let s = s.as_ref();
             h.update((s.len() as u64).to_be_bytes());
             h.update(s);
+            written += 1;
         }
+        debug_assert_eq!(written, count, "segment count");
         Self(h.finalize().into())
     }
 
@@ -283,7 +349,7 @@ impl KeySpec {
     /// Uses a validated client key as the key material.
     #[must_use]
     pub fn client_key(self, key: &IdempotencyKey) -> Self {
-        self.material([b"client".as_slice(), key.expose_secret()])
+        self.material([CLIENT_MATERIAL, key.expose_secret()])
     }
 
     /// Uses derived material (one segment per value) as the key material,
@@ -294,7 +360,7 @@ impl KeySpec {
         I: IntoIterator<Item = S>,
         S: AsRef<[u8]>,
     {
-        let mut out = vec![b"derived".to_vec()];
+        let mut out = vec![DERIVED_MATERIAL.to_vec()];
         out.extend(parts.into_iter().map(|p| p.as_ref().to_vec()));
         self.material_vec(out)
     }
@@ -310,13 +376,12 @@ impl KeySpec {
 
     /// Hashes the spec.
     pub fn storage_key(&self) -> StorageKey {
-        let mut segs: Vec<&[u8]> = Vec::with_capacity(4 + self.material.len());
-        segs.push(&self.namespace);
-        segs.push(&self.scope);
-        segs.push(&self.method);
-        segs.push(&self.route);
-        segs.extend(self.material.iter().map(Vec::as_slice));
-        StorageKey::from_segments(&segs)
+        let head: [&[u8]; 4] = [&self.namespace, &self.scope, &self.method, &self.route];
+        StorageKey::hash_segments(
+            head.len() + self.material.len(),
+            head.into_iter()
+                .chain(self.material.iter().map(Vec::as_slice)),
+        )
     }
 }
 
@@ -588,6 +653,61 @@ mod tests {
             e.storage_key(),
             KeySpec::new("ns").client_key(&k).storage_key()
         );
+    }
+
+    #[test]
+    fn storage_keys_never_change() {
+        // Records written by any version must be found by every later one:
+        // these digests were computed outside this crate (SHA-256 of the
+        // tag, the segment count and each length-prefixed segment).
+        let key = IdempotencyKey::new("8e03978e-40d5").unwrap();
+        let client = "febf274c52944c9e1d12f089d735d75f02cbcc4d5f1a4fcaf747605fa8599171";
+        assert_eq!(
+            StorageKey::for_client_key(b"orders", b"tenant-a", &key).to_hex(),
+            client
+        );
+        let spec = KeySpec::new("orders").scope("tenant-a").client_key(&key);
+        assert_eq!(spec.storage_key().to_hex(), client);
+        let derived = "5ec64aadb72cf71fda22b5ba7584195ac003022a31d4edb1dda3ce3f53693920";
+        let route = b"/estimates/{id}/promote";
+        assert_eq!(
+            StorageKey::for_derived(b"promotion", b"", b"POST", route, &["E-1", "3"]).to_hex(),
+            derived
+        );
+        let spec = KeySpec::new("promotion")
+            .method("POST")
+            .route(route)
+            .derived(["E-1", "3"]);
+        assert_eq!(spec.storage_key().to_hex(), derived);
+    }
+
+    #[test]
+    fn the_direct_keys_are_the_specs_keys() {
+        let keys = ["k", "8e03978e-40d5", "a b ~/\\\"", &"x".repeat(255)];
+        let scopes: [&[u8]; 3] = [b"", b"tenant-a", b"\x00\xff"];
+        for text in keys {
+            let key = IdempotencyKey::new(text).unwrap();
+            for scope in scopes {
+                assert_eq!(
+                    StorageKey::for_client_key(b"ns", scope, &key),
+                    KeySpec::new("ns")
+                        .scope(scope)
+                        .client_key(&key)
+                        .storage_key()
+                );
+                for parts in [vec![], vec![text], vec![text, "", text]] {
+                    assert_eq!(
+                        StorageKey::for_derived(b"ns", scope, b"PUT", b"/r/{id}", &parts),
+                        KeySpec::new("ns")
+                            .scope(scope)
+                            .method("PUT")
+                            .route("/r/{id}")
+                            .derived(&parts)
+                            .storage_key()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

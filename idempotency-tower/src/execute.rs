@@ -54,26 +54,34 @@ enum TaskError<E> {
 /// is left of it is handed to the runtime as a task of its own, so the
 /// handler and the record's completion go on. The common case, a request
 /// that is not dropped, pays for no task and no cross-task wake-up.
-pub(crate) async fn execute<S, St, ReqBody, ResBody>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+)]
+pub(crate) fn execute<S, St, ReqBody, ResBody>(
     inner: S,
     store: St,
     ctx: Ctx,
     lease: Lease,
     kind: ClaimKind,
     req: Request<RequestBody<ReqBody>>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
 where
     S: Inner<ReqBody, ResBody>,
     St: SharedStore,
     ReqBody: Send + 'static,
     ResBody: ResBodyOf,
 {
+    // Boxed here, not inside the returned future: that future is then the
+    // box alone.
     let span = ctx.span.clone();
     let owned = DetachOnDrop::new(run_owned(inner, store, ctx, lease, kind, req).instrument(span));
-    match owned.await {
-        Ok(res) => Ok(res),
-        Err(TaskError::Service(e)) => Err(e),
-        Err(TaskError::Panic(payload)) => std::panic::resume_unwind(payload),
+    async move {
+        match owned.await {
+            Ok(res) => Ok(res),
+            Err(TaskError::Service(e)) => Err(e),
+            Err(TaskError::Panic(payload)) => std::panic::resume_unwind(payload),
+        }
     }
 }
 
@@ -193,20 +201,27 @@ impl<St: SharedStore> Drop for ClaimOnDrop<St> {
 type HandlerResult<R, E> = Result<Result<Response<R>, E>, Box<dyn Any + Send>>;
 
 /// The owned request: the handler under the lease engine, then its outcome.
-async fn run_owned<S, St, ReqBody, ResBody>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+)]
+fn run_owned<S, St, ReqBody, ResBody>(
     mut inner: S,
     store: St,
     mut ctx: Ctx,
     lease: Lease,
     kind: ClaimKind,
     mut req: Request<RequestBody<ReqBody>>,
-) -> Result<Response<ResponseBody<ResBody>>, TaskError<S::Error>>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, TaskError<S::Error>>>
 where
     S: Inner<ReqBody, ResBody>,
     St: SharedStore,
     ReqBody: Send + 'static,
     ResBody: ResBodyOf,
 {
+    // The set-up runs before the future is made (and boxed by `execute`):
+    // the future then holds the attempt and the handler's call, not also
+    // the request and lease they were made from.
     let config = ctx.config.clone();
     // One engine owns the attempt from here to its final record write: it
     // renews the lease while the handler runs *and* while its body is
@@ -215,37 +230,36 @@ where
     let context = IdempotencyContext::new(owned.attempt().clone(), config);
     req.extensions_mut().insert(context.clone());
     let call = AssertUnwindSafe(inner.call(req)).catch_unwind();
-    let result = owned.run(call).await;
-    let executed = if kind == ClaimKind::New {
-        DecisionOutcome::Executed
-    } else {
-        DecisionOutcome::Reclaimed
-    };
-    if let Some(resource) = context.completed_resource() {
-        owned.finish();
-        ctx.resource = resource;
-        return completed_by_handler(&ctx, executed, result);
+    async move {
+        let result = owned.run(call).await;
+        let executed = if kind == ClaimKind::New {
+            DecisionOutcome::Executed
+        } else {
+            DecisionOutcome::Reclaimed
+        };
+        if let Some(resource) = context.completed_resource() {
+            owned.finish();
+            ctx.resource = resource;
+            return completed_by_handler(&ctx, executed, result);
+        }
+        let res = match result {
+            Err(panic) => {
+                let status = Some(StatusCode::INTERNAL_SERVER_ERROR);
+                let failure = Failure::retryable("the handler panicked");
+                // Boxed, as on every failure path: a rare path does not make
+                // every request's future larger.
+                Box::pin(record_failure(owned, &ctx, failure, status)).await;
+                return Err(TaskError::Panic(panic));
+            }
+            Ok(Err(e)) => {
+                let failure = Failure::retryable("the inner service returned an error");
+                Box::pin(record_failure(owned, &ctx, failure, None)).await;
+                return Err(TaskError::Service(e));
+            }
+            Ok(Ok(res)) => res,
+        };
+        Ok(settle_response(owned, &ctx, executed, res).await)
     }
-    let res = match result {
-        Err(panic) => {
-            let status = Some(StatusCode::INTERNAL_SERVER_ERROR);
-            record_failure(
-                owned,
-                &ctx,
-                Failure::retryable("the handler panicked"),
-                status,
-            )
-            .await;
-            return Err(TaskError::Panic(panic));
-        }
-        Ok(Err(e)) => {
-            let failure = Failure::retryable("the inner service returned an error");
-            record_failure(owned, &ctx, failure, None).await;
-            return Err(TaskError::Service(e));
-        }
-        Ok(Ok(res)) => res,
-    };
-    Ok(settle_response(owned, &ctx, executed, res).await)
 }
 
 /// The handler completed the record in its own transaction: nothing is
@@ -272,103 +286,115 @@ fn completed_by_handler<R, E>(
 }
 
 /// Applies the outcome policy to the handler's response and settles the record.
-async fn settle_response<St: SharedStore, ResBody: ResBodyOf>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+)]
+fn settle_response<St: SharedStore, ResBody: ResBodyOf>(
     owned: OwnedAttempt<St>,
     ctx: &Ctx,
     executed: DecisionOutcome,
     res: Response<ResBody>,
-) -> Response<ResponseBody<ResBody>> {
-    let (head, body) = res.into_parts();
-    let status = head.status;
-    if owned.is_lost() {
-        owned.finish();
-        tracing::warn!("lease lost while the handler ran; its response is not recorded");
-        ctx.decide(DecisionOutcome::Fenced, Some(status));
-        return ctx.finish(Response::from_parts(head, ResponseBody::inner(body)));
-    }
-    match ctx.config.outcomes.classify_response(&head) {
-        OutcomeAction::Release => {
-            let outcome = settled(owned.release().await, DecisionOutcome::Released);
-            ctx.decide(outcome, Some(status));
-            ctx.finish(Response::from_parts(head, ResponseBody::inner(body)))
+) -> impl Future<Output = Response<ResponseBody<ResBody>>> {
+    async move {
+        let (head, body) = res.into_parts();
+        let status = head.status;
+        if owned.is_lost() {
+            owned.finish();
+            tracing::warn!("lease lost while the handler ran; its response is not recorded");
+            ctx.decide(DecisionOutcome::Fenced, Some(status));
+            return ctx.finish(Response::from_parts(head, ResponseBody::inner(body)));
         }
-        action @ (OutcomeAction::FailRetryable | OutcomeAction::FailTerminal) => {
-            let reason = format!("the handler answered {status}");
-            let failure = if action == OutcomeAction::FailRetryable {
-                Failure::retryable(reason)
-            } else {
-                Failure::terminal(reason)
-            };
-            record_failure(owned, ctx, failure, Some(status)).await;
-            ctx.finish(Response::from_parts(head, ResponseBody::inner(body)))
+        match ctx.config.outcomes.classify_response(&head) {
+            OutcomeAction::Release => {
+                let outcome = settled(Box::pin(owned.release()).await, DecisionOutcome::Released);
+                ctx.decide(outcome, Some(status));
+                ctx.finish(Response::from_parts(head, ResponseBody::inner(body)))
+            }
+            action @ (OutcomeAction::FailRetryable | OutcomeAction::FailTerminal) => {
+                let reason = format!("the handler answered {status}");
+                let failure = if action == OutcomeAction::FailRetryable {
+                    Failure::retryable(reason)
+                } else {
+                    Failure::terminal(reason)
+                };
+                Box::pin(record_failure(owned, ctx, failure, Some(status))).await;
+                ctx.finish(Response::from_parts(head, ResponseBody::inner(body)))
+            }
+            OutcomeAction::Store => store_response(owned, ctx, executed, head, body).await,
         }
-        OutcomeAction::Store => store_response(owned, ctx, executed, head, body).await,
     }
 }
 
 /// Collects the body (the lease renewed meanwhile, however slow it is) and
 /// stores it, or a tombstone when it is too large; answers the response.
-async fn store_response<St: SharedStore, ResBody: ResBodyOf>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+)]
+fn store_response<St: SharedStore, ResBody: ResBodyOf>(
     mut owned: OwnedAttempt<St>,
     ctx: &Ctx,
     executed: DecisionOutcome,
     head: http::response::Parts,
     body: ResBody,
-) -> Response<ResponseBody<ResBody>> {
-    let config = &ctx.config;
-    let status = head.status;
-    let collected = owned
-        .run(collect_response(Box::pin(body), config.max_stored_response))
-        .await;
-    if owned.is_lost() {
-        owned.finish();
-        tracing::warn!("lease lost while the response body was read; it is not recorded");
-        ctx.decide(DecisionOutcome::Fenced, Some(status));
-        let body = match collected {
-            Collected::Complete { data, trailers } => {
-                ResponseBody::full_with_trailers(data, trailers)
-            }
-            Collected::TooLarge { prefix, rest } => ResponseBody::prefixed(prefix, rest),
-            Collected::Failed { prefix, error } => ResponseBody::errored(prefix, error),
-        };
-        return ctx.finish(Response::from_parts(head, body));
-    }
-    let (outcome, body) = match collected {
-        Collected::Complete { data, trailers } => {
-            let mut stored = stored_response(config, status, &head.headers, data.clone());
-            // Trailers are part of the outcome (gRPC's `grpc-status`).
-            stored.trailers = stored_trailers(trailers.as_ref());
-            let completion = Completion::new(Outcome::Response(stored));
-            let outcome = settled(owned.complete(completion).await, executed);
-            (outcome, ResponseBody::full_with_trailers(data, trailers))
-        }
-        Collected::TooLarge { prefix, rest } => {
-            let reason = format!(
-                "response body larger than {} bytes was not stored",
-                config.max_stored_response
-            );
-            tracing::info!("response too large to store; the record becomes a tombstone");
-            // The headers a stored response would keep, without its body.
-            let kept = stored_response(config, status, &head.headers, Bytes::new());
-            let tombstone = Outcome::Tombstone {
-                status: Some(status.as_u16()),
-                headers: kept.headers,
-                reason,
+) -> impl Future<Output = Response<ResponseBody<ResBody>>> {
+    async move {
+        let config = &ctx.config;
+        let status = head.status;
+        let collected = owned
+            .run(collect_response(Box::pin(body), config.max_stored_response))
+            .await;
+        if owned.is_lost() {
+            owned.finish();
+            tracing::warn!("lease lost while the response body was read; it is not recorded");
+            ctx.decide(DecisionOutcome::Fenced, Some(status));
+            let body = match collected {
+                Collected::Complete { data, trailers } => {
+                    ResponseBody::full_with_trailers(data, trailers)
+                }
+                Collected::TooLarge { prefix, rest } => ResponseBody::prefixed(prefix, rest),
+                Collected::Failed { prefix, error } => ResponseBody::errored(prefix, error),
             };
-            let outcome = settled(owned.complete(Completion::new(tombstone)).await, executed);
-            (outcome, ResponseBody::prefixed(prefix, rest))
+            return ctx.finish(Response::from_parts(head, body));
         }
-        Collected::Failed { prefix, error } => {
-            let failure = Failure::retryable("the response body failed while it was read");
-            record_failure(owned, ctx, failure, Some(status)).await;
-            return ctx.finish(Response::from_parts(
-                head,
-                ResponseBody::errored(prefix, error),
-            ));
-        }
-    };
-    ctx.decide(outcome, Some(status));
-    ctx.finish(Response::from_parts(head, body))
+        let (outcome, body) = match collected {
+            Collected::Complete { data, trailers } => {
+                let mut stored = stored_response(config, status, &head.headers, data.clone());
+                // Trailers are part of the outcome (gRPC's `grpc-status`).
+                stored.trailers = stored_trailers(trailers.as_ref());
+                let completion = Completion::new(Outcome::Response(stored));
+                let outcome = settled(owned.complete(completion).await, executed);
+                (outcome, ResponseBody::full_with_trailers(data, trailers))
+            }
+            Collected::TooLarge { prefix, rest } => {
+                let reason = format!(
+                    "response body larger than {} bytes was not stored",
+                    config.max_stored_response
+                );
+                tracing::info!("response too large to store; the record becomes a tombstone");
+                // The headers a stored response would keep, without its body.
+                let kept = stored_response(config, status, &head.headers, Bytes::new());
+                let tombstone = Outcome::Tombstone {
+                    status: Some(status.as_u16()),
+                    headers: kept.headers,
+                    reason,
+                };
+                let outcome = settled(owned.complete(Completion::new(tombstone)).await, executed);
+                (outcome, ResponseBody::prefixed(prefix, rest))
+            }
+            Collected::Failed { prefix, error } => {
+                let failure = Failure::retryable("the response body failed while it was read");
+                Box::pin(record_failure(owned, ctx, failure, Some(status))).await;
+                return ctx.finish(Response::from_parts(
+                    head,
+                    ResponseBody::errored(prefix, error),
+                ));
+            }
+        };
+        ctx.decide(outcome, Some(status));
+        ctx.finish(Response::from_parts(head, body))
+    }
 }
 
 /// The decision for a final write: `ok` when it landed (or the store kept

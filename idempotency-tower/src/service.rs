@@ -158,13 +158,15 @@ where
     }
 }
 
-/// The span and observability context, then the steps.
-async fn handle<S, St, ReqBody, ResBody>(
+/// The span and observability context, made before the future: the boxed
+/// future is then the steps alone, not the steps plus the request they were
+/// made from (every byte of it is copied when the future is boxed).
+fn handle<S, St, ReqBody, ResBody>(
     inner: S,
     store: St,
     config: Arc<Config>,
     req: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>> + Send
 where
     S: Inner<ReqBody, ResBody>,
     St: SharedStore,
@@ -187,9 +189,7 @@ where
         http.status_code = tracing::field::Empty,
     );
     let ctx = Ctx::new(config, started, &parts, route, correlation_id, span.clone());
-    decide(inner, store, ctx, parts, body)
-        .instrument(span)
-        .await
+    decide(inner, store, ctx, parts, body).instrument(span)
 }
 
 /// What the request's key source made of it.
@@ -282,142 +282,156 @@ async fn claim<St: SharedStore>(
 }
 
 /// Every step of a handled request, in order.
-async fn decide<S, St, ReqBody, ResBody>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+)]
+fn decide<S, St, ReqBody, ResBody>(
     inner: S,
     store: St,
     mut ctx: Ctx,
     parts: Parts,
     body: ReqBody,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
 where
     S: Inner<ReqBody, ResBody>,
     St: SharedStore,
     ReqBody: ReqBodyOf,
     ResBody: ResBodyOf,
 {
-    let config = ctx.config.clone();
-    let wording = Wording::new(config.key_source.header());
+    async move {
+        let config = ctx.config.clone();
+        let wording = Wording::new(config.key_source.header());
 
-    // 1. A key read from headers or the path is checked before the body is read.
-    let reads_body = config.key_source.reads_body();
-    let early = (!reads_body).then(|| key_step(&ctx, &wording, &parts, None));
-    match early {
-        Some(KeyStep::Absent) => {
-            let req = Request::from_parts(parts, RequestBody::streaming(body));
-            return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
+        // 1. A key read from headers or the path is checked before the body is read.
+        let reads_body = config.key_source.reads_body();
+        let early = (!reads_body).then(|| key_step(&ctx, &wording, &parts, None));
+        match early {
+            Some(KeyStep::Absent) => {
+                let req = Request::from_parts(parts, RequestBody::streaming(body));
+                return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
+            }
+            Some(KeyStep::Refused(p)) => return Ok(ctx.problem(DecisionOutcome::Rejected, p)),
+            Some(KeyStep::Key(_)) | None => {}
         }
-        Some(KeyStep::Refused(p)) => return Ok(ctx.problem(DecisionOutcome::Rejected, p)),
-        Some(KeyStep::Key(_)) | None => {}
-    }
 
-    // 2. The body, bounded while streaming.
-    let body = match read_body(&config, body).await {
-        Ok(b) => b,
-        Err(p) => return Ok(ctx.problem(DecisionOutcome::Rejected, p)),
-    };
+        // 2. The body, bounded while streaming.
+        let body = match read_body(&config, body).await {
+            Ok(b) => b,
+            Err(p) => return Ok(ctx.problem(DecisionOutcome::Rejected, p)),
+        };
 
-    // 3. A key derived from the body.
-    let step = match early {
-        Some(step) => step,
-        None => key_step(&ctx, &wording, &parts, Some(&body)),
-    };
-    let material = match step {
-        KeyStep::Key(m) => m,
-        KeyStep::Absent => {
-            let req = Request::from_parts(parts, RequestBody::buffered(body));
-            return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
+        // 3. A key derived from the body.
+        let step = match early {
+            Some(step) => step,
+            None => key_step(&ctx, &wording, &parts, Some(&body)),
+        };
+        let material = match step {
+            KeyStep::Key(m) => m,
+            KeyStep::Absent => {
+                let req = Request::from_parts(parts, RequestBody::buffered(body));
+                return unprotected(inner, &ctx, req, DecisionOutcome::PassedThrough).await;
+            }
+            KeyStep::Refused(p) => return Ok(ctx.problem(DecisionOutcome::Rejected, p)),
+        };
+
+        // 4. The record's identity and the request's fingerprint.
+        let (key, fingerprint) = match identify(&mut ctx, &parts, &body, &material) {
+            Ok(x) => x,
+            Err(p) => return Ok(ctx.problem(DecisionOutcome::Rejected, p)),
+        };
+
+        // 5. The store decides.
+        let claim = match claim(&store, &config, key, fingerprint).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency store failed on claim");
+                return match config.store_failure {
+                    StoreFailureMode::FailClosed => Ok(ctx.problem(
+                        DecisionOutcome::StoreUnavailable,
+                        Problem::new(
+                            ProblemType::StoreUnavailable,
+                            "the idempotency store is unavailable; retry later",
+                        )
+                        .retry_after(Duration::from_secs(1)),
+                    )),
+                    StoreFailureMode::FailOpen => {
+                        let req = Request::from_parts(parts, RequestBody::buffered(body));
+                        unprotected(inner, &ctx, req, DecisionOutcome::StoreUnavailable).await
+                    }
+                };
+            }
+        };
+
+        // 6. The answer.
+        match claim {
+            Claim::Acquired { lease, kind } => {
+                ctx.set_lease(&lease);
+                let req = Request::from_parts(parts, RequestBody::buffered(body));
+                // Not `inner.call` here: `execute` makes the call and boxes
+                // it at once in a future that runs to its end even when this
+                // one is dropped, so dropping this future never drops the
+                // handler.
+                execute(inner, store, ctx, lease, kind, req).await
+            }
+            other => Ok(answer(&store, &mut ctx, &wording, &key, other).await),
         }
-        KeyStep::Refused(p) => return Ok(ctx.problem(DecisionOutcome::Rejected, p)),
-    };
-
-    // 4. The record's identity and the request's fingerprint.
-    let (key, fingerprint) = match identify(&mut ctx, &parts, &body, &material) {
-        Ok(x) => x,
-        Err(p) => return Ok(ctx.problem(DecisionOutcome::Rejected, p)),
-    };
-
-    // 5. The store decides.
-    let claim = match claim(&store, &config, key, fingerprint).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "idempotency store failed on claim");
-            return match config.store_failure {
-                StoreFailureMode::FailClosed => Ok(ctx.problem(
-                    DecisionOutcome::StoreUnavailable,
-                    Problem::new(
-                        ProblemType::StoreUnavailable,
-                        "the idempotency store is unavailable; retry later",
-                    )
-                    .retry_after(Duration::from_secs(1)),
-                )),
-                StoreFailureMode::FailOpen => {
-                    let req = Request::from_parts(parts, RequestBody::buffered(body));
-                    unprotected(inner, &ctx, req, DecisionOutcome::StoreUnavailable).await
-                }
-            };
-        }
-    };
-
-    // 6. The answer.
-    match claim {
-        Claim::Acquired { lease, kind } => {
-            ctx.set_lease(&lease);
-            let req = Request::from_parts(parts, RequestBody::buffered(body));
-            // Not `inner.call` here: the call starts on the task, so that
-            // dropping this future never drops the handler.
-            execute(inner, store, ctx, lease, kind, req).await
-        }
-        other => Ok(answer(&store, &mut ctx, &wording, &key, other).await),
     }
 }
 
 /// The answer to every decision but an execution.
-async fn answer<St: SharedStore, B: Body>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
+)]
+fn answer<St: SharedStore, B: Body>(
     store: &St,
     ctx: &mut Ctx,
     wording: &Wording<'_>,
     key: &StorageKey,
     claim: Claim,
-) -> Response<ResponseBody<B>> {
-    match claim {
-        Claim::InFlight { retry_after, .. } => ctx.problem(
-            DecisionOutcome::InFlight,
-            wording.in_flight().retry_after(retry_after),
-        ),
-        Claim::Completed(completed) => {
-            ctx.resource.clone_from(&completed.resource);
-            replay(store, ctx, key, completed).await
-        }
-        Claim::Failed(failed) => {
-            let mut res = ctx.problem(
-                DecisionOutcome::Replayed,
-                wording.operation_failed(&failed.reason),
-            );
-            res.headers_mut()
-                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-            res
-        }
-        Claim::Mismatch => ctx.problem(DecisionOutcome::Mismatch, wording.key_reused()),
-        Claim::Corrupted { detail } => {
-            tracing::error!(alert = true, %detail, "idempotency record is corrupted");
-            ctx.problem(
+) -> impl Future<Output = Response<ResponseBody<B>>> {
+    async move {
+        match claim {
+            Claim::InFlight { retry_after, .. } => ctx.problem(
+                DecisionOutcome::InFlight,
+                wording.in_flight().retry_after(retry_after),
+            ),
+            Claim::Completed(completed) => {
+                ctx.resource.clone_from(&completed.resource);
+                replay(store, ctx, key, completed).await
+            }
+            Claim::Failed(failed) => {
+                let mut res = ctx.problem(
+                    DecisionOutcome::Replayed,
+                    wording.operation_failed(&failed.reason),
+                );
+                res.headers_mut()
+                    .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+                res
+            }
+            Claim::Mismatch => ctx.problem(DecisionOutcome::Mismatch, wording.key_reused()),
+            Claim::Corrupted { detail } => {
+                tracing::error!(alert = true, %detail, "idempotency record is corrupted");
+                ctx.problem(
                 DecisionOutcome::Corrupted,
                 Problem::new(
                     ProblemType::RecordCorrupted,
                     "the idempotency record for this key is corrupted; an operator must resolve it",
                 ),
             )
-        }
-        other => {
-            tracing::error!(claim = ?other, "unexpected claim decision from the store");
-            ctx.problem(
-                DecisionOutcome::StoreUnavailable,
-                Problem::new(
-                    ProblemType::StoreUnavailable,
-                    "the idempotency store gave an unexpected answer",
+            }
+            other => {
+                tracing::error!(claim = ?other, "unexpected claim decision from the store");
+                ctx.problem(
+                    DecisionOutcome::StoreUnavailable,
+                    Problem::new(
+                        ProblemType::StoreUnavailable,
+                        "the idempotency store gave an unexpected answer",
+                    )
+                    .retry_after(Duration::from_secs(1)),
                 )
-                .retry_after(Duration::from_secs(1)),
-            )
+            }
         }
     }
 }

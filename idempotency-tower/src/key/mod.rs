@@ -69,12 +69,18 @@ impl KeyMaterial {
         method: &str,
         route: &str,
     ) -> idempotency_core::StorageKey {
-        let spec = idempotency_core::KeySpec::new(namespace).scope(scope);
+        // The same keys as `KeySpec` gives, hashed without building one.
+        let (namespace, scope) = (namespace.as_bytes(), scope.as_bytes());
         match self {
-            Self::Client(k) => spec.client_key(k),
-            Self::Derived(values) => spec.method(method).route(route).derived(values),
+            Self::Client(k) => idempotency_core::StorageKey::for_client_key(namespace, scope, k),
+            Self::Derived(values) => idempotency_core::StorageKey::for_derived(
+                namespace,
+                scope,
+                method.as_bytes(),
+                route.as_bytes(),
+                values,
+            ),
         }
-        .storage_key()
     }
 }
 
