@@ -258,7 +258,32 @@ where
             }
             Ok(Ok(res)) => res,
         };
-        Ok(settle_response(owned, &ctx, executed, res).await)
+        // The policy's verdict and the collected body first, with the
+        // attempt only borrowed; then the one final write, which consumes
+        // it. The attempt is laid out once in this future, not once more in
+        // each step's.
+        let (last, head, body) = settlement(&mut owned, &ctx, res).await;
+        let status = head.status;
+        let outcome = match last {
+            Last::Fenced => {
+                owned.finish();
+                Some(DecisionOutcome::Fenced)
+            }
+            Last::Complete(completion) => Some(settled(owned.complete(completion).await, executed)),
+            Last::Release => Some(settled(
+                Box::pin(owned.release()).await,
+                DecisionOutcome::Released,
+            )),
+            Last::Fail(failure) => {
+                // Decides itself (fenced when the lease is lost meanwhile).
+                Box::pin(record_failure(owned, &ctx, failure, Some(status))).await;
+                None
+            }
+        };
+        if let Some(outcome) = outcome {
+            ctx.decide(outcome, Some(status));
+        }
+        Ok(ctx.finish(Response::from_parts(head, body)))
     }
 }
 
@@ -285,32 +310,41 @@ fn completed_by_handler<R, E>(
     }
 }
 
-/// Applies the outcome policy to the handler's response and settles the record.
+/// The final write an attempt's response calls for.
+enum Last {
+    /// None: the lease was lost.
+    Fenced,
+    /// The outcome to store (a response, or a tombstone when too large).
+    Complete(Completion),
+    /// Forget the record.
+    Release,
+    /// Record the failure.
+    Fail(Failure),
+}
+
+/// Applies the outcome policy to the handler's response and, when it is to
+/// be stored, collects its body (the lease renewed meanwhile, however slow
+/// it is) into the outcome, or a tombstone when it is too large. Answers
+/// the final write and the response to send, its body as collected.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
 )]
-fn settle_response<St: SharedStore, ResBody: ResBodyOf>(
-    owned: OwnedAttempt<St>,
-    ctx: &Ctx,
-    executed: DecisionOutcome,
+fn settlement<'a, St: SharedStore, ResBody: ResBodyOf>(
+    owned: &'a mut OwnedAttempt<St>,
+    ctx: &'a Ctx,
     res: Response<ResBody>,
-) -> impl Future<Output = Response<ResponseBody<ResBody>>> {
+) -> impl Future<Output = (Last, http::response::Parts, ResponseBody<ResBody>)> + 'a {
     async move {
         let (head, body) = res.into_parts();
         let status = head.status;
         if owned.is_lost() {
-            owned.finish();
             tracing::warn!("lease lost while the handler ran; its response is not recorded");
-            ctx.decide(DecisionOutcome::Fenced, Some(status));
-            return ctx.finish(Response::from_parts(head, ResponseBody::inner(body)));
+            return (Last::Fenced, head, ResponseBody::inner(body));
         }
-        match ctx.config.outcomes.classify_response(&head) {
-            OutcomeAction::Release => {
-                let outcome = settled(Box::pin(owned.release()).await, DecisionOutcome::Released);
-                ctx.decide(outcome, Some(status));
-                ctx.finish(Response::from_parts(head, ResponseBody::inner(body)))
-            }
+        let config = &ctx.config;
+        match config.outcomes.classify_response(&head) {
+            OutcomeAction::Release => return (Last::Release, head, ResponseBody::inner(body)),
             action @ (OutcomeAction::FailRetryable | OutcomeAction::FailTerminal) => {
                 let reason = format!("the handler answered {status}");
                 let failure = if action == OutcomeAction::FailRetryable {
@@ -318,37 +352,15 @@ fn settle_response<St: SharedStore, ResBody: ResBodyOf>(
                 } else {
                     Failure::terminal(reason)
                 };
-                Box::pin(record_failure(owned, ctx, failure, Some(status))).await;
-                ctx.finish(Response::from_parts(head, ResponseBody::inner(body)))
+                return (Last::Fail(failure), head, ResponseBody::inner(body));
             }
-            OutcomeAction::Store => store_response(owned, ctx, executed, head, body).await,
+            OutcomeAction::Store => {}
         }
-    }
-}
-
-/// Collects the body (the lease renewed meanwhile, however slow it is) and
-/// stores it, or a tombstone when it is too large; answers the response.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async block, not an async fn: the future holds its arguments once, not also as the locals an async fn moves them to"
-)]
-fn store_response<St: SharedStore, ResBody: ResBodyOf>(
-    mut owned: OwnedAttempt<St>,
-    ctx: &Ctx,
-    executed: DecisionOutcome,
-    head: http::response::Parts,
-    body: ResBody,
-) -> impl Future<Output = Response<ResponseBody<ResBody>>> {
-    async move {
-        let config = &ctx.config;
-        let status = head.status;
         let collected = owned
             .run(collect_response(Box::pin(body), config.max_stored_response))
             .await;
         if owned.is_lost() {
-            owned.finish();
             tracing::warn!("lease lost while the response body was read; it is not recorded");
-            ctx.decide(DecisionOutcome::Fenced, Some(status));
             let body = match collected {
                 Collected::Complete { data, trailers } => {
                     ResponseBody::full_with_trailers(data, trailers)
@@ -356,16 +368,16 @@ fn store_response<St: SharedStore, ResBody: ResBodyOf>(
                 Collected::TooLarge { prefix, rest } => ResponseBody::prefixed(prefix, rest),
                 Collected::Failed { prefix, error } => ResponseBody::errored(prefix, error),
             };
-            return ctx.finish(Response::from_parts(head, body));
+            return (Last::Fenced, head, body);
         }
-        let (outcome, body) = match collected {
+        match collected {
             Collected::Complete { data, trailers } => {
                 let mut stored = stored_response(config, status, &head.headers, data.clone());
                 // Trailers are part of the outcome (gRPC's `grpc-status`).
                 stored.trailers = stored_trailers(trailers.as_ref());
                 let completion = Completion::new(Outcome::Response(stored));
-                let outcome = settled(owned.complete(completion).await, executed);
-                (outcome, ResponseBody::full_with_trailers(data, trailers))
+                let body = ResponseBody::full_with_trailers(data, trailers);
+                (Last::Complete(completion), head, body)
             }
             Collected::TooLarge { prefix, rest } => {
                 let reason = format!(
@@ -380,20 +392,18 @@ fn store_response<St: SharedStore, ResBody: ResBodyOf>(
                     headers: kept.headers,
                     reason,
                 };
-                let outcome = settled(owned.complete(Completion::new(tombstone)).await, executed);
-                (outcome, ResponseBody::prefixed(prefix, rest))
+                let body = ResponseBody::prefixed(prefix, rest);
+                (Last::Complete(Completion::new(tombstone)), head, body)
             }
             Collected::Failed { prefix, error } => {
                 let failure = Failure::retryable("the response body failed while it was read");
-                Box::pin(record_failure(owned, ctx, failure, Some(status))).await;
-                return ctx.finish(Response::from_parts(
+                (
+                    Last::Fail(failure),
                     head,
                     ResponseBody::errored(prefix, error),
-                ));
+                )
             }
-        };
-        ctx.decide(outcome, Some(status));
-        ctx.finish(Response::from_parts(head, body))
+        }
     }
 }
 
