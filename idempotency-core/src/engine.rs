@@ -487,8 +487,6 @@ impl<S: IdempotencyStore + Clone + 'static> OwnedAttempt<S> {
         mut self,
         completion: Completion,
     ) -> impl Future<Output = Result<(), SettleError>> {
-        // An `async` block, not an `async fn`: the future holds the attempt
-        // once, not as an argument and again as the local it is moved to.
         async move { self.settle(Settlement::Complete(completion)).await }
     }
 
