@@ -61,6 +61,9 @@ pub mod metrics_names {
     pub const NOTIFICATIONS_TOTAL: &str = "appointments_notifications_total";
     /// Events the relay published.
     pub const RELAYED_TOTAL: &str = "appointments_events_relayed_total";
+    /// Stream creations asked again because JetStream could not set up the
+    /// stream's store (see [`crate::relay::ensure_stream`]).
+    pub const STREAM_CREATE_RETRIES_TOTAL: &str = "appointments_stream_create_retries_total";
     /// Messages the consumer terminated as unusable. The consumer's other
     /// outcomes are the inbox's `idempotency_inbox_messages_total{consumer,outcome}`.
     pub const CONSUMER_REJECTED_TOTAL: &str = "appointments_consumer_rejected_total";

@@ -32,23 +32,69 @@ pub enum RelayError {
 /// Creates the instance's stream when it is missing: subjects `<instance>.>`,
 /// file storage, the duplicate window, a week of retention.
 ///
+/// JetStream answers a creation whose file store it could not set up with
+/// error code 10049 "error creating store for stream"; the cause (a
+/// directory it could not make or write, say) is only in the server's own
+/// log. That refusal can be momentary, so it is asked again, at most
+/// [`CREATE_ATTEMPTS`] times in all with a doubling pause from 50 ms (about
+/// 1.5 s in all); each retry is logged and counted in
+/// `appointments_stream_create_retries_total`. Every other refusal is
+/// returned at once.
+///
 /// # Errors
 ///
-/// When JetStream refuses or cannot be reached.
+/// When JetStream refuses, cannot be reached, or still cannot set up the
+/// store after the last attempt.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     instance: &str,
 ) -> Result<stream::Stream, String> {
-    js.get_or_create_stream(stream::Config {
+    let config = stream::Config {
         name: instance.to_owned(),
         subjects: vec![format!("{instance}.>")],
         duplicate_window: DUPLICATE_WINDOW,
         max_age: Duration::from_secs(7 * 24 * 3600),
         storage: stream::StorageType::File,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())
+    };
+    let mut pause = Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if attempt < CREATE_ATTEMPTS && store_setup_failed(&e) => {
+                tracing::warn!(
+                    stream = instance,
+                    attempt,
+                    error = %e,
+                    "JetStream could not set up the stream's store; asking again"
+                );
+                metrics::counter!(crate::metrics_names::STREAM_CREATE_RETRIES_TOTAL).increment(1);
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(e) if store_setup_failed(&e) => {
+                return Err(format!("{e} (after {attempt} attempts)"));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// How many times in all [`ensure_stream`] asks JetStream to create a
+/// stream whose store it could not set up.
+pub const CREATE_ATTEMPTS: u32 = 6;
+
+/// Whether JetStream refused a creation because it could not set up the
+/// stream's store (error code 10049 with that description).
+fn store_setup_failed(e: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(ref err)
+            if err.error_code() == jetstream::ErrorCode::STREAM_CREATE
+                && err.to_string().contains("error creating store")
+    )
 }
 
 /// Publishes up to one batch of `instance`'s unpublished events, oldest

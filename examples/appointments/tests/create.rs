@@ -291,12 +291,14 @@ async fn replays_and_refusals() {
         json!({"sourceType": "ESTIMATE", "sourceId": "E-1", "scheduledStart": start, "durationMinutes": 5}),
         json!({"sourceType": "ESTIMATE", "sourceId": "E-1", "scheduledStart": start, "colour": "red"}),
     ] {
+        // One key for every bad body: a refused body does not keep its key.
+        let key = format!("{}-v", app.config.instance);
         let r = app
             .http
             .post(
                 "/appointments",
                 bad.clone(),
-                &[("authorization", SCHEDULER), ("idempotency-key", "v")],
+                &[("authorization", SCHEDULER), ("idempotency-key", &key)],
             )
             .await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {r:?}");
