@@ -18,7 +18,7 @@ local retention = tonumber(ARGV[4])
 local max_attempts = math.max(tonumber(ARGV[5]), 1)
 local token = ARGV[6]
 
--- The record as claim_replay.lua read it (the same script: nothing has
+-- The record as claim_fast.lua read it (the same script: nothing has
 -- changed since).
 local r, bad = decode(PRELOADED)
 if bad then

@@ -1,7 +1,9 @@
 //! The Lua scripts, embedded from `lua/*.lua` and run with `EVALSHA`; a
 //! server that does not know a script (`NOSCRIPT`) gets its text with
-//! `EVAL`. Each is prefixed with `lua/common.lua`; the claim script starts
-//! with its replay fast path, `lua/claim_replay.lua`, before it.
+//! `EVAL`. Each is prefixed with `lua/common.lua`; the claim and complete
+//! scripts start with their fast paths (`lua/claim_fast.lua`,
+//! `lua/complete_fast.lua`) before it, so that the common case defines none
+//! of the shared helpers.
 
 use std::sync::LazyLock;
 
@@ -37,17 +39,26 @@ fn build(body: &str) -> Lua {
     Lua::new([COMMON, "\n", body].concat())
 }
 
-/// The claim script: the replay fast path, then the shared helpers and the general path.
+/// A script whose fast path runs before the shared helpers and the general path.
+fn build_fast(fast: &str, body: &str) -> Lua {
+    Lua::new([fast, "\n", COMMON, "\n", body].concat())
+}
+
+/// The claim script: the replay and new-key fast paths, then the shared
+/// helpers and the general path.
 pub(crate) static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        [
-            include_str!("../lua/claim_replay.lua"),
-            "\n",
-            COMMON,
-            "\n",
-            include_str!("../lua/claim.lua"),
-        ]
-        .concat(),
+    build_fast(
+        include_str!("../lua/claim_fast.lua"),
+        include_str!("../lua/claim.lua"),
+    )
+});
+
+/// The complete script: the own-lease fast path, then the shared helpers
+/// and the general path.
+pub(crate) static COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
+    build_fast(
+        include_str!("../lua/complete_fast.lua"),
+        include_str!("../lua/complete.lua"),
     )
 });
 
@@ -59,13 +70,12 @@ macro_rules! scripts {
         )*
         /// Every script, for preloading.
         pub(crate) fn all() -> [&'static Lua; 10] {
-            [&*CLAIM, $(&*$name),*]
+            [&*CLAIM, &*COMPLETE, $(&*$name),*]
         }
     };
 }
 
 scripts! {
-    COMPLETE => "complete.lua",
     FAIL => "fail.lua",
     RELEASE => "release.lua",
     RENEW => "renew.lua",

@@ -902,8 +902,9 @@ mod tests {
     fn every_script_touches_only_its_records_slot() {
         let sources = [
             include_str!("../lua/common.lua"),
-            include_str!("../lua/claim_replay.lua"),
+            include_str!("../lua/claim_fast.lua"),
             include_str!("../lua/claim.lua"),
+            include_str!("../lua/complete_fast.lua"),
             include_str!("../lua/complete.lua"),
             include_str!("../lua/fail.lua"),
             include_str!("../lua/release.lua"),
@@ -937,7 +938,7 @@ mod tests {
             .collect();
         let common = format!("local FIELDS = {{ {} }}", quoted.join(", "));
         assert!(include_str!("../lua/common.lua").contains(&common));
-        let replay: String = include_str!("../lua/claim_replay.lua")
+        let replay: String = include_str!("../lua/claim_fast.lua")
             .split_whitespace()
             .collect();
         assert!(replay.contains(&format!("HMGET',KEYS[1],{})", quoted.join(","))));

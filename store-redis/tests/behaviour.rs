@@ -217,6 +217,39 @@ async fn fences_keep_increasing_once_the_record_is_gone() {
     assert!(raw.pttl::<_, i64>(&floor).await.unwrap() > raw.pttl::<_, i64>(&rk).await.unwrap());
 }
 
+/// A fence floor that is not a string (written by something else) is
+/// replaced by the claim of a new key, as a plain `SET` would: the claim
+/// acquires, and the floor holds its fence.
+#[tokio::test]
+async fn a_floor_of_another_type_is_replaced_by_a_new_claim() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let mut raw = raw().await;
+    let k = key();
+    let floor = store.fence_key(&k);
+    let () = redis::cmd("RPUSH")
+        .arg(&floor)
+        .arg("not a fence")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let (lease, kind) = acquire(&store, &req(k)).await;
+    assert_eq!(kind, ClaimKind::New);
+    assert_eq!(raw.get::<_, u64>(&floor).await.unwrap(), lease.fence);
+    let record_ttl: i64 = raw.pttl(store.record_key(&k)).await.unwrap();
+    let floor_ttl: i64 = raw.pttl(&floor).await.unwrap();
+    assert!(
+        floor_ttl >= record_ttl + 3_590_000,
+        "{record_ttl} / {floor_ttl}"
+    );
+    store.complete(&lease, value("v")).await.unwrap();
+    assert!(matches!(
+        store.claim(&req(k)).await.unwrap(),
+        Claim::Completed(c) if c.fence == lease.fence
+    ));
+}
+
 #[tokio::test]
 async fn garbage_outcome_bytes_mark_the_record_corrupted_on_claim() {
     let Some(store) = common::store().await else {

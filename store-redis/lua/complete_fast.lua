@@ -1,0 +1,47 @@
+-- complete, fast path for the common case, placed before the shared helpers
+-- so that it defines none of them: the lease's own live, well-formed pending
+-- record is completed from one HMGET of the fields `owned` checks, with the
+-- same writes as `complete.lua`. Anything else (another lease, expired,
+-- malformed, a fence written another way) falls through to `complete.lua`,
+-- which decides from its own read.
+-- KEYS and ARGV as in complete.lua. Numbers are passed to redis.call as
+-- Lua numbers: Redis writes an integral one as a plain integer.
+do
+  local raw = redis.pcall('HMGET', KEYS[1], 's', 'f', 'n', 'a', 'c', 'e', 't', 'd', 'v')
+  if not raw.err and raw[1] == 'P' and raw[7] == ARGV[2] and raw[3] == ARGV[3] then
+    local function n(v)
+      local x = tonumber(v)
+      if x == nil or x < 0 or x ~= math.floor(x) then
+        return nil
+      end
+      return x
+    end
+    local f, fence, e, d = raw[2], n(raw[3]), n(raw[6]), n(raw[8])
+    -- The checks `decode` makes of a pending record (the token, compared
+    -- above, is 16 bytes).
+    if f and #f == 32 and fence and n(raw[4]) and n(raw[5]) and e and #raw[7] == 16 and d then
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+      if e > now or d > now then
+        local expires = now + tonumber(ARGV[4])
+        if ARGV[6] == '1' then
+          redis.call('HSET', KEYS[1], 's', 'C', 'o', ARGV[5], 'w', now, 'e', expires, 'r', ARGV[7])
+          redis.call('HDEL', KEYS[1], 't', 'd', 'x', 'y', 'v')
+        else
+          redis.call('HSET', KEYS[1], 's', 'C', 'o', ARGV[5], 'w', now, 'e', expires)
+          redis.call('HDEL', KEYS[1], 't', 'd', 'x', 'y', 'v', 'r')
+        end
+        -- keep_owned: FLOOR_MARGIN_MS 7200000, FLOOR_KEEP_MS 3600000.
+        local ttl = math.max(expires - now, 1)
+        redis.call('PEXPIRE', KEYS[1], ttl)
+        if math.max(e, d) + 7200000 < expires + 3600000 then
+          redis.call('SET', KEYS[2], fence, 'PX', ttl + 7200000)
+        end
+        if raw[9] then
+          redis.call('PUBLISH', ARGV[8], ARGV[9])
+        end
+        return 1
+      end
+    end
+  end
+end
