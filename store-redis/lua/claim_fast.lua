@@ -1,13 +1,15 @@
--- claim, fast paths for the two common cases, placed before the shared
--- helpers so that neither defines any of them (defining them costs about a
+-- claim, fast paths for the three common cases, placed before the shared
+-- helpers so that none defines any of them (defining them costs about a
 -- third of a new key's claim on the server):
 --   * a replay: a live, well-formed completed record is answered from the
 --     one HMGET, with the checks `decode` makes of such a record;
+--   * in flight: a well-formed pending record whose lease is live is
+--     answered the same way (a burst's duplicates);
 --   * a new key: no record at all is claimed with the same four commands
 --     and the same reply as `claim.lua`'s insert.
--- Anything else (expired, pending, failed, corrupted, malformed, a floor
--- that is not a string) falls through to `claim.lua`, which decodes the
--- same read (PRELOADED) instead of reading the record again.
+-- Anything else (expired, a lapsed lease, failed, corrupted, malformed, a
+-- floor that is not a string) falls through to `claim.lua`, which decodes
+-- the same read (PRELOADED) instead of reading the record again.
 -- KEYS and ARGV as in claim.lua. Needs Redis 6.2 (SET ... GET), where a
 -- script's writes are replicated as effects, so TIME may precede them.
 -- Numbers are passed to redis.call as Lua numbers: Redis writes an integral
@@ -23,16 +25,30 @@ do
     return x
   end
   local raw = PRELOADED
-  if raw[1] == 'C' then
+  local state = raw[1]
+  if state == 'C' or state == 'P' then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-    local f, fence, e, w = raw[2], n(raw[3]), n(raw[6]), n(raw[13])
-    if f and #f == 32 and fence and n(raw[4]) and n(raw[5]) and e and raw[9] and w
-        and e > now then
-      if f ~= ARGV[2] then
-        return { 'M' }
+    local f, fence, attempts, e = raw[2], n(raw[3]), n(raw[4]), n(raw[6])
+    if f and #f == 32 and fence and attempts and n(raw[5]) and e then
+      if state == 'C' then
+        local w = n(raw[13])
+        if raw[9] and w and e > now then
+          if f ~= ARGV[2] then
+            return { 'M' }
+          end
+          return { 'C', raw[9], raw[10], w, fence }
+        end
+      else
+        -- A live lease (d > now) also means a record that has not expired.
+        local token, d = raw[7], n(raw[8])
+        if token and #token == 16 and d and d > now then
+          if f ~= ARGV[2] then
+            return { 'M' }
+          end
+          return { 'I', d - now, attempts }
+        end
       end
-      return { 'C', raw[9], raw[10], w, fence }
     end
   elseif not raw.err and not (raw[1] or raw[2] or raw[3] or raw[4] or raw[5] or raw[6]
       or raw[7] or raw[8] or raw[9] or raw[10] or raw[11] or raw[12] or raw[13] or raw[14]) then
