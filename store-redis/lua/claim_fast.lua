@@ -17,22 +17,15 @@
 local PRELOADED = redis.pcall('HMGET', KEYS[1],
   's', 'f', 'n', 'a', 'c', 'e', 't', 'd', 'o', 'r', 'x', 'y', 'w', 'v')
 do
-  local function n(v)
-    local x = tonumber(v)
-    if x == nil or x < 0 or x ~= math.floor(x) then
-      return nil
-    end
-    return x
-  end
   local raw = PRELOADED
   local state = raw[1]
   if state == 'C' or state == 'P' then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-    local f, fence, attempts, e = raw[2], n(raw[3]), n(raw[4]), n(raw[6])
-    if f and #f == 32 and fence and attempts and n(raw[5]) and e then
+    local f, fence, attempts, e = raw[2], count(raw[3]), count(raw[4]), count(raw[6])
+    if f and #f == 32 and fence and attempts and count(raw[5]) and e then
       if state == 'C' then
-        local w = n(raw[13])
+        local w = count(raw[13])
         if raw[9] and w and e > now then
           if f ~= ARGV[2] then
             return { 'M' }
@@ -41,7 +34,7 @@ do
         end
       else
         -- A live lease (d > now) also means a record that has not expired.
-        local token, d = raw[7], n(raw[8])
+        local token, d = raw[7], count(raw[8])
         if token and #token == 16 and d and d > now then
           if f ~= ARGV[2] then
             return { 'M' }
@@ -64,7 +57,7 @@ do
     local fence = tonumber(t[1]) * 1000000 + tonumber(t[2]) + offset * 1000
     local old = redis.pcall('SET', KEYS[2], fence, 'PX', px, 'GET')
     if not (type(old) == 'table' and old.err) then
-      local floor = n(old)
+      local floor = count(old)
       if floor ~= nil and floor >= fence then
         fence = floor + 1
         redis.call('SET', KEYS[2], fence, 'PX', px)

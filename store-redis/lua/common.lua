@@ -1,4 +1,5 @@
--- Shared helpers, prepended to every script of this crate.
+-- Shared helpers, prepended to every script of this crate (after
+-- `prelude.lua`, which defines `count`).
 --
 -- A record is one hash at KEYS[1] = "<prefix>:{<64-hex storage key>}":
 --   s  state: P pending, C completed, F failed, X corrupted
@@ -62,14 +63,6 @@ end
 -- Integers always travel as plain decimal strings.
 local function int(n)
   return string.format('%.0f', n)
-end
-
-local function count(v)
-  local n = tonumber(v)
-  if n == nil or n < 0 or n ~= math.floor(n) then
-    return nil
-  end
-  return n
 end
 
 -- Decodes `raw`, the reply of HMGET <record> FIELDS (a pcall: an error

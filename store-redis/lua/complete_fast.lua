@@ -9,17 +9,10 @@
 do
   local raw = redis.pcall('HMGET', KEYS[1], 's', 'f', 'n', 'a', 'c', 'e', 't', 'd', 'v')
   if not raw.err and raw[1] == 'P' and raw[7] == ARGV[2] and raw[3] == ARGV[3] then
-    local function n(v)
-      local x = tonumber(v)
-      if x == nil or x < 0 or x ~= math.floor(x) then
-        return nil
-      end
-      return x
-    end
-    local f, fence, e, d = raw[2], n(raw[3]), n(raw[6]), n(raw[8])
+    local f, fence, e, d = raw[2], count(raw[3]), count(raw[6]), count(raw[8])
     -- The checks `decode` makes of a pending record (the token, compared
     -- above, is 16 bytes).
-    if f and #f == 32 and fence and n(raw[4]) and n(raw[5]) and e and #raw[7] == 16 and d then
+    if f and #f == 32 and fence and count(raw[4]) and count(raw[5]) and e and #raw[7] == 16 and d then
       local t = redis.call('TIME')
       local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
       if e > now or d > now then

@@ -1,15 +1,16 @@
 //! The Lua scripts, embedded from `lua/*.lua` and run with `EVALSHA`; a
 //! server that does not know a script (`NOSCRIPT`) gets its text with
-//! `EVAL`. Each is prefixed with `lua/common.lua`; the claim and complete
-//! scripts start with their fast paths (`lua/claim_fast.lua`,
-//! `lua/complete_fast.lua`) before it, so that the common case defines none
-//! of the shared helpers.
+//! `EVAL`. Each is prefixed with `lua/prelude.lua` and `lua/common.lua`;
+//! the claim and complete scripts put their fast paths
+//! (`lua/claim_fast.lua`, `lua/complete_fast.lua`) between the two, so that
+//! the common case defines none of the shared helpers.
 
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
 use redis::{Arg, Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value};
 
+const PRELUDE: &str = include_str!("../lua/prelude.lua");
 const COMMON: &str = include_str!("../lua/common.lua");
 
 /// A script: its text (for `EVAL`) and its SHA-1 (for `EVALSHA`).
@@ -36,12 +37,12 @@ impl Lua {
 }
 
 fn build(body: &str) -> Lua {
-    Lua::new([COMMON, "\n", body].concat())
+    Lua::new([PRELUDE, "\n", COMMON, "\n", body].concat())
 }
 
 /// A script whose fast path runs before the shared helpers and the general path.
 fn build_fast(fast: &str, body: &str) -> Lua {
-    Lua::new([fast, "\n", COMMON, "\n", body].concat())
+    Lua::new([PRELUDE, "\n", fast, "\n", COMMON, "\n", body].concat())
 }
 
 /// The claim script: the replay and new-key fast paths, then the shared

@@ -901,6 +901,7 @@ mod tests {
     #[test]
     fn every_script_touches_only_its_records_slot() {
         let sources = [
+            include_str!("../lua/prelude.lua"),
             include_str!("../lua/common.lua"),
             include_str!("../lua/claim_fast.lua"),
             include_str!("../lua/claim.lua"),

@@ -101,12 +101,16 @@ fn name() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
 
-/// The obstacle makes JetStream refuse exactly as seen: 10049, "error
-/// creating store for stream".
-async fn assert_refused_as_store_failure(js: &jetstream::Context, name: &str) {
+/// A fresh stream name whose store is blocked, and the blocking file; the
+/// obstacle is checked to make JetStream refuse exactly as seen: 10049,
+/// "error creating store for stream".
+async fn blocked_stream(server: &NatsServer) -> (jetstream::Context, String, PathBuf) {
+    let js = server.jetstream().await;
+    let name = name();
+    let blocker = server.block(&name);
     let err = js
         .create_stream(stream::Config {
-            name: name.to_owned(),
+            name: name.clone(),
             subjects: vec![format!("{name}.>")],
             storage: stream::StorageType::File,
             ..Default::default()
@@ -118,6 +122,7 @@ async fn assert_refused_as_store_failure(js: &jetstream::Context, name: &str) {
     };
     assert_eq!(e.error_code(), jetstream::ErrorCode::STREAM_CREATE, "{err}");
     assert!(e.to_string().contains("error creating store"), "{err}");
+    (js, name, blocker)
 }
 
 #[tokio::test]
@@ -125,10 +130,7 @@ async fn a_momentary_store_failure_is_asked_again() {
     let Some(server) = NatsServer::start() else {
         return;
     };
-    let js = server.jetstream().await;
-    let name = name();
-    let blocker = server.block(&name);
-    assert_refused_as_store_failure(&js, &name).await;
+    let (js, name, blocker) = blocked_stream(&server).await;
 
     let unblock = {
         let blocker = blocker.clone();
@@ -161,10 +163,7 @@ async fn a_lasting_store_failure_ends_in_a_clear_error_after_bounded_attempts() 
     let Some(server) = NatsServer::start() else {
         return;
     };
-    let js = server.jetstream().await;
-    let name = name();
-    let blocker = server.block(&name);
-    assert_refused_as_store_failure(&js, &name).await;
+    let (js, name, blocker) = blocked_stream(&server).await;
 
     let started = Instant::now();
     let err = ensure_stream(&js, &name)
