@@ -10,8 +10,8 @@
 -- Anything else (expired, a lapsed lease, failed, corrupted, malformed, a
 -- floor that is not a string) falls through to `claim.lua`, which decodes
 -- the same read (PRELOADED) instead of reading the record again.
--- KEYS and ARGV as in claim.lua. Needs Redis 6.2 (SET ... GET), where a
--- script's writes are replicated as effects, so TIME may precede them.
+-- KEYS and ARGV as in claim.lua. The clock is prelude.lua's: a fall-through
+-- decides at the instant the fast path read.
 -- Numbers are passed to redis.call as Lua numbers: Redis writes an integral
 -- one as a plain integer (what `int` in common.lua makes, without its cost).
 local PRELOADED = redis.pcall('HMGET', KEYS[1],
@@ -20,8 +20,7 @@ do
   local raw = PRELOADED
   local state = raw[1]
   if state == 'C' or state == 'P' then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+    local now = clock(ARGV[1])
     local f, fence, attempts, e = raw[2], count(raw[3]), count(raw[4]), count(raw[6])
     if f and #f == 32 and fence and attempts and count(raw[5]) and e then
       if state == 'C' then
@@ -47,14 +46,12 @@ do
       or raw[7] or raw[8] or raw[9] or raw[10] or raw[11] or raw[12] or raw[13] or raw[14]) then
     -- No record: what `claim.lua` does for r == nil with last == nil
     -- (`draw_fence` reading the floor by SET ... GET), inlined.
-    local t = redis.call('TIME')
-    local offset = tonumber(ARGV[1])
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + offset
+    local now = clock(ARGV[1])
     local deadline = now + tonumber(ARGV[3])
     local expires = now + tonumber(ARGV[4])
     local ttl = math.max(math.max(expires, deadline) - now, 1)
-    local px = ttl + 7200000 -- FLOOR_MARGIN_MS
-    local fence = tonumber(t[1]) * 1000000 + tonumber(t[2]) + offset * 1000
+    local px = ttl + FLOOR_MARGIN_MS
+    local fence = clock_us(ARGV[1])
     local old = redis.pcall('SET', KEYS[2], fence, 'PX', px, 'GET')
     if not (type(old) == 'table' and old.err) then
       local floor = count(old)

@@ -1,5 +1,5 @@
 -- Shared helpers, prepended to every script of this crate (after
--- `prelude.lua`, which defines `count`).
+-- `prelude.lua`, which defines `count`, the floor's margins and the clock).
 --
 -- A record is one hash at KEYS[1] = "<prefix>:{<64-hex storage key>}":
 --   s  state: P pending, C completed, F failed, X corrupted
@@ -31,34 +31,9 @@
 -- record if there is one, else from the floor. Scripts that never change
 -- the record's PX (get, mark_corrupted) get no KEYS[2].
 
-if redis.replicate_commands then
-  redis.replicate_commands()
-end
-
 local FIELDS = { 's', 'f', 'n', 'a', 'c', 'e', 't', 'd', 'o', 'r', 'x', 'y', 'w', 'v' }
 local DAY_MS = 86400000
 local FLOOR = KEYS[2]
--- The floor is written to outlive the record by FLOOR_MARGIN_MS and is
--- rewritten whenever it would otherwise outlive it by less than
--- FLOOR_KEEP_MS (the documented guarantee).
-local FLOOR_MARGIN_MS = 7200000
-local FLOOR_KEEP_MS = 3600000
-
--- The server's TIME, read once per script: every "now" of one decision is
--- the same instant.
-local TIME
-
-local function server_time()
-  if TIME == nil then
-    TIME = redis.call('TIME')
-  end
-  return TIME
-end
-
-local function clock(offset)
-  local t = server_time()
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(offset)
-end
 
 -- Integers always travel as plain decimal strings.
 local function int(n)
@@ -128,11 +103,6 @@ local function expired(r, now)
   return r.e <= now
 end
 
--- The store clock in microseconds (fences are drawn from it).
-local function clock_us(offset)
-  local t = server_time()
-  return tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(offset) * 1000
-end
 
 -- The fence a claim that acquires draws: above the last one known for the
 -- key (`last`: the record's, even an expired one's; nil when there was no

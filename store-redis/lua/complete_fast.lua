@@ -3,7 +3,7 @@
 -- record is completed from one HMGET of the fields `owned` checks, with the
 -- same writes as `complete.lua`. Anything else (another lease, expired,
 -- malformed, a fence written another way) falls through to `complete.lua`,
--- which decides from its own read.
+-- which decides from its own read, at the same instant (prelude.lua's clock).
 -- KEYS and ARGV as in complete.lua. Numbers are passed to redis.call as
 -- Lua numbers: Redis writes an integral one as a plain integer.
 do
@@ -13,8 +13,7 @@ do
     -- The checks `decode` makes of a pending record (the token, compared
     -- above, is 16 bytes).
     if f and #f == 32 and fence and count(raw[4]) and count(raw[5]) and e and #raw[7] == 16 and d then
-      local t = redis.call('TIME')
-      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+      local now = clock(ARGV[1])
       if e > now or d > now then
         local expires = now + tonumber(ARGV[4])
         if ARGV[6] == '1' then
@@ -24,11 +23,11 @@ do
           redis.call('HSET', KEYS[1], 's', 'C', 'o', ARGV[5], 'w', now, 'e', expires)
           redis.call('HDEL', KEYS[1], 't', 'd', 'x', 'y', 'v', 'r')
         end
-        -- keep_owned: FLOOR_MARGIN_MS 7200000, FLOOR_KEEP_MS 3600000.
+        -- What common.lua's keep_owned does.
         local ttl = math.max(expires - now, 1)
         redis.call('PEXPIRE', KEYS[1], ttl)
-        if math.max(e, d) + 7200000 < expires + 3600000 then
-          redis.call('SET', KEYS[2], fence, 'PX', ttl + 7200000)
+        if math.max(e, d) + FLOOR_MARGIN_MS < expires + FLOOR_KEEP_MS then
+          redis.call('SET', KEYS[2], fence, 'PX', ttl + FLOOR_MARGIN_MS)
         end
         if raw[9] then
           redis.call('PUBLISH', ARGV[8], ARGV[9])

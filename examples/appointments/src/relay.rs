@@ -62,7 +62,10 @@ pub async fn ensure_stream(
     loop {
         match js.get_or_create_stream(config.clone()).await {
             Ok(stream) => return Ok(stream),
-            Err(e) if attempt < CREATE_ATTEMPTS && store_setup_failed(&e) => {
+            Err(e) if store_setup_failed(&e) => {
+                if attempt == CREATE_ATTEMPTS {
+                    return Err(format!("{e} (after {attempt} attempts)"));
+                }
                 tracing::warn!(
                     stream = instance,
                     attempt,
@@ -73,9 +76,6 @@ pub async fn ensure_stream(
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 attempt += 1;
-            }
-            Err(e) if store_setup_failed(&e) => {
-                return Err(format!("{e} (after {attempt} attempts)"));
             }
             Err(e) => return Err(e.to_string()),
         }

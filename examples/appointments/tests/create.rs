@@ -283,6 +283,8 @@ async fn replays_and_refusals() {
         StatusCode::BAD_REQUEST,
         "a key is required: {r:?}"
     );
+    // One key for every bad body: a refused body does not keep its key.
+    let key = format!("{}-v", app.config.instance);
     for bad in [
         json!({"sourceType": "INVOICE", "sourceId": "E-1", "scheduledStart": start}),
         json!({"sourceType": "ESTIMATE", "sourceId": "E 1", "scheduledStart": start}),
@@ -291,8 +293,6 @@ async fn replays_and_refusals() {
         json!({"sourceType": "ESTIMATE", "sourceId": "E-1", "scheduledStart": start, "durationMinutes": 5}),
         json!({"sourceType": "ESTIMATE", "sourceId": "E-1", "scheduledStart": start, "colour": "red"}),
     ] {
-        // One key for every bad body: a refused body does not keep its key.
-        let key = format!("{}-v", app.config.instance);
         let r = app
             .http
             .post(

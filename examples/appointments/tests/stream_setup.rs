@@ -5,19 +5,26 @@
 //!
 //! The store failure is made on purpose: a regular file where the server
 //! makes the stream's directory, so its `MkdirAll` fails as it would on a
-//! directory it cannot write.
+//! directory it cannot write. Every refusal is counted from the server's
+//! own log ("Stream create failed for ..."), and the retries from the
+//! service's metric, so the tests know how often the service asked.
 
+mod common;
+
+use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
+use common::instance as name;
+use example_appointments::metrics_names::STREAM_CREATE_RETRIES_TOTAL;
 use example_appointments::relay::{CREATE_ATTEMPTS, ensure_stream};
 use idempotency_core::conformance::support::in_ci;
 
-/// A `nats-server -js` child process on a free loopback port, killed (and
-/// its store directory removed) on drop.
+/// A `nats-server -js` child process on a free loopback port, logging to a
+/// file in its store directory; killed (and the directory removed) on drop.
 struct NatsServer {
     port: u16,
     dir: PathBuf,
@@ -49,6 +56,8 @@ impl NatsServer {
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("-sd")
             .arg(&dir)
+            .arg("-l")
+            .arg(dir.join("nats.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -80,6 +89,15 @@ impl NatsServer {
             .join(stream)
     }
 
+    /// How many creations of `stream` the server has refused so far.
+    fn refusals(&self, stream: &str) -> usize {
+        let line = format!("Stream create failed for '$G > {stream}'");
+        std::fs::read_to_string(self.dir.join("nats.log"))
+            .unwrap_or_default()
+            .matches(&line)
+            .count()
+    }
+
     /// Puts a regular file where `stream`'s directory would go.
     fn block(&self, stream: &str) -> PathBuf {
         let path = self.stream_dir(stream);
@@ -97,8 +115,24 @@ impl Drop for NatsServer {
     }
 }
 
-fn name() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+/// Runs `test` on a current-thread runtime with a recorder of this test's
+/// own; returns its output and the retries the service counted.
+fn counting_retries<F: Future>(test: impl FnOnce() -> F) -> (F::Output, u64) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let out = metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(test())
+    });
+    let retries = handle
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{STREAM_CREATE_RETRIES_TOTAL} ")))
+        .map_or(0, |v| v.trim().parse().expect("a counter value"));
+    (out, retries)
 }
 
 /// A fresh stream name whose store is blocked, and the blocking file; the
@@ -122,67 +156,93 @@ async fn blocked_stream(server: &NatsServer) -> (jetstream::Context, String, Pat
     };
     assert_eq!(e.error_code(), jetstream::ErrorCode::STREAM_CREATE, "{err}");
     assert!(e.to_string().contains("error creating store"), "{err}");
+    assert_eq!(server.refusals(&name), 1, "the server logs the refusal");
     (js, name, blocker)
 }
 
-#[tokio::test]
-async fn a_momentary_store_failure_is_asked_again() {
+/// The obstacle is removed only once the server has refused the service's
+/// first attempt, so the stream is created by a retry, deterministically.
+#[test]
+fn a_momentary_store_failure_is_asked_again() {
     let Some(server) = NatsServer::start() else {
         return;
     };
-    let (js, name, blocker) = blocked_stream(&server).await;
-
-    let unblock = {
-        let blocker = blocker.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(120)).await;
+    let (refused, retries) = counting_retries(|| async {
+        let (js, name, blocker) = blocked_stream(&server).await;
+        let unblock = async {
+            let start = Instant::now();
+            while server.refusals(&name) < 2 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the service never asked"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             std::fs::remove_file(&blocker).expect("remove the blocking file");
-        })
-    };
-    let stream = ensure_stream(&js, &name)
-        .await
-        .expect("created once the store can be set up");
-    unblock.await.expect("unblocked");
-    assert_eq!(stream.cached_info().config.name, name);
-    assert_eq!(
-        stream.cached_info().config.subjects,
-        vec![format!("{name}.>")]
-    );
-    assert!(
-        server.stream_dir(&name).is_dir(),
-        "the stream's store exists"
-    );
+        };
+        let (stream, ()) = tokio::join!(ensure_stream(&js, &name), unblock);
+        let stream = stream.expect("created once the store can be set up");
+        assert_eq!(stream.cached_info().config.name, name);
+        assert_eq!(
+            stream.cached_info().config.subjects,
+            vec![format!("{name}.>")]
+        );
+        assert!(
+            server.stream_dir(&name).is_dir(),
+            "the stream's store exists"
+        );
+        // One retry per refusal of the service's attempts (the first
+        // refusal in the log is `blocked_stream`'s own check).
+        let refused = server.refusals(&name) - 1;
+        assert!(refused >= 1, "the first attempt was refused");
+        assert!(refused < CREATE_ATTEMPTS as usize, "{refused}");
 
-    // Asked again for an existing stream: the same stream, nothing created.
-    let again = ensure_stream(&js, &name).await.expect("existing stream");
-    assert_eq!(again.cached_info().created, stream.cached_info().created);
+        // Asked again for an existing stream: the same stream, nothing
+        // created, nothing retried.
+        let again = ensure_stream(&js, &name).await.expect("existing stream");
+        assert_eq!(again.cached_info().created, stream.cached_info().created);
+        assert_eq!(server.refusals(&name) - 1, refused);
+        refused
+    });
+    assert_eq!(retries, refused as u64, "one counted retry per refusal");
 }
 
-#[tokio::test]
-async fn a_lasting_store_failure_ends_in_a_clear_error_after_bounded_attempts() {
+#[test]
+fn a_lasting_store_failure_ends_in_a_clear_error_after_bounded_attempts() {
     let Some(server) = NatsServer::start() else {
         return;
     };
-    let (js, name, blocker) = blocked_stream(&server).await;
-
-    let started = Instant::now();
-    let err = ensure_stream(&js, &name)
-        .await
-        .expect_err("the store never can be set up");
-    let took = started.elapsed();
-    assert!(err.contains("error creating store"), "{err}");
-    assert!(
-        err.contains(&format!("after {CREATE_ATTEMPTS} attempts")),
-        "{err}"
+    let ((), retries) = counting_retries(|| async {
+        let (js, name, blocker) = blocked_stream(&server).await;
+        let started = Instant::now();
+        let err = ensure_stream(&js, &name)
+            .await
+            .expect_err("the store never can be set up");
+        let took = started.elapsed();
+        assert!(err.contains("error creating store"), "{err}");
+        assert!(
+            err.contains(&format!("after {CREATE_ATTEMPTS} attempts")),
+            "{err}"
+        );
+        assert_eq!(
+            server.refusals(&name),
+            1 + CREATE_ATTEMPTS as usize,
+            "every attempt reached the server"
+        );
+        // The pauses between the attempts: 50, 100, 200, 400 and 800 ms.
+        assert!(took >= Duration::from_millis(1_550), "{took:?}");
+        assert!(
+            Path::new(&blocker).is_file(),
+            "nothing removed the obstacle"
+        );
+        let missing = js.get_stream(&name).await;
+        assert!(missing.is_err(), "no stream was created");
+    });
+    assert_eq!(
+        retries,
+        u64::from(CREATE_ATTEMPTS - 1),
+        "every retry counted"
     );
-    // The pauses between the attempts: 50, 100, 200, 400 and 800 ms.
-    assert!(took >= Duration::from_millis(1_550), "{took:?}");
-    assert!(
-        Path::new(&blocker).is_file(),
-        "nothing removed the obstacle"
-    );
-    let missing = js.get_stream(&name).await;
-    assert!(missing.is_err(), "no stream was created");
 }
 
 #[tokio::test]
