@@ -118,7 +118,8 @@ impl Variant {
     }
 }
 
-/// Side effects per key: a counted map entry, or a row inserted in PostgreSQL.
+/// Side effects per key: a counted map entry, or a row inserted in PostgreSQL
+/// (the `postgres-tx` variants, whose row commits with the record).
 #[derive(Clone)]
 enum Effects {
     Map(Arc<Mutex<HashMap<String, u32>>>),
@@ -503,13 +504,17 @@ async fn build(
         | Variant::PostgresCached => Some(pg_pool().await?),
         _ => None,
     };
+    // Every variant's handler counts its effects in the same in-process map
+    // as the peers' handlers do, except the `postgres-tx` variants: their
+    // point is the effect row and the record's completion in one
+    // transaction, so their effects are rows.
     let app = App {
-        effects: match &pool {
-            Some(pool) => Effects::Rows {
+        effects: match (&pool, variant) {
+            (Some(pool), Variant::PostgresTx | Variant::PostgresTxAsync) => Effects::Rows {
                 pool: pool.clone(),
                 run: run.clone(),
             },
-            None => Effects::Map(Arc::default()),
+            _ => Effects::Map(Arc::default()),
         },
         delay: workload.handler_delay(),
         next_id: Arc::new(AtomicU64::new(1)),

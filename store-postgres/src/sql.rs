@@ -16,6 +16,9 @@ use crate::store::ClaimCommit;
 const ASYNC_CLAIM_COMMIT: &str =
     ",\n           set_config('synchronous_commit', 'off', true) AS claim_commit";
 
+const CLAIM: &str = include_str!("../sql/claim.sql");
+const CLAIM_FAST: &str = include_str!("../sql/claim_fast.sql");
+
 /// One statement with the schema substituted.
 #[derive(Clone)]
 pub(crate) struct Stmt(Arc<str>);
@@ -25,14 +28,14 @@ impl Stmt {
         Self(substitute(template, schema, channel).into())
     }
 
-    /// The claim statement, committing as `commit` says.
-    fn claim(schema: &str, channel: &str, commit: ClaimCommit) -> Self {
+    /// A claim statement (`claim.sql`, `claim_fast.sql`), committing as
+    /// `commit` says.
+    fn claim(template: &str, schema: &str, channel: &str, commit: ClaimCommit) -> Self {
         let column = match commit {
             ClaimCommit::Durable => "",
             ClaimCommit::Asynchronous => ASYNC_CLAIM_COMMIT,
         };
-        let template = include_str!("../sql/claim.sql").replace("{claim_commit}", column);
-        Self::new(&template, schema, channel)
+        Self::new(&template.replace("{claim_commit}", column), schema, channel)
     }
 
     /// The statement, ready for `sqlx::query`. Shares the text, no copy.
@@ -58,13 +61,15 @@ macro_rules! statements {
         /// Every statement the store runs.
         pub(crate) struct Queries {
             pub(crate) claim: Stmt,
+            pub(crate) claim_fast: Stmt,
             $(pub(crate) $name: Stmt,)*
         }
 
         impl Queries {
             pub(crate) fn new(schema: &str, channel: &str, claim_commit: ClaimCommit) -> Self {
                 Self {
-                    claim: Stmt::claim(schema, channel, claim_commit),
+                    claim: Stmt::claim(CLAIM, schema, channel, claim_commit),
+                    claim_fast: Stmt::claim(CLAIM_FAST, schema, channel, claim_commit),
                     $($name: Stmt::new(include_str!(concat!("../sql/", $file)), schema, channel),)*
                 }
             }
@@ -102,19 +107,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_claim_commits_durably_unless_told_otherwise() {
-        let durable = Stmt::claim("idempotency", "c", ClaimCommit::Durable);
-        let deferred = Stmt::claim("idempotency", "c", ClaimCommit::Asynchronous);
-        assert!(!durable.0.contains("{claim_commit}"));
-        assert!(!durable.0.contains(ASYNC_CLAIM_COMMIT));
-        assert!(!deferred.0.contains("{claim_commit}"));
-        assert!(
-            deferred
-                .0
-                .contains("AS now,\n           set_config('synchronous_commit', 'off', true)")
-        );
-        // Nothing but the one column differs.
-        assert_eq!(deferred.0.replace(ASYNC_CLAIM_COMMIT, ""), *durable.0);
+    fn both_claims_commit_durably_unless_told_otherwise() {
+        for template in [CLAIM, CLAIM_FAST] {
+            let durable = Stmt::claim(template, "idempotency", "c", ClaimCommit::Durable);
+            let deferred = Stmt::claim(template, "idempotency", "c", ClaimCommit::Asynchronous);
+            assert!(!durable.0.contains("{claim_commit}"));
+            assert!(!durable.0.contains(ASYNC_CLAIM_COMMIT));
+            assert!(!deferred.0.contains("{claim_commit}"));
+            assert_eq!(deferred.0.matches(ASYNC_CLAIM_COMMIT).count(), 1);
+            assert!(
+                deferred
+                    .0
+                    .contains("AS now,\n           set_config('synchronous_commit', 'off', true)")
+            );
+            // Nothing but the one column differs.
+            assert_eq!(deferred.0.replace(ASYNC_CLAIM_COMMIT, ""), *durable.0);
+        }
     }
 
     #[test]

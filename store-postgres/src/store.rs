@@ -21,7 +21,7 @@ use crate::listen::Notifier;
 use crate::migrate;
 use crate::reaper::Reaper;
 use crate::row::{Decoded, RawRecord, ms, ts};
-use crate::sql::Queries;
+use crate::sql::{Queries, Stmt};
 
 /// The default schema.
 pub const DEFAULT_SCHEMA: &str = "idempotency";
@@ -73,6 +73,8 @@ struct Inner {
     notifier: Notifier,
     /// Whether a claim runs `peek.sql` first.
     peek: PeekGate,
+    /// Whether a claim tries `claim_fast.sql` before `claim.sql`.
+    fast_claim: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -108,6 +110,7 @@ pub struct PostgresStoreBuilder {
     acquire_timeout: Duration,
     read_first: ReadFirst,
     claim_commit: ClaimCommit,
+    fast_claim: bool,
 }
 
 /// How a claim's transaction commits: whether the claim that acquires a
@@ -162,6 +165,7 @@ impl Default for PostgresStoreBuilder {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
             read_first: ReadFirst::Adaptive,
+            fast_claim: true,
             claim_commit: ClaimCommit::Durable,
         }
     }
@@ -221,6 +225,17 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Whether a claim tries the plain insert of `claim_fast.sql` before
+    /// the general claim statement (default `true`). Off, every claim that
+    /// gets past the peek is `claim.sql` alone: the same decisions, a
+    /// costlier first execution. For the tests that keep the general
+    /// statement's every branch covered.
+    #[doc(hidden)]
+    pub fn fast_claim(mut self, fast: bool) -> Self {
+        self.fast_claim = fast;
+        self
+    }
+
     /// How a claim's transaction commits (default [`ClaimCommit::Durable`]).
     /// [`ClaimCommit::Asynchronous`] saves a first execution one wait for
     /// the disk and is safe only with the completion in the effect's
@@ -248,6 +263,7 @@ impl PostgresStoreBuilder {
                 offset_ms: AtomicU64::new(0),
                 notifier: Notifier::new(),
                 peek: PeekGate::new(self.read_first),
+                fast_claim: self.fast_claim,
             }),
         })
     }
@@ -456,18 +472,22 @@ impl PostgresStore {
         timed_statement(operation, fut).await
     }
 
-    /// One run of the claim statement: `None` when a concurrent writer
-    /// overtook its snapshot, else whether it wrote and the record it saw.
+    /// One run of a claim statement (`claim.sql`, or `claim_fast.sql` as
+    /// `"claim_fast"`): `None` when it leaves the decision to `claim.sql`
+    /// (a concurrent writer overtook its snapshot; for the fast one, also a
+    /// record it may not take), else whether it wrote and the record it saw.
     async fn claim_once(
         &self,
+        operation: &'static str,
+        stmt: &Stmt,
         req: &ClaimRequest,
         token: LeaseToken,
         max_attempts: u32,
     ) -> Result<Option<(bool, RawRecord)>, StoreError> {
         let row = self
             .run(
-                "claim",
-                sqlx::query(self.inner.sql.claim.sql())
+                operation,
+                sqlx::query(stmt.sql())
                     .bind(&req.key.as_bytes()[..])
                     .bind(&req.fingerprint.as_bytes()[..])
                     .bind(token.as_uuid())
@@ -659,8 +679,9 @@ fn guarded(rows: u64) -> Result<(), StoreError> {
 }
 
 impl IdempotencyStore for PostgresStore {
-    /// One statement; see the crate docs. A claim that loses a race to a
-    /// concurrent writer runs again (it then sees the winner's record).
+    /// One statement for a new key or an answer without a write, two for a
+    /// takeover or a retry; see the crate docs. A claim that loses a race
+    /// to a concurrent writer runs again (it then sees the winner's record).
     async fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
         let max_attempts = req.max_attempts.max(1);
         let token = LeaseToken::new();
@@ -674,14 +695,27 @@ impl IdempotencyStore for PostgresStore {
                 return self.decide(req, token, false, raw).await;
             }
         }
-        for _ in 0..CLAIM_ROUNDS {
-            if let Some((written, raw)) = self.claim_once(req, token, max_attempts).await? {
+        // A new key is one plain insert; so is an answer without a write
+        // when the gate did not peek. Anything else is `claim.sql`'s.
+        let sql = &self.inner.sql;
+        let mut stmt = if self.inner.fast_claim {
+            ("claim_fast", &sql.claim_fast)
+        } else {
+            ("claim", &sql.claim)
+        };
+        // `CLAIM_ROUNDS` runs of `claim.sql`, after the fast one.
+        for _ in 0..CLAIM_ROUNDS + u32::from(self.inner.fast_claim) {
+            if let Some((written, raw)) = self
+                .claim_once(stmt.0, stmt.1, req, token, max_attempts)
+                .await?
+            {
                 let claim = self.decide(req, token, written, raw).await;
                 if !peeked && let Ok(claim) = &claim {
                     gate.observe(PeekGate::would_answer(claim));
                 }
                 return claim;
             }
+            stmt = ("claim", &sql.claim);
         }
         Err(StoreError::backend(ClaimContention(CLAIM_ROUNDS)))
     }

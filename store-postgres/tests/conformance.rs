@@ -1,7 +1,9 @@
 //! The core store conformance suite and the model-based lifecycle test, on
 //! PostgreSQL (each case in a schema of its own): every claim reading the
-//! record first (`peek.sql`), in `claim_only` none, and in
-//! `asynchronous_claims` none with `ClaimCommit::Asynchronous`.
+//! record first (`peek.sql`), in `claim_only` none, in
+//! `asynchronous_claims` none with `ClaimCommit::Asynchronous`, and in
+//! `general_statement_only` none and without `claim_fast.sql`, so every
+//! decision, a new key's included, is `claim.sql`'s.
 
 mod common;
 
@@ -34,6 +36,29 @@ mod asynchronous_claims {
             .schema(super::common::fresh_schema())
             .read_first(ReadFirst::Never)
             .claim_commit(ClaimCommit::Asynchronous)
+            .build(pool)
+            .expect("valid schema");
+        store.migrate().await.expect("migrate");
+        Some(store)
+    }
+
+    idempotency_core::store_conformance_tests!(store());
+    idempotency_core::store_model_test!(store());
+}
+
+/// Every claim through `claim.sql` alone (no peek, no `claim_fast.sql`):
+/// the general statement's own new-record branch, which the fast statement
+/// otherwise takes over, decides the same.
+mod general_statement_only {
+    use idempotency_core::peek::ReadFirst;
+    use idempotency_postgres::PostgresStore;
+
+    async fn store() -> Option<PostgresStore> {
+        let pool = super::common::pool().await?;
+        let store = PostgresStore::builder()
+            .schema(super::common::fresh_schema())
+            .read_first(ReadFirst::Never)
+            .fast_claim(false)
             .build(pool)
             .expect("valid schema");
         store.migrate().await.expect("migrate");
