@@ -439,16 +439,28 @@ pub(crate) async fn serve_child(
 }
 
 /// What a run leaves in a shared server besides its side effects: the
-/// records of a Redis variant (its own key prefix), removed when it stops.
+/// records of a Redis variant (its own key prefix) or of a PostgreSQL
+/// variant (its own schema), removed when it stops. Every run starts from
+/// an empty store, as the peers' runs do.
 enum Leftovers {
     None,
     RedisPrefix(String),
+    PgSchema { pool: PgPool, schema: String },
 }
 
 impl Leftovers {
     async fn remove(&self) {
-        let Self::RedisPrefix(prefix) = self else {
-            return;
+        let prefix = match self {
+            Self::None => return,
+            Self::PgSchema { pool, schema } => {
+                // The name is this harness's own `bench_<hex>`.
+                let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(pool).await {
+                    eprintln!("  could not drop the schema {schema}: {e}");
+                }
+                return;
+            }
+            Self::RedisPrefix(prefix) => prefix,
         };
         let result: Result<(), idempotency_redis::redis::RedisError> = async {
             let config = RedisConfig::from_env();
@@ -552,8 +564,15 @@ async fn build(
             }
         }
         Variant::Postgres | Variant::PostgresCached => {
+            let pool = pool.clone().expect("pool");
+            let schema = format!("bench_{run}");
+            leftovers = Leftovers::PgSchema {
+                pool: pool.clone(),
+                schema: schema.clone(),
+            };
             let store = PostgresStore::builder()
-                .build(pool.clone().expect("pool"))
+                .schema(schema)
+                .build(pool)
                 .map_err(|e| e.to_string())?;
             store.migrate().await.map_err(|e| e.to_string())?;
             if variant == Variant::PostgresCached {
@@ -569,9 +588,16 @@ async fn build(
             } else {
                 ClaimCommit::Durable
             };
+            let pool = pool.clone().expect("pool");
+            let schema = format!("bench_{run}");
+            leftovers = Leftovers::PgSchema {
+                pool: pool.clone(),
+                schema: schema.clone(),
+            };
             let store = PostgresStore::builder()
+                .schema(schema)
                 .claim_commit(commit)
-                .build(pool.clone().expect("pool"))
+                .build(pool)
                 .map_err(|e| e.to_string())?;
             store.migrate().await.map_err(|e| e.to_string())?;
             Router::new()
