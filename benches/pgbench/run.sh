@@ -11,8 +11,13 @@
 # completion trigger notifies on every completion (the store before
 # migration 3), so the cost of NOTIFY is measured on the store's own
 # statements. The statements are the store's files from store-postgres/sql,
-# with their parameters written in; `first_execution_async_claim` is
-# `first_execution` with the claim of `ClaimCommit::Asynchronous`.
+# with their parameters written in. `first_execution` is the store's path
+# for a new key (`claim_fast.sql`, then `complete.sql`), `*_general` the same
+# with `claim.sql`, `first_execution_async_claim` with the claim of
+# `ClaimCommit::Asynchronous`; `claim_new` / `claim_fast_new` are a new key's
+# claim alone. `peer_request` is what the peer `axum-idempotent` runs per
+# request on PostgreSQL (its statements as `pg_stat_statements` shows them,
+# on a table of its shape): one transaction with a read and an upsert.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DB="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
@@ -74,17 +79,35 @@ replay_script() { # name body
 replay_script read "SELECT key, state, fence, outcome FROM pgbench_idem.records WHERE key = $KEY"
 replay_script peek "$(statement peek.sql pgbench_idem "$KEY" "$FP" 3 0)"
 replay_script claim_replay "$(statement claim.sql pgbench_idem "$KEY" "$FP" "gen_random_uuid()" 30000 86400000 3 0)"
+replay_script claim_fast_replay "$(statement claim_fast.sql pgbench_idem "$KEY" "$FP" "gen_random_uuid()" 30000 86400000 3 0)"
 
-first_execution() { # name schema
+new_key_script() { # name claim-file
+  { echo "\\set id random($((SEED + 1)), 2000000000)"
+    printf '%s;\n' "$(statement "$2" pgbench_idem "$KEY" "$FP" "gen_random_uuid()" 30000 86400000 3 0)"; } > "$work/$1.sql"
+}
+new_key_script claim_new claim.sql
+new_key_script claim_fast_new claim_fast.sql
+
+first_execution() { # name schema [claim-file]
   {
     echo "\\set id random($((SEED + 1)), 2000000000)"
-    printf '%s\n\\gset\n' "$(statement claim.sql "$2" "$KEY" "$FP" "gen_random_uuid()" 30000 86400000 3 0)"
+    printf '%s\n\\gset\n' "$(statement "${3:-claim_fast.sql}" "$2" "$KEY" "$FP" "gen_random_uuid()" 30000 86400000 3 0)"
     printf '%s;\n' "$(statement complete.sql "$2" "$KEY" ":token::uuid" ":fence" "'\\x56'::bytea" "NULL" 86400000 0)"
   } > "$work/$1.sql"
 }
 first_execution first_execution pgbench_idem
+first_execution first_execution_general pgbench_idem claim.sql
 first_execution first_execution_notify_all pgbench_idem_notify
 CLAIM_COMMIT=async first_execution first_execution_async_claim pgbench_idem
+
+# The peer's request: a read and an upsert of its session row, one commit.
+psql "$DB" -qc "CREATE TABLE pgbench_idem.t_sessions (session_id text NOT NULL, field text NOT NULL,
+    value bytea NOT NULL, hot_cache_ttl bigint, expires_at timestamptz, PRIMARY KEY (session_id, field));
+  CREATE INDEX ON pgbench_idem.t_sessions (expires_at)" >/dev/null
+printf '%s\n' "\\set id random(1, 2000000000)" "BEGIN;" \
+  "SELECT value FROM pgbench_idem.t_sessions WHERE session_id = :id::text AND field = 'idem' AND expires_at > now();" \
+  "INSERT INTO pgbench_idem.t_sessions (session_id, field, value, hot_cache_ttl, expires_at) VALUES (:id::text, 'idem', decode(repeat('ab', 120), 'hex'), 0, now() + interval '1 day') ON CONFLICT (session_id, field) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, hot_cache_ttl = excluded.hot_cache_ttl;" \
+  "COMMIT;" > "$work/peer_request.sql"
 
 # The issue's facts, on a plain row: an UPDATE per transaction, with and
 # without a NOTIFY in the same transaction.
@@ -107,7 +130,8 @@ echo "pgbench -M prepared, $CLIENTS clients, ${SECS} s a run, median of $RUNS ru
 echo
 echo "| statement | tps | range |"
 echo "|---|---:|---:|"
-for s in read peek claim_replay first_execution first_execution_async_claim first_execution_notify_all update update_notify; do
+for s in read peek claim_replay claim_fast_replay claim_new claim_fast_new first_execution first_execution_general \
+  first_execution_async_claim first_execution_notify_all peer_request update update_notify; do
   read -r median lo hi <<< "$(tps "$s")"
   echo "| \`$s\` | $median | $lo–$hi |"
 done

@@ -76,15 +76,7 @@ fn recorded<F: Future<Output = ()>>(test: impl FnOnce(Statements) -> F) {
 }
 
 async fn store(read_first: ReadFirst, fast: bool) -> Option<PostgresStore> {
-    let pool = common::pool().await?;
-    let store = PostgresStore::builder()
-        .schema(common::fresh_schema())
-        .read_first(read_first)
-        .fast_claim(fast)
-        .build(pool)
-        .expect("valid schema");
-    store.migrate().await.expect("migrate");
-    Some(store)
+    common::store_built(|b| b.read_first(read_first).fast_claim(fast)).await
 }
 
 /// The claim of `req` and the statements it ran.

@@ -31,15 +31,11 @@ mod asynchronous_claims {
     use idempotency_postgres::{ClaimCommit, PostgresStore};
 
     async fn store() -> Option<PostgresStore> {
-        let pool = super::common::pool().await?;
-        let store = PostgresStore::builder()
-            .schema(super::common::fresh_schema())
-            .read_first(ReadFirst::Never)
-            .claim_commit(ClaimCommit::Asynchronous)
-            .build(pool)
-            .expect("valid schema");
-        store.migrate().await.expect("migrate");
-        Some(store)
+        super::common::store_built(|b| {
+            b.read_first(ReadFirst::Never)
+                .claim_commit(ClaimCommit::Asynchronous)
+        })
+        .await
     }
 
     idempotency_core::store_conformance_tests!(store());
@@ -54,15 +50,7 @@ mod general_statement_only {
     use idempotency_postgres::PostgresStore;
 
     async fn store() -> Option<PostgresStore> {
-        let pool = super::common::pool().await?;
-        let store = PostgresStore::builder()
-            .schema(super::common::fresh_schema())
-            .read_first(ReadFirst::Never)
-            .fast_claim(false)
-            .build(pool)
-            .expect("valid schema");
-        store.migrate().await.expect("migrate");
-        Some(store)
+        super::common::store_built(|b| b.read_first(ReadFirst::Never).fast_claim(false)).await
     }
 
     idempotency_core::store_conformance_tests!(store());

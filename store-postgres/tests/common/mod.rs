@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use idempotency_core::StorageKey;
-use idempotency_postgres::PostgresStore;
 use idempotency_postgres::sqlx::postgres::PgPoolOptions;
 use idempotency_postgres::sqlx::{self, PgPool};
+use idempotency_postgres::{PostgresStore, PostgresStoreBuilder};
 
 /// Test schemas are named `idem_t_<unix seconds>_<random>`; ones older than
 /// this are left over from earlier runs and are dropped.
@@ -75,6 +75,18 @@ pub async fn store_reading(pool: PgPool, schema: &str, read_first: ReadFirst) ->
         .expect("valid schema");
     store.migrate().await.expect("migrate");
     store
+}
+
+/// A migrated store in a fresh schema, built as `configure` says.
+pub async fn store_built(
+    configure: impl FnOnce(PostgresStoreBuilder) -> PostgresStoreBuilder,
+) -> Option<PostgresStore> {
+    let pool = pool().await?;
+    let store = configure(PostgresStore::builder().schema(fresh_schema()))
+        .build(pool)
+        .expect("valid schema");
+    store.migrate().await.expect("migrate");
+    Some(store)
 }
 
 /// Drops test schemas left by earlier runs (once per process).
