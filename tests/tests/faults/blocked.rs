@@ -91,9 +91,10 @@ async fn blocked_on(pool: &sqlx::PgPool, holder: i32, needle: &'static str) {
     .await;
 }
 
-/// The first line of the store's claim and completion statements
+/// The first line of the store's claim of a new key (`claim_fast.sql`, the
+/// statement that waits on the held insert) and of its completion
 /// (`pg_stat_activity.query` holds only the first 1024 bytes of a statement).
-const CLAIM_SQL: &str = "-- Claim, in one statement";
+const CLAIM_SQL: &str = "-- The claim of a key that has no record yet";
 const COMPLETE_SQL: &str = "-- PENDING (this lease, not expired) -> COMPLETED";
 
 fn kill(server: &mut Server) {
