@@ -536,7 +536,15 @@ async fn build(
     let router = Router::new()
         .route("/orders", post(create_order))
         .with_state(app);
-    let mut leftovers = Leftovers::None;
+    // A PostgreSQL variant's records live in a schema of this run's own.
+    let schema = format!("bench_{run}");
+    let mut leftovers = match &pool {
+        Some(pool) => Leftovers::PgSchema {
+            pool: pool.clone(),
+            schema: schema.clone(),
+        },
+        None => Leftovers::None,
+    };
     let router = match variant {
         Variant::Bare => router,
         Variant::Memory => {
@@ -565,11 +573,6 @@ async fn build(
         }
         Variant::Postgres | Variant::PostgresCached => {
             let pool = pool.clone().expect("pool");
-            let schema = format!("bench_{run}");
-            leftovers = Leftovers::PgSchema {
-                pool: pool.clone(),
-                schema: schema.clone(),
-            };
             let store = PostgresStore::builder()
                 .schema(schema)
                 .build(pool)
@@ -589,11 +592,6 @@ async fn build(
                 ClaimCommit::Durable
             };
             let pool = pool.clone().expect("pool");
-            let schema = format!("bench_{run}");
-            leftovers = Leftovers::PgSchema {
-                pool: pool.clone(),
-                schema: schema.clone(),
-            };
             let store = PostgresStore::builder()
                 .schema(schema)
                 .claim_commit(commit)

@@ -2,7 +2,9 @@
 //! and every answer a claim gives without writing are one run of
 //! `claim_fast.sql`; a record the claim may take (an abandoned lease, a
 //! retryable failure, an expired record) falls through to `claim.sql`,
-//! which takes it. Read off the store's own statement histogram
+//! which takes it. An answer without a write neither rewrites the record
+//! nor draws a fence (its row version and the fence sequence are read
+//! before and after). Read off the store's own statement histogram
 //! (`idempotency_postgres_statement_seconds{operation}`), one entry per
 //! statement run, with a recorder of this test's own.
 
@@ -13,9 +15,10 @@ use std::time::Duration;
 
 use idempotency_core::peek::ReadFirst;
 use idempotency_core::{
-    Claim, ClaimKind, ClaimRequest, ClockControl, Failure, IdempotencyStore, Observed,
+    Claim, ClaimKind, ClaimRequest, ClockControl, Failure, IdempotencyStore, Observed, StorageKey,
 };
 use idempotency_postgres::PostgresStore;
+use idempotency_postgres::sqlx::{self, AssertSqlSafe};
 use metrics::{
     Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
@@ -90,6 +93,44 @@ async fn claim(
     (claim, statements.take())
 }
 
+/// What a write of `key` would change: its row's version (`xmin`) and the
+/// last fence the schema's sequence handed out.
+async fn written_state(store: &PostgresStore, key: &StorageKey) -> (Option<String>, i64) {
+    let s = store.schema();
+    let version = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT xmin::text FROM {s}.records WHERE key = $1"
+    )))
+    .bind(&key.as_bytes()[..])
+    .fetch_optional(store.pool())
+    .await
+    .unwrap();
+    let fence = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {s}.fences"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    (version, fence)
+}
+
+/// The claim of `req`, which must be one run of `claim_fast.sql` that
+/// neither rewrote the record nor drew a fence.
+async fn answered_without_a_write(
+    store: &PostgresStore,
+    statements: &Statements,
+    req: &ClaimRequest,
+) -> Claim {
+    let before = written_state(store, &req.key).await;
+    let (claim, ran) = claim(store, statements, req).await;
+    assert_eq!(ran, fast(), "{claim:?}");
+    assert_eq!(
+        written_state(store, &req.key).await,
+        before,
+        "{claim:?} wrote"
+    );
+    claim
+}
+
 fn fast() -> Vec<String> {
     vec!["claim_fast".to_owned()]
 }
@@ -108,6 +149,8 @@ fn a_new_key_and_every_answer_without_a_write_are_one_fast_statement() {
 
         // Absent: inserted, fence drawn, lease as asked.
         let req = common::request(common::key(), 1, lease);
+        let (none, fence_before) = written_state(&store, &req.key).await;
+        assert_eq!(none, None);
         let (first, ran) = claim(&store, &statements, &req).await;
         assert_eq!(ran, fast());
         let Claim::Acquired { lease: held, kind } = first else {
@@ -115,10 +158,10 @@ fn a_new_key_and_every_answer_without_a_write_are_one_fast_statement() {
         };
         assert_eq!(kind, ClaimKind::New);
         assert_eq!(held.attempt, 1);
+        assert!(held.fence > u64::try_from(fence_before).unwrap());
 
         // In flight, same request.
-        let (again, ran) = claim(&store, &statements, &req).await;
-        assert_eq!(ran, fast());
+        let again = answered_without_a_write(&store, &statements, &req).await;
         assert!(
             matches!(again, Claim::InFlight { attempt: 1, .. }),
             "{again:?}"
@@ -126,14 +169,12 @@ fn a_new_key_and_every_answer_without_a_write_are_one_fast_statement() {
 
         // Another request under the same key.
         let other = common::request(req.key, 2, lease);
-        let (mismatch, ran) = claim(&store, &statements, &other).await;
-        assert_eq!(ran, fast());
+        let mismatch = answered_without_a_write(&store, &statements, &other).await;
         assert!(matches!(mismatch, Claim::Mismatch), "{mismatch:?}");
 
         // Completed: the replay.
         store.complete(&held, common::value("done")).await.unwrap();
-        let (replay, ran) = claim(&store, &statements, &req).await;
-        assert_eq!(ran, fast());
+        let replay = answered_without_a_write(&store, &statements, &req).await;
         let Claim::Completed(done) = replay else {
             panic!("a replay, got {replay:?}");
         };
@@ -143,8 +184,7 @@ fn a_new_key_and_every_answer_without_a_write_are_one_fast_statement() {
         let req = common::request(common::key(), 1, lease);
         let (held, _) = common::acquire(&store, &req).await;
         store.fail(&held, Failure::terminal("no")).await.unwrap();
-        let (failed, ran) = claim(&store, &statements, &req).await;
-        assert_eq!(ran, fast());
+        let failed = answered_without_a_write(&store, &statements, &req).await;
         assert!(matches!(failed, Claim::Failed(_)), "{failed:?}");
 
         // Corrupted.
@@ -155,8 +195,7 @@ fn a_new_key_and_every_answer_without_a_write_are_one_fast_statement() {
             .mark_corrupted(&req.key, Observed::completed(held.fence), "bad bytes")
             .await
             .unwrap();
-        let (corrupted, ran) = claim(&store, &statements, &req).await;
-        assert_eq!(ran, fast());
+        let corrupted = answered_without_a_write(&store, &statements, &req).await;
         assert!(
             matches!(&corrupted, Claim::Corrupted { detail } if detail.contains("bad bytes")),
             "{corrupted:?}"
